@@ -1,0 +1,101 @@
+"""The run-directory contract (DESIGN.md): args.json, TensorBoard events, metrics.jsonl, summary.json, figures/.
+
+Values may be tensors: they are converted only when ``log`` is called, so callers log every N steps and the
+inner loop never syncs with the device.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` so that a reader never sees a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` through a temporary file and a rename: a preempted job leaves the old checkpoint intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _to_python(value):
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no nan/inf; keep them readable
+    return value
+
+
+def default_run_name(exp_name, seed):
+    """CleanRL's run name: ``<exp_name>__<seed>__<unix time>``."""
+    return f"{exp_name}__{seed}__{int(time.time())}"
+
+
+class RunLogger:
+    """Owns one run directory: ``RunLogger(run_dir, args)`` then ``log(step, {...})`` and ``finish(...)``."""
+
+    def __init__(self, run_dir, args, track=False, project="plasticity", resume=False):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.start_time = time.time()
+        os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
+        args_dict = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+        atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(args_dict, indent=2, default=str))
+        self.writer = SummaryWriter(run_dir)
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                             "\n".join(f"|{k}|{v}|" for k, v in args_dict.items()))
+        self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a" if resume else "w")
+        self.wandb = None
+        if track:  # optional, as in CleanRL; imported lazily so that wandb is not a dependency
+            import wandb
+
+            self.wandb = wandb.init(project=project, config=args_dict, name=os.path.basename(run_dir),
+                                    sync_tensorboard=True, resume="allow")
+
+    def log(self, step, metrics):
+        """Write scalar metrics (floats or one-element tensors) at ``step`` to TensorBoard and metrics.jsonl."""
+        row = {"step": int(step)}
+        for key, value in metrics.items():
+            value = _to_python(value)
+            row[key] = value
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, int(step))
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        return row
+
+    def figure_path(self, name):
+        return os.path.join(self.run_dir, "figures", name)
+
+    def save_figure(self, fig, name):
+        """Save a matplotlib figure to ``figures/<name>`` and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self.figure_path(name)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    def finish(self, status, steps, metrics=None, **extra):
+        """Write summary.json atomically: status (completed/diverged/interrupted), steps, final metrics, wall time."""
+        assert status in ("completed", "diverged", "interrupted"), status
+        summary = {"status": status, "steps": int(steps), "wall_time_s": time.time() - self.start_time,
+                   "metrics": {k: _to_python(v) for k, v in (metrics or {}).items()}, **extra}
+        atomic_write_text(os.path.join(self.run_dir, "summary.json"), json.dumps(summary, indent=2))
+        self.writer.close()
+        self.metrics_file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        return summary

@@ -1,0 +1,86 @@
+"""Optimizers with the paper's semantics that torch lacks.
+
+Both are elementwise, so on parameters stacked along a leading axis (torch.func.stack_module_state) one
+instance is exactly K independent optimizers; tests check that equivalence.
+"""
+import torch
+
+
+class Adam(torch.optim.Optimizer):
+    """Adam as in eq. 6 (optax convention): ``u = lr * m_hat / (sqrt(v_hat + eps_root) + eps)``.
+
+    ``eps_root`` sits inside the square root, ``eps`` outside. With ``eps_root = 0`` this is ``torch.optim.Adam``.
+    ``weight_decay`` adds ``weight_decay * p`` to the gradient (the L2 penalty of Sec 6.2).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, eps_root=0.0, weight_decay=0.0):
+        if lr <= 0 or eps < 0 or eps_root < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid Adam hyperparameters: lr={lr}, betas={betas}, eps={eps}, eps_root={eps_root}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, eps_root=eps_root, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            (b1, b2), lr, eps, eps_root = group["betas"], group["lr"], group["eps"], group["eps_root"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0  # a Python int: bias correction needs no host sync
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                m.lerp_(grad, 1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                denom = (v / (1 - b2**t)).add_(eps_root).sqrt_().add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+        return loss
+
+
+class RMSProp(torch.optim.Optimizer):
+    """RMSProp as DQN Zoo uses it (optax.rmsprop): eps inside the square root, optionally centered.
+
+    ``v = decay * v + (1 - decay) * g^2``; centered also tracks ``m = decay * m + (1 - decay) * g`` and uses
+    ``v - m^2``; the update is ``lr * g / sqrt(v [- m^2] + eps)``. Statistics start at zero, as in optax.
+    """
+
+    def __init__(self, params, lr=2.5e-4, decay=0.95, eps=(0.01 / 32) ** 2, centered=True):
+        if lr <= 0 or eps < 0 or not 0 <= decay < 1:
+            raise ValueError(f"invalid RMSProp hyperparameters: lr={lr}, decay={decay}, eps={eps}")
+        super().__init__(params, dict(lr=lr, decay=decay, eps=eps, centered=centered))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            decay, lr, eps = group["decay"], group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.zeros_like(p)
+                    if group["centered"]:
+                        state["grad_avg"] = torch.zeros_like(p)
+                v = state["square_avg"].mul_(decay).addcmul_(p.grad, p.grad, value=1 - decay)
+                if group["centered"]:
+                    m = state["grad_avg"].lerp_(p.grad, 1 - decay)
+                    v = v.addcmul(m, m, value=-1)
+                p.addcdiv_(p.grad, v.add(eps).sqrt_(), value=-lr)
+        return loss
+
+
+def make_optimizer(name, params, lr, *, betas=(0.9, 0.999), eps=1e-8, eps_root=0.0, weight_decay=0.0,
+                   decay=0.95, centered=True):
+    """Build an optimizer by name ('adam', 'rmsprop' or 'sgd'); the probe reuses this to copy the agent's."""
+    if name == "adam":
+        return Adam(params, lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return RMSProp(params, lr=lr, decay=decay, eps=eps, centered=centered)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: choose adam, rmsprop or sgd")
