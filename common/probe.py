@@ -73,7 +73,7 @@ def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, 
         return model.loss(functional_call(model, (p, b), (x,)), y).mean()
 
     batched_loss = vmap(loss_of_one, randomness="different")
-    curves = torch.empty(num_targets, steps, device=inputs.device)
+    curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
     for step in range(steps):
         idx = batches[step]  # (K, B)
         losses = batched_loss(params, buffers, inputs[idx], targets[rows, idx])
@@ -97,8 +97,8 @@ def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, 
     """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``."""
     num_targets = targets.shape[0]
     batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
-    curves = torch.empty(num_targets, steps, device=inputs.device)
-    final = torch.empty(num_targets, device=inputs.device)
+    curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
+    final = torch.empty(num_targets, dtype=targets.dtype, device=inputs.device)
     for k in range(num_targets):
         model = _probe_copy(network)
         optimizer = make_optimizer(list(model.parameters()))
