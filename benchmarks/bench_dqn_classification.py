@@ -1,0 +1,101 @@
+"""Benchmark of dqn_classification_mdp.py's hot paths, each against the plain version in the same run.
+
+(a) the probe: K target fits vectorised with torch.func against K sequential fits (same draws, same result);
+(b) the agent: environment steps and optimizer steps per second (no probes), with 1 and 8 envs.
+Appends a section to benchmarks/RESULTS.md. Run: ``python benchmarks/bench_dqn_classification.py``.
+"""
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import dqn_classification_mdp as dqn  # noqa: E402
+from common.cli import select_device  # noqa: E402
+from common.data import load_dataset  # noqa: E402
+from common.networks import build_network  # noqa: E402
+from common.optim import make_optimizer  # noqa: E402
+from common.probe import fit_sequential, fit_vectorized, make_targets  # noqa: E402
+
+
+@dataclass
+class Args:
+    data_dir: str = os.environ.get("PLASTICITY_DATA_DIR", "data")
+    """MNIST location"""
+    cuda: bool = True
+    """use the GPU when there is one"""
+    probe_targets: int = 10
+    """K, the paper's 10"""
+    probe_steps: int = 100
+    """fit steps timed (the paper runs 2,000; the per-step cost is what matters)"""
+    agent_steps: int = 1_000
+    """optimizer steps timed for the agent"""
+    repeats: int = 3
+    """timed repeats; the best is reported"""
+    write: bool = True
+    """append the results to benchmarks/RESULTS.md"""
+
+
+def best_time(fn, repeats, device):
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_probe(args, device, images):
+    make = lambda: build_network("mlp", (1, 28, 28), 10).to(device)  # noqa: E731  the paper's 784-512-512-10
+    network, inputs = make(), images[:2048]
+    targets = make_targets(network, make, inputs, args.probe_targets)
+    adam = lambda params: make_optimizer("adam", params, 1e-3)  # noqa: E731
+    run = lambda fit: fit(network, inputs, targets, adam, args.probe_steps, 32)  # noqa: E731
+    run(fit_vectorized), run(fit_sequential)  # warm-up
+    vectorised = best_time(lambda: run(fit_vectorized), args.repeats, device)
+    sequential = best_time(lambda: run(fit_sequential), args.repeats, device)
+    return {"probe_vectorised_s": vectorised, "probe_sequential_s": sequential,
+            "probe_speedup": sequential / vectorised}
+
+
+def bench_agent(args, num_envs):
+    with tempfile.TemporaryDirectory() as run_dir:
+        dqn.train(dqn.Args(data_dir=args.data_dir, run_dir=run_dir, cuda=args.cuda, probe_every=0,
+                           num_envs=num_envs, total_steps=args.agent_steps + 200, log_every=200))
+        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    sps = max(r["charts/SPS"] for r in rows[1:])  # the first window includes warm-up
+    return {f"agent_env_steps_per_s_{num_envs}env": sps, f"agent_updates_per_s_{num_envs}env": sps / num_envs}
+
+
+def main(args):
+    device = select_device(args.cuda)
+    images, _ = load_dataset("mnist", args.data_dir, device=device)
+    results = bench_probe(args, device, images)
+    for num_envs in (1, 8):
+        results.update(bench_agent(args, num_envs))
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__})\n",
+             f"- probe, MLP 784-512-512-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, "
+             f"2,048 inputs: vectorised {results['probe_vectorised_s']:.2f} s, sequential "
+             f"{results['probe_sequential_s']:.2f} s: **{results['probe_speedup']:.2f}x**",
+             f"- agent (MLP 512, batch 32, no probes): 1 env {results['agent_env_steps_per_s_1env']:,.0f} env steps/s "
+             f"= {results['agent_updates_per_s_1env']:,.0f} updates/s; 8 envs "
+             f"{results['agent_env_steps_per_s_8env']:,.0f} env steps/s = {results['agent_updates_per_s_8env']:,.0f} updates/s"]
+    print("\n".join(lines))
+    if args.write:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
