@@ -126,3 +126,11 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path, data_dir):
     resumed = _cli(*argv, "--resume", "--total-steps", str(summary["steps"] + 10))
     assert resumed.returncode == 0, resumed.stderr
     assert json.load(open(os.path.join(run_dir, "summary.json")))["steps"] == summary["steps"] + 10
+
+
+def test_divergence_is_recorded_and_the_run_exits_cleanly(tmp_path, data_dir):
+    args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), optimizer="sgd", learning_rate=1e12,
+                    **{**TINY, "probe_every": 0, "total_steps": 200})
+    summary = dqn.train(args)
+    assert summary["status"] == "diverged" and summary["steps"] < 200
+    assert json.load(open(tmp_path / "run" / "summary.json"))["status"] == "diverged"
