@@ -1,0 +1,181 @@
+"""The four architectures of A.2 with the options of Sec 6.2.
+
+``build_network(arch, obs_shape, num_outputs, ...)`` returns a ``Network``: ``torso`` (input to penultimate
+features, exposed by ``features``) followed by ``head``, the last linear layer (reset by name). Images may be
+uint8 (scaled by 1/255 here) or float. The output is ``(N, num_outputs)`` values, or ``(N, num_outputs,
+num_bins)`` logits with a two-hot head; ``values(out)`` and ``loss(out, targets)`` hide the difference.
+
+Options: ``layer_norm`` puts a normalisation after each hidden layer, before its activation (LayerNorm on
+dense layers; GroupNorm with one group, i.e. LayerNorm over (C, H, W), on conv layers, where ResNet-18 uses it in
+place of BatchNorm); ``spectral_norm`` wraps the first layer (Gogianu et al., 2021); ``two_hot`` a
+``common.interventions.TwoHot``.
+"""
+import torch
+import torchvision
+from torch import nn
+
+from common.interventions import TwoHot
+
+ARCHITECTURES = ("mlp", "cnn", "resnet18", "vit")
+
+
+class Network(nn.Module):
+    def __init__(self, torso, feature_dim, num_outputs, two_hot=None):
+        super().__init__()
+        self.torso, self.num_outputs, self.two_hot = torso, num_outputs, two_hot
+        self.head = nn.Linear(feature_dim, num_outputs * (two_hot.num_bins if two_hot else 1))
+
+    def features(self, x):
+        """Penultimate features (the input of ``head``)."""
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return self.torso(x)
+
+    def forward(self, x):
+        out = self.head(self.features(x))
+        return out.unflatten(-1, (self.num_outputs, -1)) if self.two_hot else out
+
+    def values(self, out):
+        """Scalar predictions ``(N, num_outputs)`` from the output of ``forward``."""
+        return self.two_hot.decode(out) if self.two_hot else out
+
+    def loss(self, out, targets):
+        """Elementwise loss of the output against scalar ``targets``: squared error, or two-hot cross-entropy."""
+        return self.two_hot.loss(out, targets) if self.two_hot else (out - targets).square()
+
+
+def build_network(arch, obs_shape, num_outputs, *, width=512, layer_norm=False, spectral_norm=False,
+                  two_hot=None, vit_heads=8):
+    """Build one of ``mlp``, ``cnn``, ``resnet18``, ``vit`` for ``obs_shape = (C, H, W)`` images."""
+    channels, height, width_px = obs_shape
+    if arch == "mlp":
+        torso, feature_dim = mlp_torso(channels * height * width_px, width, layer_norm), width
+    elif arch == "cnn":
+        torso, feature_dim = cnn_torso(obs_shape, layer_norm), 256
+    elif arch == "resnet18":
+        torso, feature_dim = resnet18_torso(channels, layer_norm), 512
+    elif arch == "vit":
+        torso, feature_dim = ViT(obs_shape, layer_norm=layer_norm, heads=vit_heads), 256
+    else:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if spectral_norm:
+        apply_spectral_norm_to_first_layer(torso)
+    return Network(torso, feature_dim, num_outputs, two_hot)
+
+
+def _dense(n_in, n_out, layer_norm):
+    return [nn.Linear(n_in, n_out)] + ([nn.LayerNorm(n_out)] if layer_norm else []) + [nn.ReLU()]
+
+
+def _conv(c_in, c_out, kernel, layer_norm):
+    return [nn.Conv2d(c_in, c_out, kernel)] + ([nn.GroupNorm(1, c_out)] if layer_norm else []) + [nn.ReLU()]
+
+
+def mlp_torso(num_inputs, width=512, layer_norm=False):
+    """A.2: two hidden layers of ``width`` (512 by default; 16 x {1..16} in the width sweep)."""
+    return nn.Sequential(nn.Flatten(), *_dense(num_inputs, width, layer_norm), *_dense(width, width, layer_norm))
+
+
+def cnn_torso(obs_shape, layer_norm=False):
+    """A.2: 5x5 then 3x3 convolutions with 64 channels, then two dense layers of 256.
+
+    Stride 1 and no padding or pooling: A.2 names none. On 28x28 inputs the first dense layer sees 64x22x22.
+    """
+    channels, height, width = obs_shape
+    flat = 64 * (height - 6) * (width - 6)
+    return nn.Sequential(*_conv(channels, 64, 5, layer_norm), *_conv(64, 64, 3, layer_norm), nn.Flatten(),
+                         *_dense(flat, 256, layer_norm), *_dense(256, 256, layer_norm))
+
+
+def resnet18_torso(channels, layer_norm=False):
+    """torchvision's ResNet-18 for small images: a 3x3 stride-1 stem without max-pooling (the usual CIFAR
+    adaptation), ``channels`` inputs, and its classifier removed (features are the 512 pooled channels)."""
+    norm_layer = (lambda c: nn.GroupNorm(1, c)) if layer_norm else None
+    net = torchvision.models.resnet18(norm_layer=norm_layer)
+    net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+class ViT(nn.Module):
+    """A.2: a Vision Transformer (Dosovitskiy et al., 2020) with patch size 3, model dim 256, feed-forward 1024,
+    one pre-norm block, dropout 0.1, a class token and learned positions; features are the normalised class token.
+
+    Patches do not overlap: 28-pixel images give 9x9 patches (the last row and column are dropped), 32-pixel
+    ones 10x10. A.2 gives no head count; we use 8 (head dim 32). ``layer_norm`` adds a LayerNorm after the patch
+    embedding (the block's own LayerNorms are always there).
+    """
+
+    def __init__(self, obs_shape, patch=3, dim=256, ff_dim=1024, heads=8, dropout=0.1, layer_norm=False):
+        super().__init__()
+        channels, height, width = obs_shape
+        num_patches = (height // patch) * (width // patch)
+        self.embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.embed_norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positions = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.block = TransformerBlock(dim, heads, ff_dim, dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        tokens = self.embed_norm(self.embed(x).flatten(2).transpose(1, 2))
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        tokens = self.block(self.dropout(tokens + self.positions))
+        return self.norm(tokens[:, 0])
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention and GELU feed-forward, each with a residual connection. Written out (rather than
+    nn.TransformerEncoderLayer) so that torch.func.vmap over stacked copies, as in the probe, works."""
+
+    def __init__(self, dim, heads, ff_dim, dropout):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        attention = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(attention.transpose(1, 2).flatten(2)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class SpectralNorm(nn.Module):
+    """Divide a layer's weight by its spectral norm, estimated with one power-iteration step per training forward
+    (as torch's spectral_norm). Our own so that the power-iteration vector is a plain buffer updated by
+    ``copy_``, which works under torch.func.vmap over stacked copies."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        weight = layer.weight.detach().flatten(1)
+        u = nn.functional.normalize(torch.randn(weight.shape[0]), dim=0)
+        self.register_buffer("u", u)
+
+    def forward(self, x):
+        weight = self.layer.weight.flatten(1)
+        with torch.no_grad():
+            v = nn.functional.normalize(weight.T @ self.u, dim=0)
+            u = nn.functional.normalize(weight @ v, dim=0)
+            if self.training:
+                self.u.copy_(u)
+        sigma = u @ weight @ v
+        w = self.layer.weight / sigma
+        if isinstance(self.layer, nn.Conv2d):
+            return nn.functional.conv2d(x, w, self.layer.bias, self.layer.stride, self.layer.padding)
+        return nn.functional.linear(x, w, self.layer.bias)
+
+
+def apply_spectral_norm_to_first_layer(torso):
+    """Wrap the first Linear or Conv2d of ``torso`` in ``SpectralNorm``."""
+    for module in torso.modules():
+        for name, child in module.named_children():
+            if isinstance(child, (nn.Linear, nn.Conv2d)):
+                setattr(module, name, SpectralNorm(child))
+                return
+    raise ValueError("no Linear or Conv2d layer to apply spectral norm to")
