@@ -58,7 +58,7 @@ class Args:
     eval_every: int = 10_000
     """SGD steps between curvature checkpoints; step 0 and the last step are always measured (not given)"""
     hessian_inputs: int = 2_048
-    """MNIST images in the single large batch of the probe loss's Hessian (A.1: "a single large batch"; size not given)"""
+    """MNIST images in the probe loss's Hessian batch (A.1: "a single large batch"; its size is not given)"""
     lanczos_iters: int = 90
     """Lanczos steps for the density and top eigenvalue (not given; Ghorbani et al. 2019 and PyHessian use ~90-100)"""
     num_grad_samples: int = 512
@@ -66,7 +66,7 @@ class Args:
     num_clusters: int = 10
     """k-means clusters that order C_k for display (A.1: 10, the number of latent states)"""
     shared_eps: bool = True
-    """one eps ~ N(0, I) shared by all probe inputs (our reading); per-input eps makes C_k half negative by construction"""
+    """one eps ~ N(0, I) for all probe inputs (our reading of Sec 4.2); per-input eps: C_k half negative regardless"""
     density_sigma2: float = 1e-5
     """Gaussian kernel variance as a fraction of the squared spectral range (PyHessian's sigma^2 = 1e-5)"""
     log_every: int = 1_000
@@ -114,11 +114,11 @@ def coupled_step(gd_params, walk_params, grads, lr, generator):
     return step_norm
 
 
-def measure_curvature(net, x, eps, args, device):
+def measure_curvature(net, x, eps, args):
     """Lanczos nodes/weights of the probe loss's Hessian on (x, eps), and C_k on the first k inputs."""
     with eval_mode(net):
         matvec, dim = hessian_matvec(lambda: probe_loss(net(x), eps), list(net.parameters()))
-        nodes, weights = lanczos(matvec, dim, min(args.lanczos_iters, dim), seed=args.seed, device=device)
+        nodes, weights = lanczos(matvec, dim, min(args.lanczos_iters, dim), seed=args.seed)
     k = args.num_grad_samples
     C = gradient_covariance(per_example_grads(net, probe_loss, x[:k], eps[:k]))
     neg_fraction, neg_mean = interference(C)
@@ -205,17 +205,18 @@ def train(args):
     def checkpoint(step):
         metrics = {}
         for name, net, params in (("gd", gd_net, gd_params), ("walk", walk_net, walk_params)):
-            record, scalars = measure_curvature(net, probe_x, probe_eps, args, device)
+            record, scalars = measure_curvature(net, probe_x, probe_eps, args)
             records[name].append(record)
             scalars["distance_from_init"] = distance(params, start_params)
             metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
         checkpoint_steps.append(step)
         row = logger.log(step, metrics)
-        print(f"step {step:>8,}  top eigenvalue: gd {row['curvature/gd/top_eigenvalue']:.4g} "
-              f"walk {row['curvature/walk/top_eigenvalue']:.4g}  negative C_k: "
-              f"gd {row['curvature/gd/grad_cov_neg_fraction']:.1%} walk {row['curvature/walk/grad_cov_neg_fraction']:.1%}"
-              f"  distance from init: gd {row['curvature/gd/distance_from_init']:.3g} "
-              f"walk {row['curvature/walk/distance_from_init']:.3g}", flush=True)
+        gd, walk = ({k.split("/")[-1]: v for k, v in row.items() if k.startswith(f"curvature/{n}/")}
+                    for n in ("gd", "walk"))
+        print(f"step {step:>8,}  top eigenvalue: gd {gd['top_eigenvalue']:.4g} walk {walk['top_eigenvalue']:.4g}  "
+              f"negative C_k: gd {gd['grad_cov_neg_fraction']:.1%} walk {walk['grad_cov_neg_fraction']:.1%}  "
+              f"distance from init: gd {gd['distance_from_init']:.3g} walk {walk['distance_from_init']:.3g}",
+              flush=True)
         final.update({k: v for k, v in row.items() if k != "step"})
 
     status, step, stats = "completed", 0, torch.zeros(3, device=device)

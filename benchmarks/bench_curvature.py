@@ -178,7 +178,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [f"\n## Curvature tools\n",
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.processor() or platform.machine()}, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+             f"{platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), shared with other jobs; "
              f"torch {torch.__version__}, Python {platform.python_version()}; median of {args.repeats} alternating "
              f"repeats (`python benchmarks/bench_curvature.py --repeats {args.repeats}`).\n"]

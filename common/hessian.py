@@ -43,16 +43,16 @@ def hessian_matvec(loss_fn, params):
     """Return ``(matvec, dim)``: ``matvec(v)`` is the Hessian of ``loss_fn()`` at ``params`` times a flat ``v``.
 
     ``loss_fn()`` is evaluated once, here; its gradient graph is kept and differentiated again by every call, so
-    the batch and the parameters are frozen at this moment. ``v`` may be of any float dtype; the product has the
-    dtype of ``params``. For a module with BatchNorm or dropout, build the closure inside ``eval_mode(model)``.
+    the batch and the parameters are frozen at this moment. ``v`` may have any float dtype and device; the product
+    has those of ``params``. For a module with BatchNorm or dropout, build the closure inside ``eval_mode(model)``.
     """
     params = list(params)
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     dtype = params[0].dtype
 
     def matvec(v):
-        hv = torch.autograd.grad(grads, params, grad_outputs=_unflat(v.to(params[0].device, dtype), params), retain_graph=True)
-        return _flat(hv)
+        v = _unflat(v.to(params[0].device, dtype), params)
+        return _flat(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
 
     return matvec, sum(p.numel() for p in params)
 
@@ -69,28 +69,30 @@ def hvp(loss_fn, params, vec):
     return _unflat(matvec(_flat(vec)), params)
 
 
-def lanczos(matvec, dim, num_iters, *, seed=0, device=None):
+def lanczos(matvec, dim, num_iters, *, seed=0):
     """Lanczos with full reorthogonalisation on the symmetric operator ``matvec`` over ``R^dim``.
 
-    Returns ``(nodes, weights)``, float64: the Ritz values (eigenvalues of the tridiagonal matrix T), ascending,
-    and the squared first components of T's eigenvectors, which sum to 1: the Gaussian-quadrature estimate of the
-    spectral measure seen from the random start vector (Ghorbani et al. 2019). With ``num_iters == dim`` the nodes
-    are the operator's eigenvalues. The loop has no host synchronisation; if the Krylov space becomes exactly
-    invariant (a zero off-diagonal), T is cut there and fewer nodes come back. ``device`` holds the float64
-    basis (``num_iters x dim``); pass the parameters' device.
+    Returns ``(nodes, weights)``, float64 on the CPU: the Ritz values (eigenvalues of the tridiagonal matrix T),
+    ascending, and the squared first components of T's eigenvectors, which sum to 1: the Gaussian-quadrature
+    estimate of the spectral measure seen from the random start vector (Ghorbani et al. 2019). With
+    ``num_iters == dim`` the nodes are the operator's eigenvalues. The float64 basis (``num_iters x dim``) lives on
+    the device of the first product. The loop has no host synchronisation; if the Krylov space becomes exactly
+    invariant (a zero off-diagonal), T is cut there and fewer nodes come back.
     """
     if not 1 <= num_iters <= dim:
         raise ValueError(f"num_iters must be in [1, dim={dim}], got {num_iters}")
-    generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     v = v / torch.linalg.vector_norm(v)
+    w = matvec(v).to(torch.float64)
+    device = w.device
+    v = v.to(device)
     basis = torch.zeros(num_iters, dim, dtype=torch.float64, device=device)
     alphas = torch.zeros(num_iters, dtype=torch.float64, device=device)
     betas = torch.zeros(num_iters, dtype=torch.float64, device=device)
     for i in range(num_iters):
         basis[i] = v
-        w = matvec(v).to(torch.float64)
         if i > 0:
+            w = matvec(v).to(torch.float64)
             w -= betas[i - 1] * basis[i - 1]
         alphas[i] = w @ v
         w -= alphas[i] * v
@@ -124,8 +126,8 @@ def spectral_density(nodes, weights, grid, sigma2):
     return gauss @ weights.reshape(-1) / (runs * math.sqrt(2 * math.pi * sigma2))
 
 
-def top_eigenvalue(matvec, dim, num_iters=30, *, seed=0, device=None):
+def top_eigenvalue(matvec, dim, num_iters=30, *, seed=0):
     """The largest eigenvalue of ``matvec`` by Lanczos (its extreme Ritz values converge far faster than power
     iteration, which can stop several percent low); a 0-d float64 tensor."""
-    nodes, _ = lanczos(matvec, dim, min(num_iters, dim), seed=seed, device=device)
+    nodes, _ = lanczos(matvec, dim, min(num_iters, dim), seed=seed)
     return nodes[-1]
