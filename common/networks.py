@@ -128,19 +128,21 @@ class ViT(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Pre-norm self-attention and GELU feed-forward, each with a residual connection. Written out (rather than
-    nn.TransformerEncoderLayer) so that torch.func.vmap over stacked copies, as in the probe, works."""
+    nn.TransformerEncoderLayer, whose fast paths do not vmap) so that the probe can vmap over stacked copies."""
 
     def __init__(self, dim, heads, ff_dim, dropout):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop, self.attn_drop = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, x):
         q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        attention = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        # Written out rather than scaled_dot_product_attention, which has no vmap batching rule on the CPU.
+        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+        attention = self.attn_drop(weights) @ v
         x = x + self.drop(self.proj(attention.transpose(1, 2).flatten(2)))
         return x + self.drop(self.ff(self.norm2(x)))
 

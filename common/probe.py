@@ -1,0 +1,132 @@
+"""The plasticity probe of Sec 2.2 / 3.1 (eq. 4-5).
+
+From the current parameters, fit K random target functions ``g_k(x) = a + sin(1e5 f(x; w0_k))`` on inputs X
+drawn from the agent's replay, where ``w0_k`` is a fresh initialisation of the same architecture and ``a`` the
+network's mean prediction on X, with the agent's optimizer (fresh state) for ``steps`` minibatch steps. Then
+``b`` is the targets' variance and plasticity ``P = b - mean_k final_loss_k``.
+
+The K fits are independent copies trained in lockstep: parameters stacked with ``torch.func.stack_module_state``,
+one ``vmap``-ed forward, one backward of the summed losses (each copy's gradient is its own loss's), and one
+elementwise optimizer over the stacked tensors. ``fit_sequential`` is the plain reference: same draws, one fit
+after another.
+
+Choices the paper leaves open: minibatches are drawn uniformly with replacement from X; the final loss is the
+mean squared error of the predicted values on all of X, in eval mode (no dropout); with a two-hot head the fit
+minimises the two-hot cross-entropy, and its curves record that loss. BatchNorm layers use batch statistics.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state, vmap
+
+
+@dataclass
+class ProbeResult:
+    final_losses: torch.Tensor  # (K,) mean squared error of each fit on all of X after the last step
+    curves: torch.Tensor  # (K, steps) minibatch training loss at each step (Fig 4)
+    baseline: torch.Tensor  # () b: the targets' variance, averaged over targets
+    plasticity: torch.Tensor  # () P = b - mean final loss (eq. 5)
+
+
+@torch.no_grad()
+def make_targets(network, make_network, inputs, num_targets, seed=0, chunk=512):
+    """``(K, N, num_outputs)`` probe targets ``a + sin(1e5 f(x; w0_k))`` for the N ``inputs``."""
+    was_training = network.training
+    network.eval()
+    offset = predict_values(network, inputs, chunk).mean()
+    network.train(was_training)
+    targets = []
+    for k in range(num_targets):
+        with torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):
+            torch.manual_seed(seed * 1_000_003 + k)  # one fresh, reproducible initialisation per target
+            fresh = make_network().to(inputs.device).eval()
+        targets.append(offset + torch.sin(1e5 * predict_values(fresh, inputs, chunk)))
+    return torch.stack(targets)
+
+
+def predict_values(network, inputs, chunk=512):
+    return torch.cat([network.values(network(inputs[i:i + chunk])) for i in range(0, len(inputs), chunk)])
+
+
+def _probe_copy(network):
+    model = copy.deepcopy(network).train()
+    replace_all_batch_norm_modules_(model)  # batch statistics only: running-stat updates cannot be vmapped
+    return model
+
+
+def _draw_batches(num_inputs, num_targets, steps, batch_size, seed, device):
+    generator = torch.Generator(device).manual_seed(seed)
+    return torch.randint(num_inputs, (steps, num_targets, batch_size), generator=generator, device=device)
+
+
+def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
+    """Fit the K targets together; returns ``(stacked final model state, curves)``."""
+    num_targets = targets.shape[0]
+    model = _probe_copy(network)
+    params, buffers = stack_module_state([model] * num_targets)
+    optimizer = make_optimizer(list(params.values()))
+    batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
+    rows = torch.arange(num_targets, device=inputs.device).unsqueeze(1)
+
+    def loss_of_one(p, b, x, y):
+        return model.loss(functional_call(model, (p, b), (x,)), y).mean()
+
+    batched_loss = vmap(loss_of_one, randomness="different")
+    curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
+    for step in range(steps):
+        idx = batches[step]  # (K, B)
+        losses = batched_loss(params, buffers, inputs[idx], targets[rows, idx])
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # the copies share nothing, so each gets exactly its own gradient
+        optimizer.step()
+        curves[:, step] = losses.detach()
+    return model, params, buffers, curves
+
+
+@torch.no_grad()
+def _final_losses_vectorized(model, params, buffers, inputs, targets, chunk=256):
+    model.eval()
+    values = vmap(lambda p, b, x: model.values(functional_call(model, (p, b), (x,))), in_dims=(0, 0, None))
+    errors = [(values(params, buffers, inputs[i:i + chunk]) - targets[:, i:i + chunk]).square()
+              for i in range(0, len(inputs), chunk)]
+    return torch.cat(errors, dim=1).flatten(1).mean(1)
+
+
+def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
+    """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``."""
+    num_targets = targets.shape[0]
+    batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
+    curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
+    final = torch.empty(num_targets, dtype=targets.dtype, device=inputs.device)
+    for k in range(num_targets):
+        model = _probe_copy(network)
+        optimizer = make_optimizer(list(model.parameters()))
+        for step in range(steps):
+            idx = batches[step, k]
+            loss = model.loss(model(inputs[idx]), targets[k, idx]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            curves[k, step] = loss.detach()
+        with torch.no_grad():
+            final[k] = (predict_values(model.eval(), inputs) - targets[k]).square().mean()
+    return final, curves
+
+
+def run_probe(network, make_network, inputs, make_optimizer, *, num_targets=10, steps=2000, batch_size=32,
+              seed=0, vectorized=True):
+    """Measure the plasticity of ``network`` on ``inputs`` (eq. 5); ``network`` itself is left unchanged.
+
+    ``make_network()`` builds a freshly initialised network of the same architecture (for the targets);
+    ``make_optimizer(params)`` builds the agent's optimizer with fresh state.
+    """
+    targets = make_targets(network, make_network, inputs, num_targets, seed)
+    if vectorized:
+        model, params, buffers, curves = fit_vectorized(network, inputs, targets, make_optimizer, steps,
+                                                        batch_size, seed)
+        final = _final_losses_vectorized(model, params, buffers, inputs, targets)
+    else:
+        final, curves = fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed)
+    baseline = targets.flatten(1).var(dim=1).mean()
+    return ProbeResult(final, curves, baseline, baseline - final.mean())

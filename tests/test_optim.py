@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from common.optim import Adam, RMSProp
+
+
+def _quadratic_grads(steps, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=shape) * 10.0 ** rng.integers(-4, 2) for _ in range(steps)]
+
+
+def _run(optimizer_cls, grads, start, **kwargs):
+    p = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    opt = optimizer_cls([p], **kwargs)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    return p.detach().numpy()
+
+
+def optax_adam(grads, start, lr, b1, b2, eps, eps_root):
+    """Hand-written optax.adam followed by the -lr scaling: eq. 6 of the paper."""
+    p, m, v = start.copy(), np.zeros_like(start), np.zeros_like(start)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        p = p - lr * m_hat / (np.sqrt(v_hat + eps_root) + eps)
+    return p
+
+
+@pytest.mark.parametrize("eps_root", [0.0, 1e-3])
+def test_adam_matches_hand_written_optax_formula(eps_root):
+    grads, start = _quadratic_grads(25, (7,)), np.linspace(-1, 1, 7)
+    expected = optax_adam(grads, start, lr=1e-2, b1=0.9, b2=0.9, eps=1e-9, eps_root=eps_root)
+    got = _run(Adam, grads, start, lr=1e-2, betas=(0.9, 0.9), eps=1e-9, eps_root=eps_root)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_eps_root_changes_the_update():
+    grads, start = _quadratic_grads(5, (7,)), np.zeros(7)
+    assert not np.allclose(_run(Adam, grads, start, eps_root=0.0), _run(Adam, grads, start, eps_root=1e-3))
+
+
+def test_adam_equals_torch_adam_when_eps_root_is_zero():
+    grads, start = _quadratic_grads(30, (4, 3)), np.ones((4, 3))
+    got = _run(Adam, grads, start, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, eps_root=0.0)
+    expected = _run(torch.optim.Adam, grads, start, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_adam_weight_decay_is_an_l2_gradient_term():
+    grads, start = _quadratic_grads(10, (5,)), np.linspace(1, 2, 5)
+    got = _run(Adam, grads, start, lr=1e-2, weight_decay=0.1)
+    expected = _run(torch.optim.Adam, grads, start, lr=1e-2, weight_decay=0.1)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_matches_optax_formula(centered):
+    grads, start = _quadratic_grads(25, (6,)), np.linspace(-1, 1, 6)
+    lr, decay, eps = 2.5e-4, 0.95, (0.01 / 32) ** 2
+    p, v, m = start.copy(), np.zeros(6), np.zeros(6)
+    for g in grads:
+        v = decay * v + (1 - decay) * g**2
+        m = decay * m + (1 - decay) * g
+        p = p - lr * g / np.sqrt(v - (m**2 if centered else 0) + eps)  # eps inside the root (DQN Zoo)
+    got = _run(RMSProp, grads, start, lr=lr, decay=decay, eps=eps, centered=centered)
+    np.testing.assert_allclose(got, p, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(Adam, dict(lr=1e-2, eps_root=1e-3)), (RMSProp, dict(lr=1e-2))])
+def test_stacked_parameters_are_independent_optimizers(cls, kwargs):
+    """One optimizer over (K, ...) stacked tensors equals K optimizers over the slices."""
+    k, grads = 3, _quadratic_grads(12, (3, 4, 2), seed=1)
+    start = np.arange(24, dtype=float).reshape(3, 4, 2) / 24
+    stacked = _run(cls, grads, start, **kwargs)
+    separate = np.stack([_run(cls, [g[i] for g in grads], start[i], **kwargs) for i in range(k)])
+    np.testing.assert_allclose(stacked, separate, rtol=0, atol=0)
+
+
+def test_invalid_hyperparameters_raise():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(ValueError):
+        Adam(p, lr=-1)
+    with pytest.raises(ValueError):
+        RMSProp(p, decay=1.5)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from common.interventions import TwoHot
+from common.networks import build_network
+from common.optim import Adam, make_optimizer
+from common.probe import make_targets, predict_values, run_probe
+
+
+def _setup(dtype=torch.float32, **net_kwargs):
+    make = lambda: build_network("mlp", (1, 6, 6), 4, width=24, **net_kwargs).to(dtype)  # noqa: E731
+    torch.manual_seed(0)
+    network = make()
+    inputs = torch.rand(96, 1, 6, 6, dtype=dtype)
+    return network, make, inputs
+
+
+def adam(params):
+    return Adam(params, lr=3e-3, eps_root=1e-8)
+
+
+def test_vectorised_probe_equals_sequential_fits():
+    network, make, inputs = _setup()
+    kwargs = dict(num_targets=4, steps=40, batch_size=16, seed=7)
+    vectorised = run_probe(network, make, inputs, adam, **kwargs)
+    sequential = run_probe(network, make, inputs, adam, vectorized=False, **kwargs)
+    torch.testing.assert_close(vectorised.curves, sequential.curves, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vectorised.final_losses, sequential.final_losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vectorised.plasticity, sequential.plasticity)
+
+
+@pytest.mark.parametrize("net_kwargs", [dict(layer_norm=True, spectral_norm=True), dict(two_hot=TwoHot(-3, 3, 13))])
+def test_vectorised_probe_equals_sequential_with_options_in_float64(net_kwargs):
+    network, make, inputs = _setup(torch.float64, **net_kwargs)
+    kwargs = dict(num_targets=3, steps=25, batch_size=8, seed=3)
+    vectorised = run_probe(network, make, inputs, adam, **kwargs)
+    sequential = run_probe(network, make, inputs, adam, vectorized=False, **kwargs)
+    torch.testing.assert_close(vectorised.curves, sequential.curves, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(vectorised.final_losses, sequential.final_losses, rtol=1e-10, atol=1e-12)
+
+
+def test_targets_follow_eq_4_with_the_mean_prediction_as_offset():
+    network, make, inputs = _setup()
+    targets = make_targets(network, make, inputs, num_targets=3, seed=1)
+    offset = predict_values(network.eval(), inputs).mean()
+    assert targets.shape == (3, 96, 4)
+    for k in range(3):
+        with torch.random.fork_rng():
+            torch.manual_seed(1 * 1_000_003 + k)
+            fresh = make()
+        torch.testing.assert_close(targets[k], offset + torch.sin(1e5 * fresh(inputs)))
+    assert not torch.allclose(targets[0], targets[1])
+
+
+def test_probe_leaves_the_network_unchanged_and_learns():
+    network, make, inputs = _setup()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    result = run_probe(network, make, inputs, lambda p: make_optimizer("adam", p, 3e-3), num_targets=3,
+                       steps=300, batch_size=32)
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    targets = make_targets(network, make, inputs, num_targets=3, seed=0)
+    torch.testing.assert_close(result.baseline, targets.flatten(1).var(1).mean())
+    assert result.curves.shape == (3, 300)
+    assert (result.final_losses < 0.7 * result.baseline).all()  # a fresh network fits much of the random targets
+    torch.testing.assert_close(result.plasticity, result.baseline - result.final_losses.mean())
