@@ -7,6 +7,7 @@ landscape of the probe loss l(theta) = mean_x ||f(x) - sg(f(x)) + eps_x||^2, eps
 its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient cosine matrix C_k of eq. 3.
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ def measure_curvature(net, x, eps, args):
 
 
 def distance(params, start):
+    """||params - start|| over all parameters."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(params, start))))
 
 
@@ -183,10 +185,8 @@ def train(args):
     generator = torch.Generator(device).manual_seed(args.seed)
 
     gd_net = build_network("mlp", tuple(images.shape[1:]), NUM_ACTIONS, width=args.width).to(device)
-    walk_net = build_network("mlp", tuple(images.shape[1:]), NUM_ACTIONS, width=args.width).to(device)
-    target_net = build_network("mlp", tuple(images.shape[1:]), NUM_ACTIONS, width=args.width).to(device)
-    walk_net.load_state_dict(gd_net.state_dict())  # one initialisation for both processes
-    target_net.load_state_dict(gd_net.state_dict())
+    walk_net = copy.deepcopy(gd_net)  # one initialisation for both processes
+    target_net = copy.deepcopy(gd_net)
     gd_params, walk_params = list(gd_net.parameters()), list(walk_net.parameters())
     start_params = [p.detach().clone() for p in gd_params]
 
