@@ -55,7 +55,7 @@ def interference(C):
 def kmeans_order(C, k=10, seed=0, iters=50):
     """A permutation of the rows of ``C`` grouping them by k-means clusters (A.1: k = 10, the number of latent
     states), largest cluster first and the original order within a cluster. Display ``C[order][:, order]``."""
-    points = C.float()
+    points = C.float().nan_to_num(0.0)  # a zero gradient's nan row joins whichever cluster is nearest the origin
     n = len(points)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
