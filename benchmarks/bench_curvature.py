@@ -75,7 +75,7 @@ def bench_hvp(repeats, products=20):
     grad_fn = grad(lambda p: probe_loss(functional_call(net, p, (x,)), eps))
 
     def forward_over_reverse():
-        return jvp(grad_fn, (named,), (tangent,))[1]
+        return list(jvp(grad_fn, (named,), (tangent,))[1].values())
 
     contenders = {"graph reused (ours)": lambda: [matvec(v) for _ in range(products)],
                   "fresh double backward": lambda: [fresh() for _ in range(products)],
@@ -83,8 +83,7 @@ def bench_hvp(repeats, products=20):
     out = interleaved(contenders, repeats)
     reference = out["graph reused (ours)"][1][0]
     for name in ("fresh double backward", "torch.func jvp(grad)"):
-        flat = torch.cat([h.reshape(-1) for h in (out[name][1][0].values() if isinstance(out[name][1][0], dict)
-                                                    else out[name][1][0])])
+        flat = torch.cat([h.reshape(-1) for h in out[name][1][0]])
         assert torch.allclose(flat, reference, rtol=1e-3, atol=1e-6 * reference.abs().max()), name
     return {name: seconds / products * 1e3 for name, (seconds, _) in out.items()}
 
