@@ -3,12 +3,13 @@
 Sec 4.2 and A.1. Two coupled trajectories start from the same parameters. One takes SGD steps on the Q-learning
 loss (eq. 1) of the true-label ("easy") classification MDP with MNIST observations; the other takes, at every step,
 a Gaussian step rescaled to the norm of that step's SGD update. At regular checkpoints, for both, we measure the
-landscape of the probe loss l(theta) = mean_x ||f(x) - sg(f(x)) + eps_x||^2, eps ~ N(0, 1) fixed for the run:
+landscape of the probe loss l(theta) = mean_x ||f(x) - sg(f(x)) + eps||^2, eps ~ N(0, I) drawn once for the run:
 its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient cosine matrix C_k of eq. 3.
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
 import copy
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -61,7 +62,7 @@ class Args:
     hessian_inputs: int = 2_048
     """MNIST images in the probe loss's Hessian batch (A.1: "a single large batch"; its size is not given)"""
     lanczos_iters: int = 90
-    """Lanczos steps for the density and top eigenvalue (not given; Ghorbani et al. 2019 and PyHessian use ~90-100)"""
+    """Lanczos steps for the density and top eigenvalue (not given; PyHessian's default is 100)"""
     num_grad_samples: int = 512
     """k, the inputs of C_k, drawn from the Hessian batch (Sec 4.2: k = 512, the batch size)"""
     num_clusters: int = 10
@@ -69,7 +70,7 @@ class Args:
     shared_eps: bool = True
     """one eps ~ N(0, I) for all probe inputs (our reading of Sec 4.2); per-input eps: C_k half negative regardless"""
     density_sigma2: float = 1e-5
-    """Gaussian kernel variance as a fraction of the squared spectral range (PyHessian's sigma^2 = 1e-5)"""
+    """Gaussian kernel variance over the squared spectral range (not given; PyHessian: 1e-5 x max(1, range))"""
     log_every: int = 1_000
     """SGD steps between TD-loss logs (each log is the only host sync of the loop)"""
 
@@ -223,6 +224,7 @@ def train(args):
     window_time = time.time()
     obs = env.reset()
     checkpoint(0)
+    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # Slurm preemption: stop as on Ctrl-C
     try:
         while step < args.total_steps:
             actions = torch.randint(NUM_ACTIONS, obs.shape, generator=generator, device=device)
@@ -252,6 +254,8 @@ def train(args):
                 window_time = time.time()  # SPS measures training, not the curvature checkpoints
     except KeyboardInterrupt:
         status = "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     if checkpoint_steps[-1] != step and status != "diverged":
         checkpoint(step)
 
