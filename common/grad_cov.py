@@ -19,7 +19,6 @@ def per_example_grads(model, loss_fn, inputs, *targets, chunk_size=None):
     is. Computed with ``vmap(grad)`` in eval mode (BatchNorm uses running statistics: a batch of one has none).
     ``chunk_size`` bounds the memory of the vmap (it materialises per-example weight gradients).
     """
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
@@ -31,7 +30,7 @@ def per_example_grads(model, loss_fn, inputs, *targets, chunk_size=None):
     with eval_mode(model):
         grads = vmap(grad(example_loss), in_dims=(None, 0, *[0] * len(targets)), chunk_size=chunk_size)(
             params, inputs, *targets)
-    return torch.cat([grads[n].reshape(len(inputs), -1) for n in names], dim=1)
+    return torch.cat([g.reshape(len(inputs), -1) for g in grads.values()], dim=1)  # parameters' order
 
 
 def gradient_covariance(grads):
