@@ -1,0 +1,82 @@
+"""common.grad_cov against brute force: a Python loop of backward passes and explicit cosines."""
+import torch
+from torch import nn
+
+from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
+
+
+def td_loss(q, actions, targets):
+    """A DQN-style per-batch loss, used as is for single examples."""
+    return ((q.gather(1, actions[:, None]).squeeze(1) - targets) ** 2).mean()
+
+
+def model_and_batch(batch_norm=False, k=12):
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 3)]
+    if batch_norm:
+        layers.insert(1, nn.BatchNorm1d(7))
+    model = nn.Sequential(*layers).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(k, 6, generator=g, dtype=torch.float64)
+    actions = torch.randint(3, (k,), generator=g)
+    targets = torch.randn(k, generator=g, dtype=torch.float64)
+    return model, x, actions, targets
+
+
+def loop_grads(model, x, actions, targets):
+    rows = []
+    for i in range(len(x)):
+        model.zero_grad()
+        td_loss(model(x[i:i + 1]), actions[i:i + 1], targets[i:i + 1]).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad]))
+    return torch.stack(rows)
+
+
+def test_per_example_grads_match_a_loop():
+    model, x, actions, targets = model_and_batch()
+    grads = per_example_grads(model, td_loss, x, actions, targets)
+    assert grads.shape == (12, sum(p.numel() for p in model.parameters()))
+    assert torch.allclose(grads, loop_grads(model, x, actions, targets), atol=1e-12)
+    chunked = per_example_grads(model, td_loss, x, actions, targets, chunk_size=5)
+    assert torch.allclose(chunked, grads, atol=1e-12)
+
+
+def test_per_example_grads_with_batch_norm_and_frozen_parameters():
+    model, x, actions, targets = model_and_batch(batch_norm=True)
+    with torch.no_grad():
+        model(2 * x + 1)  # running statistics away from (0, 1)
+    model[0].bias.requires_grad_(False)
+    grads = per_example_grads(model, td_loss, x, actions, targets)
+    assert model.training
+    model.eval()
+    assert grads.shape[1] == sum(p.numel() for p in model.parameters()) - 7
+    assert torch.allclose(grads, loop_grads(model, x, actions, targets), atol=1e-12)
+
+
+def test_gradient_covariance_matches_brute_force_cosines():
+    g = torch.randn(9, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    C = gradient_covariance(g)
+    for i in range(9):
+        for j in range(9):
+            cosine = torch.dot(g[i], g[j]) / (g[i].norm() * g[j].norm())
+            assert abs(C[i, j] - cosine) < 1e-12
+
+
+def test_interference_statistics():
+    C = torch.tensor([[1.0, -0.5, 0.2], [-0.5, 1.0, -0.1], [0.2, -0.1, 1.0]])
+    fraction, mean = interference(C)
+    assert abs(fraction.item() - 4 / 6) < 1e-7 and abs(mean.item() - (-0.3)) < 1e-7
+    fraction, mean = interference(torch.eye(3))
+    assert fraction.item() == 0 and mean.item() == 0
+
+
+def test_kmeans_order_recovers_planted_blocks():
+    """Gradients from 3 well separated directions, shuffled: the ordering makes C block diagonal."""
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn(3, 50, generator=g)
+    labels = torch.tensor([0] * 20 + [1] * 12 + [2] * 8)[torch.randperm(40, generator=g)]
+    grads = directions[labels] + 0.05 * torch.randn(40, 50, generator=g)
+    order = kmeans_order(gradient_covariance(grads), k=3)
+    assert sorted(order.tolist()) == list(range(40))
+    assert labels[order].tolist() == [labels[order[0]].item()] * 20 + [labels[order[20]].item()] * 12 + \
+        [labels[order[32]].item()] * 8  # largest cluster first, each contiguous
