@@ -1,7 +1,11 @@
 import os
 import sys
 
-import pytest
+# The tests' tensors are tiny: a second OpenMP thread only adds synchronisation, and on a busy machine its spinning
+# stalled single Lanczos runs from 8 ms to 6 s. Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

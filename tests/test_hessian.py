@@ -7,16 +7,6 @@ from torch.func import functional_call
 from common.hessian import eval_mode, hessian_matvec, hvp, lanczos, spectral_density, top_eigenvalue
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra threads only add synchronisation, which on shared cores stalled one Lanczos
-    run of 93 steps for 6 s against 8 ms single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_mlp(sizes=(5, 8, 5), seed=0, batch_norm=False):
     torch.manual_seed(seed)
     layers = [nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2])]
