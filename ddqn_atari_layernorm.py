@@ -254,7 +254,7 @@ class QNetwork(nn.Module):
     over (C, H, W) copies to contiguous and ran 2-7x slower here). PyTorch's default init is U(+-1/sqrt(fan_in)),
     DQN's classic initializer."""
 
-    def __init__(self, num_actions, layer_norm):
+    def __init__(self, num_actions, layer_norm, channels_last=False):
         super().__init__()
 
         def hidden(layer, channels):
@@ -270,7 +270,8 @@ class QNetwork(nn.Module):
         )
         self.head = nn.Linear(512, num_actions, bias=False)
         self.shared_bias = nn.Parameter(torch.zeros(1))
-        self.memory_format = torch.contiguous_format
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def forward(self, frames):
         x = frames.float().div_(255.0).contiguous(memory_format=self.memory_format)
@@ -355,7 +356,7 @@ def evaluate(q_net, env, args, seed, device, video_path=None):
             video.append(env.render())
         if terminated or truncated:
             returns.append(episode_return)
-            if video is not None:
+            if video is not None:  # the first episode only
                 write_video(video, video_path)
                 video = None
             frame, _ = env.reset()
@@ -363,6 +364,8 @@ def evaluate(q_net, env, args, seed, device, video_path=None):
             stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()
         else:
             stack = torch.cat([stack[1:], torch.as_tensor(frame, device=device)[None]])
+    if video:  # the first episode did not finish
+        write_video(video, video_path)
     return float(np.mean(returns)) if returns else episode_return, len(returns)
 
 
@@ -432,12 +435,8 @@ def train(args):
     env = make_env(args.env_id, args.noop_max, args.max_episode_frames)
     eval_env = make_env(args.env_id, args.noop_max, args.max_episode_frames, render=args.capture_video)
     num_actions = env.action_space.n
-    q_net = QNetwork(num_actions, args.layer_norm).to(device)
-    if args.channels_last:
-        q_net = q_net.to(memory_format=torch.channels_last)
-        q_net.memory_format = torch.channels_last
-    target_net = QNetwork(num_actions, args.layer_norm).to(device)
-    target_net.memory_format = q_net.memory_format
+    q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
+    target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net.load_state_dict(q_net.state_dict())
     optimizer = RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay, eps=args.rmsprop_eps,
                         centered=True)
@@ -484,7 +483,7 @@ def train(args):
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    loss = q_values = torch.zeros((), device=device)
+    loss = q_values = None
     start_time, start_step = time.time(), state["step"]
     status = "completed"
     try:
@@ -532,8 +531,9 @@ def train(args):
 
             if step % args.log_every == 0:
                 sps = (step - start_step) / (time.time() - start_time)
-                metrics = {"losses/td_loss": loss, "losses/q_values": q_values.mean(), "charts/SPS": sps,
-                           "charts/epsilon": epsilon_at(step, args)}
+                metrics = {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args)}
+                if loss is not None:  # learning has started (in this process)
+                    metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
                 row = logger.log(step, metrics)
                 state["last"].update({k: v for k, v in row.items() if k != "step"})
                 if nonfinite.item():

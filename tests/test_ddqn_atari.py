@@ -160,7 +160,7 @@ def tiny_args(run_dir, **overrides):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ddqn") / "full"
-    return run_dir, train(tiny_args(run_dir, save_model=True))
+    return run_dir, train(tiny_args(run_dir, save_model=True, capture_video=True))
 
 
 def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
@@ -170,6 +170,7 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
                  "ddqn_atari_layernorm.model"):
         assert os.path.exists(run_dir / name), name
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+    assert sorted(os.listdir(run_dir / "videos")) == ["eval_160.mp4", "eval_80.mp4"]
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     keys = set().union(*rows)
     for key in ("charts/episodic_return", "charts/SPS", "losses/td_loss", "losses/q_values",
