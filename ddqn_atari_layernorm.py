@@ -208,21 +208,15 @@ class FrameReplay:
         self.valid[slot] = True
         self._write(next_frame, self.episode_start[slot])
 
-    def __len__(self):
-        return min(self.pos, self.capacity)
-
-    def stack(self, index):
-        """(n, history, 84, 84) stacks ending at absolute frame numbers `index` (n,), clamped to episode starts."""
-        starts = self.episode_start[index % self.capacity]
-        return self._stack(index, starts)
-
     def _stack(self, index, starts):
+        """(n, history, 84, 84) stacks ending at absolute frame numbers `index`, clamped to the episode starts."""
         frame_ids = torch.maximum(index[:, None] + self.offsets, starts[:, None])
         return self.frames[frame_ids % self.capacity]
 
     def latest(self):
         """The agent's current observation, (1, history, 84, 84)."""
-        return self.stack(torch.tensor([self.pos - 1], device=self.device))
+        newest = (self.pos - 1) % self.capacity
+        return self._stack(torch.tensor([self.pos - 1], device=self.device), self.episode_start[newest:newest + 1])
 
     def sample(self, batch_size, generator=None):
         """Uniform over complete transitions: (obs, actions, rewards, terminals, next_obs), no host sync."""

@@ -101,9 +101,9 @@ class CountingEnv(gym.Env):
 def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_truncation(capacity):
     env = gym.wrappers.FrameStackObservation(CountingEnv(), stack_size=4)  # the naive reference: full stacks
     replay = FrameReplay(capacity, history=4)
-    naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame it needs)
+    naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame needed, truncated)
     rng = np.random.default_rng(1)
-    written, truncations = 0, 0
+    truncations = 0
     obs, _ = env.reset()
     replay.start_episode(obs[-1])
     episode_first, written = 0, 1
@@ -120,6 +120,7 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
             obs, _ = env.reset()
             replay.start_episode(obs[-1])
             episode_first, written = written, written + 1
+        assert np.array_equal(replay.latest()[0].numpy(), obs)  # what the agent acts on
     assert truncations > 5
 
     checked = 0
