@@ -279,22 +279,26 @@ def double_q_targets(rewards, terminals, gamma, next_q_online, next_q_target):
     return rewards + gamma * (1.0 - terminals) * next_q_target.gather(1, best_actions).squeeze(1)
 
 
+@torch.no_grad()
+def batch_targets(q_net, target_net, batch, gamma):
+    _, _, rewards, terminals, next_obs = batch
+    return double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
+
+
 def td_loss(q_net, target_net, batch, gamma, huber_delta):
     """Mean Huber loss of the double-Q TD errors. DQN Zoo clips the gradient of each TD error under the batch mean
     of 0.5 td^2 to +-grad_error_bound; that is exactly the gradient of a mean Huber loss with delta
     batch_size * grad_error_bound (1 at batch 32)."""
-    obs, actions, rewards, terminals, next_obs = batch
-    with torch.no_grad():
-        targets = double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
+    obs, actions = batch[:2]
+    targets = batch_targets(q_net, target_net, batch, gamma)
     q_values = q_net(obs).gather(1, actions[:, None]).squeeze(1)
     return F.huber_loss(q_values, targets, delta=huber_delta), q_values
 
 
 def per_example_grads(q_net, target_net, batch, gamma, huber_delta):
     """(k, d) gradients of each transition's TD loss, with torch.func (one vmap over the batch)."""
-    obs, actions, rewards, terminals, next_obs = batch
-    with torch.no_grad():
-        targets = double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
+    obs, actions = batch[:2]
+    targets = batch_targets(q_net, target_net, batch, gamma)
     params = {name: p.detach() for name, p in q_net.named_parameters()}
     action_masks = F.one_hot(actions, q_net.head.out_features).float()  # no integer indexing inside vmap
 
@@ -541,6 +545,7 @@ def train(args):
             if args.grad_cov_every and step % args.grad_cov_every == 0 and step >= args.learning_starts:
                 batch = replay.sample(args.grad_cov_samples, sampler)
                 cov = _gradient_covariance(per_example_grads(q_net, target_net, batch, args.gamma, huber_delta))
+                # The Hessian spectral density (Fig 21-22) belongs here once common.hessian is merged.
                 state["grad_cov"].append((step, cov.cpu().numpy()))
                 state["last"].update({k: v for k, v in logger.log(step, grad_cov_summary(cov)).items()
                                       if k != "step"})
