@@ -476,6 +476,12 @@ def train(args):
     logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
     stop = {"signal": None}
 
+    def record(step, metrics):
+        """Log metrics and keep their latest values for summary.json."""
+        row = logger.log(step, metrics)
+        state["last"].update({key: value for key, value in row.items() if key != "step"})
+        return row
+
     def request_stop(signum, frame):  # finish the current step, then checkpoint and exit
         stop["signal"] = signum
 
@@ -508,10 +514,8 @@ def train(args):
             state["episode_length"] += 1
             state["step"] = step = step + 1
             if terminated or truncated:
-                state["last"].update({"charts/episodic_return": state["episode_return"],
-                                      "charts/episodic_length": state["episode_length"]})
-                logger.log(step, {"charts/episodic_return": state["episode_return"],
-                                  "charts/episodic_length": state["episode_length"]})
+                record(step, {"charts/episodic_return": state["episode_return"],
+                              "charts/episodic_length": state["episode_length"]})
                 frame, info = env.reset()
                 replay.start_episode(frame)
                 state.update(episode_return=0.0, episode_length=0, lives=info["lives"])
@@ -532,8 +536,7 @@ def train(args):
                 metrics = {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args)}
                 if loss is not None:  # learning has started (in this process)
                     metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
-                row = logger.log(step, metrics)
-                state["last"].update({k: v for k, v in row.items() if k != "step"})
+                record(step, metrics)
                 if nonfinite.item():
                     status = "diverged"
                     print(f"non-finite TD loss by step {step}: diverged", flush=True)
@@ -547,16 +550,13 @@ def train(args):
                 cov = _gradient_covariance(per_example_grads(q_net, target_net, batch, args.gamma, huber_delta))
                 # The Hessian spectral density (Fig 21-22) belongs here once common.hessian is merged.
                 state["grad_cov"].append((step, cov.cpu().numpy()))
-                state["last"].update({k: v for k, v in logger.log(step, grad_cov_summary(cov)).items()
-                                      if k != "step"})
+                record(step, grad_cov_summary(cov))
 
             if step % args.eval_every == 0 or step == total_steps:
                 video = os.path.join(run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
                 eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
-                eval_metrics = {"eval/episodic_return": eval_return, "eval/episodes": episodes,
-                                "eval/human_normalized_score": human_normalized(eval_return, game, scores)}
-                state["last"].update(eval_metrics)
-                logger.log(step, eval_metrics)
+                record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
+                              "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
 
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 save_checkpoint()

@@ -248,3 +248,10 @@ def test_bad_arguments_give_usage_errors(tmp_path):
         train(Args(total_frames=0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="nothing to resume"):
         train(Args(resume=True, run_dir=str(tmp_path)))
+
+
+def test_diverging_run_records_diverged(tmp_path):
+    summary = train(tiny_args(tmp_path / "diverged", total_frames=4 * 120, learning_rate=1e30, eval_every=10**6,
+                              grad_cov_every=0, checkpoint_every=0))
+    assert summary["status"] == "diverged" and summary["steps"] < 120
+    assert json.load(open(tmp_path / "diverged" / "summary.json"))["status"] == "diverged"
