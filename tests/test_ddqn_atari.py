@@ -17,6 +17,15 @@ from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, _g
                                   double_q_targets, load_atari_scores, per_example_grads, td_loss, train)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These small CNN steps ran several times faster with one thread on the shared 2-core test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_double_q_target_matches_hand_computation():
     rewards = torch.tensor([1.0, 0.5, -1.0])
     terminals = torch.tensor([0.0, 1.0, 0.0])
