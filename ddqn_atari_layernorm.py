@@ -60,7 +60,7 @@ class Args:
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
-    """run the CNN in channels_last memory format (about 2x faster on CPU here; same numbers)"""
+    """channels_last CNN (2x faster per update reported on an idle 2-core CPU; no gain measured at 1 thread)"""
 
     buffer_size: int = 100_000
     """replay capacity in frames, about one transition each (A.3: 100,000; DQN Zoo uses 1M)"""
@@ -154,7 +154,8 @@ def make_env(env_id, noop_max, max_episode_frames, render=False):
 
 def env_state(env):
     """The emulator (with its RNG) and the no-op RNG: enough to continue an episode bit for bit."""
-    return {"ale": env.unwrapped.clone_state(include_rng=True), "np_random": env.unwrapped.np_random.bit_generator.state}
+    return {"ale": env.unwrapped.clone_state(include_rng=True),
+            "np_random": env.unwrapped.np_random.bit_generator.state}
 
 
 def restore_env_state(env, state):
@@ -386,7 +387,7 @@ def draw_grad_cov(snapshots, env_id, layer_norm):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    picks = snapshots if len(snapshots) <= 5 else [snapshots[i] for i in np.linspace(0, len(snapshots) - 1, 5).astype(int)]
+    picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
     fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
     for ax, (step, cov) in zip(axes[0], picks):
         image = ax.imshow(cov, vmin=-1, vmax=1, cmap="RdBu_r")

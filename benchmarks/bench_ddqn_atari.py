@@ -29,8 +29,9 @@ def ours(steps, learning_starts, buffer_size, layer_norm):
     def run(total):
         with tempfile.TemporaryDirectory() as run_dir:
             wall, cpu = time.perf_counter(), time.process_time()
-            train(Args(run_dir=run_dir, total_frames=4 * total, learning_starts=learning_starts, buffer_size=buffer_size,
-                       layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9, eval_frames=4, log_every=100))
+            train(Args(run_dir=run_dir, total_frames=4 * total, learning_starts=learning_starts,
+                       buffer_size=buffer_size, layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9,
+                       eval_frames=4, log_every=100))
             return time.perf_counter() - wall, time.process_time() - cpu
 
     run(learning_starts + 8)  # warm-up: first environment, first updates
@@ -127,7 +128,8 @@ def main():
         for config in configs:
             out = subprocess.run([sys.executable, __file__, "--child", config, "--steps", str(args.steps),
                                   "--learning-starts", str(args.learning_starts), "--buffer-size",
-                                  str(args.buffer_size), "--threads", str(args.threads)], cwd=ROOT, capture_output=True, text=True, check=True)
+                                  str(args.buffer_size), "--threads", str(args.threads)],
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             results[config].append(row)
             print(row, flush=True)
