@@ -339,7 +339,8 @@ def epsilon_at(step, args):
 @torch.no_grad()
 def evaluate(q_net, env, args, seed, device, video_path=None):
     """Epsilon-greedy episodes (epsilon 0.01) for eval_frames frames on a separate environment. Returns the mean
-    return of the completed episodes (of the unfinished one if none completed), as DQN Zoo reports it."""
+    return of the episodes completed within the budget, as DQN Zoo reports it (the unfinished episode's return if
+    none completed), and how many completed."""
     rng = np.random.default_rng(seed)
     frame, _ = env.reset(seed=seed)
     stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()  # padded with the reset frame
