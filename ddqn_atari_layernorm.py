@@ -1,0 +1,630 @@
+"""Double DQN on the Arcade Learning Environment, with and without LayerNorm (Lyle et al. 2023, Sec 6.3, A.3).
+
+The protocol is DQN Zoo's tuned double_q agent (Quan & Ostrovski 2020) with the paper's two deviations (replay
+capacity 100,000, training epsilon 0.1) and LayerNorm after each hidden layer (`--layer-norm`, the default;
+`--no-layer-norm` is the baseline). Every `--grad-cov-every` agent steps it records the gradient covariance of a
+sampled batch (eq. 3; Fig 7 bottom, 19-20).
+
+    python ddqn_atari_layernorm.py --env-id BreakoutNoFrameskip-v4             # one run
+    python ddqn_atari_layernorm.py aggregate --runs-dir runs                    # Fig 7 (top) over many runs
+
+Step counts are agent steps (4 frames each) unless the name says frames. SIGTERM or SIGUSR1 (Slurm preemption)
+writes `checkpoint.pt` and exits; `--resume` continues exactly where the run stopped.
+"""
+import csv
+import dataclasses
+import glob
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from common.cli import check, main, select_device, seed_everything
+from common.logger import RunLogger, atomic_torch_save, default_run_name
+from common.optim import RMSProp
+
+SCORES_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common", "atari_scores.csv")
+
+
+@dataclass
+class Args:
+    exp_name: str = "ddqn_atari_layernorm"
+    """name of the experiment (CleanRL)"""
+    seed: int = 1
+    """seed of the run (DQN Zoo default 1)"""
+    cuda: bool = True
+    """use the GPU when there is one (CleanRL)"""
+    track: bool = False
+    """log to Weights & Biases as well (CleanRL)"""
+    run_dir: str | None = None
+    """run directory; default runs/<exp_name>__<seed>__<time>; required with --resume"""
+    capture_video: bool = False
+    """save an mp4 of the first episode of each evaluation to <run_dir>/videos (CleanRL)"""
+    save_model: bool = False
+    """save the final online network to <run_dir>/<exp_name>.model (CleanRL)"""
+
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """ALE game, a NoFrameskip-v4 id (no sticky actions, frame skip done here)"""
+    total_frames: int = 200_000_000
+    """environment frames of training (A.3: 200M)"""
+    layer_norm: bool = True
+    """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
+    channels_last: bool = True
+    """channels_last CNN (2x faster per update reported on an idle 2-core CPU; no gain measured at 1 thread)"""
+
+    buffer_size: int = 100_000
+    """replay capacity in frames, about one transition each (A.3: 100,000; DQN Zoo uses 1M)"""
+    learning_starts: int = 50_000
+    """transitions collected before learning (DQN Zoo: 0.05 x its 1M capacity)"""
+    batch_size: int = 32
+    """transitions per update (DQN Zoo)"""
+    train_frequency: int = 4
+    """agent steps per update (DQN Zoo learn_period: 16 frames)"""
+    target_network_frequency: int = 30_000
+    """agent steps between target updates (DQN Zoo double_q: 120k frames)"""
+    gamma: float = 0.99
+    """discount (DQN Zoo additional_discount)"""
+    learning_rate: float = 2.5e-4
+    """RMSProp learning rate (DQN Zoo)"""
+    rmsprop_decay: float = 0.95
+    """RMSProp decay (DQN Zoo)"""
+    rmsprop_eps: float = 0.01 / 32**2
+    """RMSProp epsilon inside the square root, centered (DQN Zoo optimizer_epsilon = 0.01 / 32**2)"""
+    grad_error_bound: float = 1.0 / 32
+    """bound on the TD-error gradient under the batch mean (DQN Zoo grad_error_bound)"""
+    max_abs_reward: float = 1.0
+    """reward clipping (DQN Zoo max_abs_reward)"""
+    epsilon_start: float = 0.1
+    """training epsilon before and at the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
+    epsilon_end: float = 0.1
+    """training epsilon after the decay (A.3: fixed 0.1; DQN Zoo: 0.01)"""
+    epsilon_decay_steps: int = 1_000_000
+    """agent steps of the linear decay, from learning_starts (DQN Zoo: 2% of 200M frames)"""
+
+    noop_max: int = 30
+    """up to this many no-op actions at each reset (DQN Zoo: 1 to 30)"""
+    max_episode_frames: int = 108_000
+    """episode cap in frames, 30 minutes (DQN Zoo), reached as a truncation"""
+    eval_every: int = 250_000
+    """agent steps between evaluations (DQN Zoo: one iteration of 1M frames)"""
+    eval_frames: int = 500_000
+    """frames per evaluation (DQN Zoo num_eval_frames)"""
+    eval_epsilon: float = 0.01
+    """evaluation epsilon (DQN Zoo double_q)"""
+    grad_cov_every: int = 250_000
+    """agent steps between gradient-covariance snapshots (Fig 7 bottom, 19-20); 0 turns them off"""
+    grad_cov_samples: int = 32
+    """transitions k in each gradient-covariance matrix C_k (eq. 3)"""
+    log_every: int = 1_000
+    """agent steps between metric logs (each log syncs with the device once)"""
+    checkpoint_every: int = 0
+    """agent steps between checkpoints; 0 writes one only on SIGTERM/SIGUSR1"""
+    resume: bool = False
+    """continue the run in --run-dir from its checkpoint.pt"""
+
+
+@dataclass
+class AggregateArgs:
+    runs_dir: str = "runs"
+    """folder holding run directories (each with args.json and summary.json)"""
+    output: str | None = None
+    """figure path; default <runs_dir>/fig7_layernorm_improvement.png"""
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+def game_name(env_id):
+    """'BreakoutNoFrameskip-v4' or 'ALE/Breakout-v5' -> 'Breakout' (the ALE name in atari_scores.csv)."""
+    return env_id.split("/")[-1].split("-")[0].removesuffix("NoFrameskip").removesuffix("Deterministic")
+
+
+def load_atari_scores():
+    """{ALE name: (random, human)} for the 57 games (DQN Zoo's atari_data)."""
+    with open(SCORES_CSV) as f:
+        return {row["ale_name"]: (float(row["random"]), float(row["human"])) for row in csv.DictReader(f)}
+
+
+def human_normalized(score, game, scores):
+    random_score, human_score = scores.get(game, (float("nan"), float("nan")))
+    return (score - random_score) / (human_score - random_score)
+
+
+# ---------------------------------------------------------------------------------------------------- environment
+def make_env(env_id, noop_max, max_episode_frames, render=False):
+    """One frame per step: up to noop_max no-ops at reset, action repeat 4 with max-pooling of the last two frames,
+    84x84 grey (gymnasium's AtariPreprocessing). Raw rewards; clipping and life loss are handled by the learner,
+    and frames are stacked from the replay, so that each frame is stored once."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make(env_id, max_num_frames_per_episode=max_episode_frames, repeat_action_probability=0.0,
+                   render_mode="rgb_array" if render else None)
+    return gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+
+
+def env_state(env):
+    """The emulator (with its RNG) and the no-op RNG: enough to continue an episode bit for bit."""
+    return {"ale": env.unwrapped.clone_state(include_rng=True),
+            "np_random": env.unwrapped.np_random.bit_generator.state}
+
+
+def restore_env_state(env, state):
+    env.unwrapped.restore_state(state["ale"])
+    env.unwrapped.np_random.bit_generator.state = state["np_random"]
+    env.lives = env.unwrapped.ale.lives()
+
+
+# ---------------------------------------------------------------------------------------------------- replay
+class FrameReplay:
+    """Uniform replay that stores each 84x84 frame once, on the device, and rebuilds 4-frame stacks when sampled.
+
+    Slot i holds frame s_i and, once the agent has acted, (a_i, r_i, terminal_i); the transition's next state
+    ends at slot i+1. When an episode ends (terminated or truncated) its real final frame gets a slot of its own
+    that never starts a transition, and the reset frame goes into the next slot: so the next state of the last
+    transition is the final observation, never the reset frame (the bug of the memory-optimised buffers of SB3 and
+    CleanRL). Stacks do not cross episode starts: earlier positions repeat the episode's first frame, as
+    gymnasium's FrameStackObservation does. `episode_start` holds absolute frame numbers (frames ever written).
+    """
+
+    def __init__(self, capacity, history=4, frame_shape=(84, 84), device="cpu"):
+        self.capacity, self.history, self.device = capacity, history, device
+        self.frames = torch.zeros((capacity, *frame_shape), dtype=torch.uint8, device=device)
+        self.actions = torch.zeros(capacity, dtype=torch.uint8, device=device)
+        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.terminals = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self.valid = torch.zeros(capacity, dtype=torch.bool, device=device)  # slot starts a complete transition
+        self.episode_start = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.offsets = torch.arange(-history + 1, 1, device=device)
+        self.pos = 0  # frames ever written; the newest is at absolute index pos - 1
+
+    def _write(self, frame, episode_start):
+        slot = self.pos % self.capacity
+        self.frames[slot] = torch.as_tensor(frame, device=self.device)
+        self.episode_start[slot] = episode_start
+        self.valid[slot] = False
+        # The overwritten frame was the oldest; the next history-1 slots lose it from their stacks.
+        later = (slot + torch.arange(1, self.history, device=self.device)) % self.capacity
+        self.valid[later] &= self.episode_start[later] > self.pos - self.capacity
+        self.pos += 1
+
+    def start_episode(self, frame):
+        """The first frame of an episode (after reset)."""
+        self._write(frame, self.pos)
+
+    def add(self, action, reward, terminal, next_frame):
+        """Complete the newest slot with (action, reward, terminal) and append the next frame. After an episode
+        ends the next call must be start_episode: the final frame's slot is never sampled."""
+        slot = (self.pos - 1) % self.capacity
+        self.actions[slot], self.rewards[slot], self.terminals[slot] = action, reward, terminal
+        self.valid[slot] = True
+        self._write(next_frame, self.episode_start[slot])
+
+    def _stack(self, index, starts):
+        """(n, history, 84, 84) stacks ending at absolute frame numbers `index`, clamped to the episode starts."""
+        frame_ids = torch.maximum(index[:, None] + self.offsets, starts[:, None])
+        return self.frames[frame_ids % self.capacity]
+
+    def latest(self):
+        """The agent's current observation, (1, history, 84, 84)."""
+        newest = (self.pos - 1) % self.capacity
+        return self._stack(torch.tensor([self.pos - 1], device=self.device), self.episode_start[newest:newest + 1])
+
+    def sample(self, batch_size, generator=None):
+        """Uniform over complete transitions: (obs, actions, rewards, terminals, next_obs), no host sync."""
+        slots = torch.multinomial(self.valid.float(), batch_size, replacement=True, generator=generator)
+        return self.transitions(slots)
+
+    def transitions(self, slots):
+        newest = self.pos - 1
+        index = newest - (newest - slots) % self.capacity  # absolute frame number held in each slot
+        starts = self.episode_start[slots]  # the next frame belongs to the same episode
+        return (self._stack(index, starts), self.actions[slots].long(), self.rewards[slots],
+                self.terminals[slots].float(), self._stack(index + 1, starts))
+
+    def state_dict(self):
+        names = ("frames", "actions", "rewards", "terminals", "valid", "episode_start")
+        return {"pos": self.pos, **{name: getattr(self, name) for name in names}}
+
+    def load_state_dict(self, state):
+        for name, value in state.items():
+            setattr(self, name, value.to(self.device) if isinstance(value, torch.Tensor) else value)
+
+
+# ---------------------------------------------------------------------------------------------------- network
+class QNetwork(nn.Module):
+    """DQN Zoo's double_q network: Nature CNN torso, 512 hidden units, a linear head with one bias shared by all
+    actions. With layer_norm, LayerNorm sits between each hidden layer and its ReLU: it normalises all of a layer's
+    units (C, H, W for a convolution) with a per-channel scale and offset, as Haiku's hk.LayerNorm does by default
+    (param_axis=-1); for convolutions that is GroupNorm with one group, which also keeps channels_last (nn.LayerNorm
+    over (C, H, W) copies to contiguous and ran 2-7x slower here). PyTorch's default init is U(+-1/sqrt(fan_in)),
+    DQN's classic initializer."""
+
+    def __init__(self, num_actions, layer_norm, channels_last=False):
+        super().__init__()
+
+        def hidden(layer, channels):
+            norm = nn.GroupNorm(1, channels) if isinstance(layer, nn.Conv2d) else nn.LayerNorm(channels)
+            return [layer, norm if layer_norm else nn.Identity(), nn.ReLU()]
+
+        self.torso = nn.Sequential(
+            *hidden(nn.Conv2d(4, 32, 8, stride=4), 32),
+            *hidden(nn.Conv2d(32, 64, 4, stride=2), 64),
+            *hidden(nn.Conv2d(64, 64, 3, stride=1), 64),
+            nn.Flatten(),
+            *hidden(nn.Linear(3136, 512), 512),
+        )
+        self.head = nn.Linear(512, num_actions, bias=False)
+        self.shared_bias = nn.Parameter(torch.zeros(1))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+
+    def forward(self, frames):
+        x = frames.float().div_(255.0).contiguous(memory_format=self.memory_format)
+        return self.head(self.torso(x)) + self.shared_bias
+
+
+# ---------------------------------------------------------------------------------------------------- learning
+def double_q_targets(rewards, terminals, gamma, next_q_online, next_q_target):
+    """r + gamma (1 - terminal) Q_target(s', argmax_a Q_online(s', a)) (van Hasselt et al. 2016)."""
+    best_actions = next_q_online.argmax(dim=1, keepdim=True)
+    return rewards + gamma * (1.0 - terminals) * next_q_target.gather(1, best_actions).squeeze(1)
+
+
+@torch.no_grad()
+def batch_targets(q_net, target_net, batch, gamma):
+    _, _, rewards, terminals, next_obs = batch
+    return double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
+
+
+def td_loss(q_net, target_net, batch, gamma, huber_delta):
+    """Mean Huber loss of the double-Q TD errors. DQN Zoo clips the gradient of each TD error under the batch mean
+    of 0.5 td^2 to +-grad_error_bound; that is exactly the gradient of a mean Huber loss with delta
+    batch_size * grad_error_bound (1 at batch 32)."""
+    obs, actions = batch[:2]
+    targets = batch_targets(q_net, target_net, batch, gamma)
+    q_values = q_net(obs).gather(1, actions[:, None]).squeeze(1)
+    return F.huber_loss(q_values, targets, delta=huber_delta), q_values
+
+
+def per_example_grads(q_net, target_net, batch, gamma, huber_delta):
+    """(k, d) gradients of each transition's TD loss, with torch.func (one vmap over the batch)."""
+    obs, actions = batch[:2]
+    targets = batch_targets(q_net, target_net, batch, gamma)
+    params = {name: p.detach() for name, p in q_net.named_parameters()}
+    action_masks = F.one_hot(actions, q_net.head.out_features).float()  # no integer indexing inside vmap
+
+    def loss_one(params, obs, action_mask, target):
+        q_value = (functional_call(q_net, params, (obs[None],))[0] * action_mask).sum()
+        return F.huber_loss(q_value, target, delta=huber_delta)
+
+    memory_format, q_net.memory_format = q_net.memory_format, torch.contiguous_format  # vmap lacks channels_last
+    try:
+        grads = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, obs, action_masks, targets)
+    finally:
+        q_net.memory_format = memory_format
+    return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
+
+
+def _gradient_covariance(grads):
+    """C_k of eq. 3: normalised dot products of per-example gradients.
+    Replace with common.grad_cov.gradient_covariance once merged."""
+    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+def grad_cov_summary(cov):
+    off_diagonal = cov[~torch.eye(len(cov), dtype=torch.bool, device=cov.device)]
+    return {"curvature/grad_cov_offdiag_mean": off_diagonal.mean(),
+            "curvature/grad_cov_neg_fraction": (off_diagonal < 0).float().mean()}
+
+
+def epsilon_at(step, args):
+    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps, starting at learning_starts
+    (DQN Zoo's LinearSchedule); constant 0.1 with the paper's defaults."""
+    fraction = min(max(step - args.learning_starts, 0) / max(args.epsilon_decay_steps, 1), 1.0)
+    return args.epsilon_start + fraction * (args.epsilon_end - args.epsilon_start)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(q_net, env, args, seed, device, video_path=None):
+    """Epsilon-greedy episodes (epsilon 0.01) for eval_frames frames on a separate environment. Returns the mean
+    return of the episodes completed within the budget, as DQN Zoo reports it (the unfinished episode's return if
+    none completed), and how many completed."""
+    rng = np.random.default_rng(seed)
+    frame, _ = env.reset(seed=seed)
+    stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()  # padded with the reset frame
+    returns, episode_return, video = [], 0.0, [] if video_path else None
+    for _ in range(args.eval_frames // 4):
+        if rng.random() < args.eval_epsilon:
+            action = int(rng.integers(env.action_space.n))
+        else:
+            action = int(q_net(stack[None]).argmax())
+        frame, reward, terminated, truncated, _ = env.step(action)
+        episode_return += reward
+        if video is not None:
+            video.append(env.render())
+        if terminated or truncated:
+            returns.append(episode_return)
+            if video is not None:  # the first episode only
+                write_video(video, video_path)
+                video = None
+            frame, _ = env.reset()
+            episode_return = 0.0
+            stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()
+        else:
+            stack = torch.cat([stack[1:], torch.as_tensor(frame, device=device)[None]])
+    if video:  # the first episode did not finish
+        write_video(video, video_path)
+    return float(np.mean(returns)) if returns else episode_return, len(returns)
+
+
+def write_video(frames, path):
+    import cv2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 60 // 4, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def draw_grad_cov(snapshots, env_id, layer_norm):
+    """A row of C_k heat maps over training (Fig 19-20); rows/columns in sampling order (k-means ordering comes
+    with common.grad_cov.kmeans_order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
+    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
+    for ax, (step, cov) in zip(axes[0], picks):
+        image = ax.imshow(cov, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(f"{step * 4 / 1e6:.2f}M frames", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(f"{game_name(env_id)}, {'LayerNorm' if layer_norm else 'baseline'}: gradient covariance C_k")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def check_args(args):
+    import ale_py
+
+    gym.register_envs(ale_py)
+    check(args.env_id in gym.registry and gym.registry[args.env_id].entry_point.startswith("ale_py"),
+          f"unknown Atari env id {args.env_id!r}: use an ALE id such as BreakoutNoFrameskip-v4")
+    check("NoFrameskip" in args.env_id or gym.registry[args.env_id].kwargs.get("frameskip") == 1,
+          f"{args.env_id} skips frames itself: use the NoFrameskip-v4 id (frame skip and max-pooling happen here)")
+    for name in ("total_frames", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
+                 "eval_every", "eval_frames", "log_every", "max_episode_frames", "grad_cov_samples"):
+        check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("learning_starts", "checkpoint_every", "grad_cov_every", "noop_max"):
+        check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check(args.buffer_size > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small for the batch")
+    check(args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size")
+    check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
+          "epsilons must lie in [0, 1]")
+    check(not args.resume or args.run_dir is not None, "--resume needs --run-dir (the run to continue)")
+    if args.resume:
+        check(os.path.exists(os.path.join(args.run_dir, "checkpoint.pt")),
+              f"nothing to resume: {args.run_dir}/checkpoint.pt does not exist")
+
+
+def train(args):
+    check_args(args)
+    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    device = select_device(args.cuda)
+    seed_everything(args.seed)
+    total_steps = args.total_frames // 4
+    huber_delta = args.batch_size * args.grad_error_bound
+
+    env = make_env(args.env_id, args.noop_max, args.max_episode_frames)
+    eval_env = make_env(args.env_id, args.noop_max, args.max_episode_frames, render=args.capture_video)
+    num_actions = env.action_space.n
+    q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
+    target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
+    target_net.load_state_dict(q_net.state_dict())
+    optimizer = RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay, eps=args.rmsprop_eps,
+                        centered=True)
+    replay = FrameReplay(args.buffer_size, device=device)
+    rng = np.random.default_rng(args.seed)  # exploration
+    sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
+    scores = load_atari_scores()
+    game = game_name(args.env_id)
+
+    # Counters and everything else a checkpoint must restore.
+    state = {"step": 0, "episode_return": 0.0, "episode_length": 0, "lives": 0, "grad_cov": [],
+             "last": {}}
+    if args.resume:
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        q_net.load_state_dict(ckpt["q_net"])
+        target_net.load_state_dict(ckpt["target_net"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        replay.load_state_dict(ckpt["replay"])
+        rng.bit_generator.state = ckpt["rng"]
+        sampler.set_state(ckpt["sampler"].cpu())
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        random.setstate(ckpt["python_rng"])
+        env.reset(seed=args.seed)
+        restore_env_state(env, ckpt["env"])
+        state = ckpt["state"]
+    else:
+        frame, info = env.reset(seed=args.seed)
+        replay.start_episode(frame)
+        state["lives"] = info["lives"]
+
+    def save_checkpoint():
+        atomic_torch_save({"q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
+                           "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
+                           "rng": rng.bit_generator.state, "sampler": sampler.get_state(),
+                           "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                           "env": env_state(env), "state": state, "args": dataclasses.asdict(args)},
+                          checkpoint_path)
+
+    logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
+    stop = {"signal": None}
+
+    def record(step, metrics):
+        """Log metrics and keep their latest values for summary.json."""
+        row = logger.log(step, metrics)
+        state["last"].update({key: value for key, value in row.items() if key != "step"})
+        return row
+
+    def request_stop(signum, frame):  # finish the current step, then checkpoint and exit
+        stop["signal"] = signum
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    loss = q_values = None
+    start_time, start_step = time.time(), state["step"]
+    status = "completed"
+    try:
+        while state["step"] < total_steps:
+            if stop["signal"] is not None:
+                save_checkpoint()
+                print(f"signal {stop['signal']}: checkpoint written at step {state['step']}, exiting", flush=True)
+                status = "interrupted"
+                break
+            step = state["step"]
+
+            # Act: one host sync per step (the emulator needs the action).
+            if rng.random() < epsilon_at(step, args):
+                action = int(rng.integers(num_actions))
+            else:
+                with torch.no_grad():
+                    action = int(q_net(replay.latest()).argmax())
+            frame, reward, terminated, truncated, info = env.step(action)
+            life_lost = info["lives"] < state["lives"]  # terminal for learning (DQN Zoo), not an episode end
+            state["lives"] = info["lives"]
+            replay.add(action, float(np.clip(reward, -args.max_abs_reward, args.max_abs_reward)),
+                       terminated or life_lost, frame)
+            state["episode_return"] += reward
+            state["episode_length"] += 1
+            state["step"] = step = step + 1
+            if terminated or truncated:
+                record(step, {"charts/episodic_return": state["episode_return"],
+                              "charts/episodic_length": state["episode_length"]})
+                frame, info = env.reset()
+                replay.start_episode(frame)
+                state.update(episode_return=0.0, episode_length=0, lives=info["lives"])
+
+            # Learn: no host sync here; the loss is checked for non-finite values when logged.
+            if step > args.learning_starts and step % args.train_frequency == 0:
+                batch = replay.sample(args.batch_size, sampler)
+                loss, q_values = td_loss(q_net, target_net, batch, args.gamma, huber_delta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                nonfinite |= ~torch.isfinite(loss)
+            if step % args.target_network_frequency == 0:
+                target_net.load_state_dict(q_net.state_dict())
+
+            if step % args.log_every == 0:
+                sps = (step - start_step) / (time.time() - start_time)
+                metrics = {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args)}
+                if loss is not None:  # learning has started (in this process)
+                    metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
+                record(step, metrics)
+                if nonfinite.item():
+                    status = "diverged"
+                    print(f"non-finite TD loss by step {step}: diverged", flush=True)
+                    break
+                if step % (args.log_every * 10) == 0:
+                    print(f"step {step}/{total_steps}  SPS {sps:.0f}  "
+                          f"return {state['last'].get('charts/episodic_return', float('nan')):.1f}", flush=True)
+
+            if args.grad_cov_every and step % args.grad_cov_every == 0 and step >= args.learning_starts:
+                batch = replay.sample(args.grad_cov_samples, sampler)
+                cov = _gradient_covariance(per_example_grads(q_net, target_net, batch, args.gamma, huber_delta))
+                # The Hessian spectral density (Fig 21-22) belongs here once common.hessian is merged.
+                state["grad_cov"].append((step, cov.cpu().numpy()))
+                record(step, grad_cov_summary(cov))
+
+            if step % args.eval_every == 0 or step == total_steps:
+                video = os.path.join(run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
+                eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
+                record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
+                              "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
+
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                save_checkpoint()
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+
+    if state["grad_cov"]:
+        logger.save_figure(draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")
+    if args.save_model:
+        torch.save(q_net.state_dict(), os.path.join(run_dir, f"{args.exp_name}.model"))
+    return logger.finish(status, state["step"], state["last"], env_id=args.env_id, layer_norm=args.layer_norm,
+                         seed=args.seed, frames=state["step"] * 4)
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+def aggregate(args):
+    """Per game, the human-normalised improvement of LayerNorm over the baseline (Wang et al. 2016):
+    (LN - baseline) / (max(human, baseline) - random), each the seed-mean of the final evaluation score; prints
+    the table and draws Fig 7 (top)."""
+    scores = load_atari_scores()
+    finals = {}  # (game, layer_norm) -> final eval returns over seeds
+    for summary_path in glob.glob(os.path.join(args.runs_dir, "*", "summary.json")):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        final = summary.get("metrics", {}).get("eval/episodic_return")
+        if "env_id" not in summary or not isinstance(final, (int, float)):
+            continue
+        finals.setdefault((game_name(summary["env_id"]), summary["layer_norm"]), []).append(final)
+    games = sorted(g for g, ln in finals if ln and (g, False) in finals)
+    check(games, f"no game in {args.runs_dir} has finished runs both with and without LayerNorm")
+
+    rows = []
+    for g in games:
+        ln, base = np.mean(finals[(g, True)]), np.mean(finals[(g, False)])
+        random_score, human_score = scores.get(g, (float("nan"), float("nan")))
+        rows.append((g, ln, base, (ln - base) / (max(human_score, base) - random_score),
+                     len(finals[(g, True)]), len(finals[(g, False)])))
+    rows.sort(key=lambda r: r[3])
+    print(f"{'game':<20}{'LayerNorm':>12}{'baseline':>12}{'improvement':>13}{'seeds':>8}")
+    for g, ln, base, improvement, n_ln, n_base in rows:
+        print(f"{g:<20}{ln:>12.1f}{base:>12.1f}{100 * improvement:>12.1f}%{n_ln:>4}/{n_base}")
+    print(f"median improvement {100 * np.median([r[3] for r in rows]):.1f}% over {len(rows)} games")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [100 * r[3] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
+    ax.bar(range(len(rows)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
+    ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=90, fontsize=7)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylabel("human-normalised improvement of LayerNorm (%)")
+    ax.axhline(0, color="black", lw=0.5)
+    output = args.output or os.path.join(args.runs_dir, "fig7_layernorm_improvement.png")
+    fig.savefig(output, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(f"figure: {output}")
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["aggregate"]:  # python ddqn_atari_layernorm.py aggregate --runs-dir runs
+        del sys.argv[1]
+        main(aggregate, AggregateArgs)
+    else:
+        main(train, Args)

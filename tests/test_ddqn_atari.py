@@ -1,0 +1,266 @@
+"""Tests of ddqn_atari_layernorm.py: the double-Q target, DQN Zoo's TD-error gradient clipping, the frame-store
+replay against a naive stacked-frame buffer, checkpoint/resume, aggregation, and a tiny CPU run on Breakout."""
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from common.cli import UsageError
+from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, _gradient_covariance, aggregate,
+                                  double_q_targets, load_atari_scores, per_example_grads, td_loss, train)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These small CNN steps ran several times faster with one thread on the shared 2-core test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_double_q_target_matches_hand_computation():
+    rewards = torch.tensor([1.0, 0.5, -1.0])
+    terminals = torch.tensor([0.0, 1.0, 0.0])
+    next_q_online = torch.tensor([[1.0, 3.0], [2.0, 0.0], [5.0, 4.0]])  # argmax: 1, 0, 0
+    next_q_target = torch.tensor([[50.0, 20.0], [30.0, 40.0], [7.0, 9.0]])  # the target net's own max differs
+    targets = double_q_targets(rewards, terminals, 0.99, next_q_online, next_q_target)
+    # 1 + 0.99 * 20 (not 50: the online net selects); 0.5 (terminal, no bootstrap); -1 + 0.99 * 7
+    torch.testing.assert_close(targets, torch.tensor([20.8, 0.5, 5.93]))
+
+
+@pytest.mark.parametrize("batch_size", [32, 8])
+def test_td_loss_gradient_is_dqn_zoo_clipped_td_error(batch_size):
+    """DQN Zoo: loss = mean(0.5 td^2) with each TD error's gradient clipped to +-1/32; ours: a Huber loss."""
+    torch.manual_seed(0)
+    net, target_net = QNetwork(4, layer_norm=True), QNetwork(4, layer_norm=True)
+    frames = lambda: torch.randint(0, 256, (batch_size, 4, 84, 84), dtype=torch.uint8)
+    batch = (frames(), torch.randint(0, 4, (batch_size,)), 5 * torch.randn(batch_size),  # large TD errors: clipped
+             (torch.rand(batch_size) < 0.3).float(), frames())
+    bound = 1 / 32
+    loss, _ = td_loss(net, target_net, batch, 0.99, huber_delta=batch_size * bound)
+    ours = torch.autograd.grad(loss, list(net.parameters()))
+
+    obs, actions, rewards, terminals, next_obs = batch
+    with torch.no_grad():
+        best = net(next_obs).argmax(1)
+        targets = rewards + 0.99 * (1 - terminals) * target_net(next_obs)[torch.arange(batch_size), best]
+    td_errors = targets - net(obs)[torch.arange(batch_size), actions]
+    assert (td_errors.abs() > batch_size * bound).any(), "the test needs TD errors large enough to be clipped"
+    td_errors.register_hook(lambda g: g.clamp(-bound, bound))  # rlax.clip_gradient
+    reference = torch.autograd.grad((0.5 * td_errors**2).mean(), list(net.parameters()))
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_per_example_gradients_and_their_covariance_match_one_backward_per_transition():
+    torch.manual_seed(0)
+    net, target_net = QNetwork(4, layer_norm=True), QNetwork(4, layer_norm=True)
+    frames = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    batch = (frames, torch.tensor([0, 3, 1]), torch.tensor([1.0, -2.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]),
+             frames.roll(1, dims=0))
+    grads = per_example_grads(net, target_net, batch, 0.99, huber_delta=1.0)
+    loops = []
+    for i in range(3):
+        loss, _ = td_loss(net, target_net, tuple(x[i:i + 1] for x in batch), 0.99, huber_delta=1.0)
+        loops.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))]))
+    torch.testing.assert_close(grads, torch.stack(loops), rtol=1e-4, atol=1e-6)
+    cov = _gradient_covariance(grads)
+    cosine = torch.nn.functional.cosine_similarity(loops[0], loops[1], dim=0)
+    torch.testing.assert_close(cov[0, 1], cosine)
+    torch.testing.assert_close(cov.diagonal(), torch.ones(3))
+
+
+class CountingEnv(gym.Env):
+    """84x84 frames that encode a running counter (so every frame is unique); episodes end by termination or by
+    truncation at random lengths; reset frames are marked (pixel [0, 0] = 255) so a reset frame can't pass for a
+    final observation."""
+    observation_space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self):
+        self.counter, self.rng = 0, np.random.default_rng(0)
+
+    def _frame(self, is_reset):
+        self.counter += 1
+        frame = np.zeros((84, 84), np.uint8)
+        frame[1, :3] = self.counter % 256, self.counter // 256 % 256, self.counter // 65536
+        frame[0, 0] = 255 if is_reset else 0
+        return frame
+
+    def reset(self, *, seed=None, options=None):
+        self.length, self.t = int(self.rng.integers(1, 9)), 0
+        return self._frame(True), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t >= self.length
+        truncated = end and self.rng.random() < 0.5
+        return self._frame(False), float(self.counter % 7), end and not truncated, truncated, {}
+
+
+@pytest.mark.parametrize("capacity", [40, 1000])  # with and without wrapping around
+def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_truncation(capacity):
+    env = gym.wrappers.FrameStackObservation(CountingEnv(), stack_size=4)  # the naive reference: full stacks
+    replay = FrameReplay(capacity, history=4)
+    naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame needed, truncated)
+    rng = np.random.default_rng(1)
+    truncations = 0
+    obs, _ = env.reset()
+    replay.start_episode(obs[-1])
+    episode_first, written = 0, 1
+    for _ in range(300):
+        action = int(rng.integers(3))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        slot, frame_id = (replay.pos - 1) % capacity, written - 1
+        replay.add(action, reward, terminated, next_obs[-1])
+        written += 1
+        naive[slot] = (obs, action, reward, terminated, next_obs, max(frame_id - 3, episode_first), truncated)
+        obs = next_obs
+        if terminated or truncated:
+            truncations += truncated
+            obs, _ = env.reset()
+            replay.start_episode(obs[-1])
+            episode_first, written = written, written + 1
+        assert np.array_equal(replay.latest()[0].numpy(), obs)  # what the agent acts on
+    assert truncations > 5
+
+    checked = 0
+    for slot, (obs, action, reward, terminal, next_obs, oldest_needed, truncated) in naive.items():
+        complete = oldest_needed >= written - capacity  # all its frames are still in the store
+        assert bool(replay.valid[slot]) == complete
+        if not complete:
+            continue
+        got = replay.transitions(torch.tensor([slot]))
+        assert np.array_equal(got[0][0].numpy(), obs)
+        assert (int(got[1]), float(got[2]), float(got[3])) == (action, reward, float(terminal))
+        assert np.array_equal(got[4][0].numpy(), next_obs)
+        if truncated:  # the CleanRL/SB3 bug would put the next episode's reset frame here
+            assert got[4][0, -1, 0, 0] == 0
+        checked += 1
+    assert checked >= min(capacity, 300) * 0.6
+    sampled = replay.sample(256, torch.Generator().manual_seed(0))
+    assert sampled[0].shape == (256, 4, 84, 84)
+    assert all(any(np.array_equal(s.numpy(), naive[k][0]) for k in naive if replay.valid[k]) for s in sampled[0][:8])
+
+
+def test_frame_store_uses_a_quarter_of_a_stacked_buffer():
+    replay = FrameReplay(1000)
+    per_transition = sum(t.element_size() * t[0].numel() for t in replay.state_dict().values()
+                         if isinstance(t, torch.Tensor))
+    assert per_transition <= 28_244 / 3  # CleanRL's memory-optimised stacked buffer
+    assert per_transition < 84 * 84 + 20
+
+
+def tiny_args(run_dir, **overrides):
+    """A few hundred agent steps of Breakout on the CPU: episodes capped at 400 frames, small batches."""
+    args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, learning_starts=40, batch_size=8,
+                buffer_size=120, target_network_frequency=50, max_episode_frames=400, eval_every=80,
+                eval_frames=80, grad_cov_every=60, grad_cov_samples=4, log_every=10, checkpoint_every=160)
+    return dataclasses.replace(args, **overrides)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ddqn") / "full"
+    return run_dir, train(tiny_args(run_dir, save_model=True, capture_video=True))
+
+
+def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
+    run_dir, summary = finished_run
+    assert summary["status"] == "completed" and summary["steps"] == 160
+    for name in ("args.json", "metrics.jsonl", "summary.json", "figures/grad_cov.png", "checkpoint.pt",
+                 "ddqn_atari_layernorm.model"):
+        assert os.path.exists(run_dir / name), name
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+    assert sorted(os.listdir(run_dir / "videos")) == ["eval_160.mp4", "eval_80.mp4"]
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    keys = set().union(*rows)
+    for key in ("charts/episodic_return", "charts/SPS", "losses/td_loss", "losses/q_values",
+                "eval/episodic_return", "eval/human_normalized_score", "curvature/grad_cov_offdiag_mean",
+                "curvature/grad_cov_neg_fraction"):
+        assert key in keys, key
+    losses = [r["losses/td_loss"] for r in rows if "losses/td_loss" in r and r["step"] > 40]
+    assert losses and all(np.isfinite(losses)) and any(loss > 0 for loss in losses)
+    assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, tmp_path):
+    """SIGTERM mid-run writes a checkpoint and exits; --resume then finishes with exactly the network, optimizer
+    state, replay contents and step count of the run that was never interrupted."""
+    full_dir, _ = finished_run
+    run_dir = tmp_path / "resumed"
+    metrics = run_dir / "metrics.jsonl"
+
+    def interrupt_after_step(step):
+        while not (metrics.exists() and any(json.loads(line)["step"] >= step for line in open(metrics))):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # A harmless handler outside train(): a late signal must not kill pytest.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        threading.Thread(target=interrupt_after_step, args=(70,), daemon=True).start()
+        first = train(tiny_args(run_dir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert first["status"] == "interrupted" and 70 <= first["steps"] < 160
+    at_interruption = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert at_interruption["state"]["step"] == first["steps"]
+
+    second = train(tiny_args(run_dir, resume=True))
+    assert second["status"] == "completed" and second["steps"] == 160
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    reference = torch.load(full_dir / "checkpoint.pt", weights_only=False)
+    assert resumed["state"]["step"] == reference["state"]["step"] == 160
+    for part in ("q_net", "target_net", "replay"):
+        for key, value in reference[part].items():
+            assert torch.equal(torch.as_tensor(resumed[part][key]), torch.as_tensor(value)), (part, key)
+    for key, value in reference["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(resumed["optimizer"]["state"][key][name], tensor), (key, name)
+    steps = [json.loads(line)["step"] for line in open(metrics)]
+    assert steps == sorted(steps) and steps[-1] == 160  # one metrics.jsonl continued across the interruption
+
+
+def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
+    random_score, human_score = load_atari_scores()["Breakout"]
+    finals = {("BreakoutNoFrameskip-v4", True): [40.0, 60.0], ("BreakoutNoFrameskip-v4", False): [10.0, 20.0],
+              ("PongNoFrameskip-v4", True): [0.0], ("PongNoFrameskip-v4", False): [5.0],
+              ("SeaquestNoFrameskip-v4", True): [100.0]}  # no baseline: left out
+    for (env_id, layer_norm), returns in finals.items():
+        for seed, value in enumerate(returns):
+            run = tmp_path / f"{env_id}_{layer_norm}_{seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps(
+                {"status": "completed", "env_id": env_id, "layer_norm": layer_norm,
+                 "metrics": {"eval/episodic_return": value}}))
+    rows = {row[0]: row for row in aggregate(AggregateArgs(runs_dir=str(tmp_path)))}
+    assert set(rows) == {"Breakout", "Pong"}
+    assert rows["Breakout"][3] == pytest.approx((50 - 15) / (max(human_score, 15) - random_score))
+    assert rows["Pong"][3] == pytest.approx((0 - 5) / (14.6 - -20.7))
+    assert "Breakout" in capsys.readouterr().out
+    assert (tmp_path / "fig7_layernorm_improvement.png").exists()
+
+
+def test_bad_arguments_give_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="unknown Atari env id"):
+        train(Args(env_id="CartPole-v1", run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="total-frames"):
+        train(Args(total_frames=0, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(Args(resume=True, run_dir=str(tmp_path)))
+
+
+def test_diverging_run_records_diverged(tmp_path):
+    summary = train(tiny_args(tmp_path / "diverged", total_frames=4 * 120, learning_rate=1e30, eval_every=10**6,
+                              grad_cov_every=0, checkpoint_every=0))
+    assert summary["status"] == "diverged" and summary["steps"] < 120
+    assert json.load(open(tmp_path / "diverged" / "summary.json"))["status"] == "diverged"
