@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
 
 from common.cli import check, main, select_device, seed_everything
+from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.optim import RMSProp
 
@@ -296,36 +296,28 @@ def td_loss(q_net, target_net, batch, gamma, huber_delta):
     return F.huber_loss(q_values, targets, delta=huber_delta), q_values
 
 
-def per_example_grads(q_net, target_net, batch, gamma, huber_delta):
-    """(k, d) gradients of each transition's TD loss, with torch.func (one vmap over the batch)."""
+def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
+    """(k, d) gradients of each transition's TD loss (one vmap over the batch, common.grad_cov)."""
     obs, actions = batch[:2]
     targets = batch_targets(q_net, target_net, batch, gamma)
-    params = {name: p.detach() for name, p in q_net.named_parameters()}
     action_masks = F.one_hot(actions, q_net.head.out_features).float()  # no integer indexing inside vmap
 
-    def loss_one(params, obs, action_mask, target):
-        q_value = (functional_call(q_net, params, (obs[None],))[0] * action_mask).sum()
-        return F.huber_loss(q_value, target, delta=huber_delta)
+    def loss(q_values, action_mask, target):
+        return F.huber_loss((q_values * action_mask).sum(1), target, delta=huber_delta)
 
     memory_format, q_net.memory_format = q_net.memory_format, torch.contiguous_format  # vmap lacks channels_last
     try:
-        grads = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, obs, action_masks, targets)
+        return per_example_grads(q_net, loss, obs, action_masks, targets)
     finally:
         q_net.memory_format = memory_format
-    return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
-
-
-def _gradient_covariance(grads):
-    """C_k of eq. 3: normalised dot products of per-example gradients.
-    Replace with common.grad_cov.gradient_covariance once merged."""
-    unit = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return unit @ unit.T
 
 
 def grad_cov_summary(cov):
+    """Fig 7 (bottom), 19-20: how much the transitions' gradients interfere (Sec 2.1)."""
     off_diagonal = cov[~torch.eye(len(cov), dtype=torch.bool, device=cov.device)]
-    return {"curvature/grad_cov_offdiag_mean": off_diagonal.mean(),
-            "curvature/grad_cov_neg_fraction": (off_diagonal < 0).float().mean()}
+    neg_fraction, neg_mean = interference(cov)
+    return {"curvature/grad_cov_offdiag_mean": off_diagonal.nanmean(), "curvature/grad_cov_neg_fraction": neg_fraction,
+            "curvature/grad_cov_neg_mean": neg_mean}
 
 
 def epsilon_at(step, args):
@@ -381,8 +373,7 @@ def write_video(frames, path):
 
 
 def draw_grad_cov(snapshots, env_id, layer_norm):
-    """A row of C_k heat maps over training (Fig 19-20); rows/columns in sampling order (k-means ordering comes
-    with common.grad_cov.kmeans_order)."""
+    """A row of C_k heat maps over training (Fig 19-20), rows and columns in k-means order (A.1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,7 +382,9 @@ def draw_grad_cov(snapshots, env_id, layer_norm):
     picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
     fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
     for ax, (step, cov) in zip(axes[0], picks):
-        image = ax.imshow(cov, vmin=-1, vmax=1, cmap="RdBu_r")
+        cov = torch.as_tensor(cov)
+        order = kmeans_order(cov, k=min(10, len(cov)))
+        image = ax.imshow(cov[order][:, order], vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"{step * 4 / 1e6:.2f}M frames", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
@@ -549,7 +542,7 @@ def train(args):
 
             if args.grad_cov_every and step % args.grad_cov_every == 0 and step >= args.learning_starts:
                 batch = replay.sample(args.grad_cov_samples, sampler)
-                cov = _gradient_covariance(per_example_grads(q_net, target_net, batch, args.gamma, huber_delta))
+                cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
                 # The Hessian spectral density (Fig 21-22) belongs here once common.hessian is merged.
                 state["grad_cov"].append((step, cov.cpu().numpy()))
                 record(step, grad_cov_summary(cov))

@@ -46,9 +46,11 @@ class RMSProp(torch.optim.Optimizer):
 
     ``v = decay * v + (1 - decay) * g^2``; centered also tracks ``m = decay * m + (1 - decay) * g`` and uses
     ``v - m^2``; the update is ``lr * g / sqrt(v [- m^2] + eps)``. Statistics start at zero, as in optax.
+    The defaults are DQN Zoo's DQN / Double DQN: lr 2.5e-4, decay 0.95, eps ``0.01 / 32**2`` (its
+    ``optimizer_epsilon``; about 9.8e-6, not ``(0.01 / 32)**2``), centered.
     """
 
-    def __init__(self, params, lr=2.5e-4, decay=0.95, eps=(0.01 / 32) ** 2, centered=True):
+    def __init__(self, params, lr=2.5e-4, decay=0.95, eps=0.01 / 32**2, centered=True):
         if lr <= 0 or eps < 0 or not 0 <= decay < 1:
             raise ValueError(f"invalid RMSProp hyperparameters: lr={lr}, decay={decay}, eps={eps}")
         super().__init__(params, dict(lr=lr, decay=decay, eps=eps, centered=centered))

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from common.cli import UsageError
-from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, _gradient_covariance, aggregate,
-                                  double_q_targets, load_atari_scores, per_example_grads, td_loss, train)
+from common.grad_cov import gradient_covariance
+from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, aggregate, double_q_targets,
+                                  load_atari_scores, td_error_grads, td_loss, train)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,13 +67,13 @@ def test_per_example_gradients_and_their_covariance_match_one_backward_per_trans
     frames = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
     batch = (frames, torch.tensor([0, 3, 1]), torch.tensor([1.0, -2.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]),
              frames.roll(1, dims=0))
-    grads = per_example_grads(net, target_net, batch, 0.99, huber_delta=1.0)
+    grads = td_error_grads(net, target_net, batch, 0.99, huber_delta=1.0)
     loops = []
     for i in range(3):
         loss, _ = td_loss(net, target_net, tuple(x[i:i + 1] for x in batch), 0.99, huber_delta=1.0)
         loops.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))]))
     torch.testing.assert_close(grads, torch.stack(loops), rtol=1e-4, atol=1e-6)
-    cov = _gradient_covariance(grads)
+    cov = gradient_covariance(grads)
     cosine = torch.nn.functional.cosine_similarity(loops[0], loops[1], dim=0)
     torch.testing.assert_close(cov[0, 1], cosine)
     torch.testing.assert_close(cov.diagonal(), torch.ones(3))
