@@ -10,6 +10,7 @@ eps_root = 1e-3, eq. 6) keeps memorising each new labelling.
 batches, so the comparison is paired.
 """
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class Args:
     num_iterations: int = 30
     """number of labellings (not given in the paper; enough for default Adam to collapse)"""
     eval_size: int = 4096
-    """inputs on which accuracy and dead units are measured at the end of each iteration (A.1)"""
+    """inputs on which accuracy and dead units are measured at the end of each iteration (A.1; all if fewer)"""
     stats_window: int = 10
     """steps after each label reset over which the Adam statistics are maximised (the mechanism of Sec 4.1)"""
 
@@ -96,7 +97,7 @@ def adam_step_stats(optimizer):
     Returns ``(||lr * r||, max |r|)``; with bias correction ``|r|`` is about 1 in steady state, and far above 1
     when m_hat has grown after a reset while v_hat still remembers the small gradients of a memorised task.
     """
-    sq_norm, max_ratio = 0.0, 0.0
+    sq_norms, max_ratios = [], []
     for group in optimizer.param_groups:
         (b1, b2), eps, eps_root = group["betas"], group["eps"], group["eps_root"]
         for p in group["params"]:
@@ -104,9 +105,9 @@ def adam_step_stats(optimizer):
             t = state["step"]
             m_hat, v_hat = state["exp_avg"] / (1 - b1**t), state["exp_avg_sq"] / (1 - b2**t)
             ratio = m_hat / ((v_hat + eps_root).sqrt() + eps)
-            sq_norm = sq_norm + (group["lr"] * ratio).square().sum()
-            max_ratio = torch.maximum(torch.as_tensor(max_ratio, device=p.device), ratio.abs().max())
-    return sq_norm.sqrt(), max_ratio
+            sq_norms.append((group["lr"] * ratio).square().sum())
+            max_ratios.append(ratio.abs().max())
+    return torch.stack(sq_norms).sum().sqrt(), torch.stack(max_ratios).max()
 
 
 class Learner:
@@ -168,9 +169,8 @@ def plot_fig1(learners):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = {"default": "tab:red", "tuned": "tab:blue"}
     for learner in learners:
-        name, history = learner.name, learner.history
+        name, history, c = learner.name, learner.history, colors[learner.name]
         iterations = range(len(history))
-        c = colors[learner.name]
         axes[0].plot(iterations, [h[f"charts/accuracy/{name}"] for h in history], "o-", color=c, label=f"{name} Adam")
         for layer, style in ((1, "-"), (2, "--")):
             axes[1].plot(iterations, [h[f"stats/dead_fraction_layer{layer}/{name}"] for h in history], style,
@@ -187,6 +187,11 @@ def plot_fig1(learners):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def zip_histories(learners):
+    """Per iteration, the metrics of every learner in one dict."""
+    return [{k: v for h in rows for k, v in h.items()} for rows in zip(*(l.history for l in learners))]
 
 
 def train(args):
@@ -214,41 +219,37 @@ def train(args):
         logger.log(iteration * args.steps_per_iteration, row)
         return row
 
-    for learner in learners:
-        learner.start_iteration(device)
     row = log_iteration(0, steps=0)  # the initial network, before any training
-    status, start = "completed", time.time()
-    for iteration in range(1, args.num_iterations + 1):
-        inputs, labels = relabel(inputs, labels, seed=args.seed * 100_003 + iteration)
-        batches = torch.randint(args.num_images, (args.steps_per_iteration, args.batch_size), device=device,
-                                generator=batch_generator)
-        for learner in learners:
-            learner.start_iteration(device)
-        for step, batch in enumerate(batches):
-            x, y = inputs[batch], labels[batch]
+    status, steps_done, start = "completed", 0, time.time()
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            # a fresh labelling per iteration, reproducible from (seed, iteration); the inputs stay fixed
+            inputs, labels = relabel(inputs, labels, seed=args.seed * 100_003 + iteration)
+            batches = torch.randint(args.num_images, (args.steps_per_iteration, args.batch_size), device=device,
+                                    generator=batch_generator)
             for learner in learners:
-                learner.train_step(x, y, measure_after_reset=step < args.stats_window,
-                                   measure_final=step == args.steps_per_iteration - 1)
-        sps = iteration * args.steps_per_iteration / (time.time() - start)
-        row = log_iteration(iteration, args.steps_per_iteration, **{"charts/SPS": sps})
-        print(f"iteration {iteration}/{args.num_iterations} ({sps:.0f} steps/s): " + ", ".join(
-            f"{n}: acc {row[f'charts/accuracy/{n}']:.3f} loss {row[f'losses/loss/{n}']:.3f} dead "
-            f"{row[f'stats/dead_fraction_layer1/{n}']:.2f}/{row[f'stats/dead_fraction_layer2/{n}']:.2f}"
-            for n in names), flush=True)
-        if not all(torch.isfinite(torch.tensor(row[f"losses/loss/{n}"])) for n in names):
-            status = "diverged"
-            print("non-finite loss: stopping")
-            break
+                learner.start_iteration(device)
+            for step, batch in enumerate(batches):
+                x, y = inputs[batch], labels[batch]
+                for learner in learners:  # lockstep: every optimizer sees the same batch
+                    learner.train_step(x, y, measure_after_reset=step < args.stats_window,
+                                       measure_final=step == args.steps_per_iteration - 1)
+            steps_done += args.steps_per_iteration
+            sps = steps_done / (time.time() - start)  # steps of each optimizer per second
+            row = log_iteration(iteration, args.steps_per_iteration, **{"charts/SPS": sps})
+            print(f"iteration {iteration}/{args.num_iterations} ({sps:.0f} steps/s): " + ", ".join(
+                f"{n}: acc {row[f'charts/accuracy/{n}']:.3f} loss {row[f'losses/loss/{n}']:.3f} dead "
+                f"{row[f'stats/dead_fraction_layer1/{n}']:.2f}/{row[f'stats/dead_fraction_layer2/{n}']:.2f}"
+                for n in names), flush=True)
+            if not all(math.isfinite(row[f"losses/loss/{n}"]) for n in names):
+                status = "diverged"
+                print("non-finite loss: stopping")
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
 
     logger.save_figure(plot_fig1(learners), "fig1_adam_instability.png")
-    return logger.finish(status, iteration * args.steps_per_iteration, row, run_dir=run_dir,
-                         iterations=zip_histories(learners))
-
-
-def zip_histories(learners):
-    """Per iteration, the metrics of every learner in one dict."""
-    return [{k: v for h in rows for k, v in h.items()} for rows in zip(*(l.history for l in learners))]
-
+    return logger.finish(status, steps_done, row, run_dir=run_dir, iterations=zip_histories(learners))
 
 if __name__ == "__main__":
     main(train, Args)
