@@ -181,8 +181,8 @@ def plot_fig1(learners):
                 title="Memorising random labels")
     axes[1].set(xlabel="iteration (labelling)", ylabel="fraction of dead ReLUs", ylim=(-0.02, 1.02),
                 title="Dead units (never active on the sample)")
-    axes[2].set(xlabel="iteration (labelling)", ylabel="max |m_hat / sqrt(v_hat)|",
-                title="Largest step just after the reset")
+    axes[2].set(xlabel="iteration (labelling)", ylabel="max |m_hat| / sqrt(v_hat + eps_root)",
+                title="Largest step ratio just after the reset")
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
