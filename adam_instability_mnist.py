@@ -142,10 +142,12 @@ class Learner:
         metrics = {"charts/accuracy": accuracy, "losses/loss": loss}
         metrics.update({f"stats/dead_fraction_layer{i + 1}": d for i, d in enumerate(dead)})
         if steps > 0:
-            metrics.update({"losses/train_loss_mean": self.loss_sum / steps,"adam/update_norm_after_reset": self.update_norm_after_reset,
+            metrics.update({"losses/train_loss_mean": self.loss_sum / steps,
+                            "adam/update_norm_after_reset": self.update_norm_after_reset,
                             "adam/max_ratio_after_reset": self.max_ratio_after_reset,
                             "adam/update_norm": self.update_norm, "adam/max_ratio": self.max_ratio})
-        metrics = {f"{key}/{self.name}": float(value) for key, value in metrics.items()}  # one sync per iteration
+        # the only host syncs: once per iteration
+        metrics = {f"{key}/{self.name}": float(value) for key, value in metrics.items()}
         self.history.append(metrics)
         return metrics
 
@@ -155,7 +157,7 @@ def check_args(args):
           f"--optimizer {args.optimizer!r} is not one of default, tuned, both")
     for name in ("num_images", "width", "batch_size", "steps_per_iteration", "num_iterations", "eval_size"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    check(args.num_images <= 60_000, f"--num-images must be at most 60000 (MNIST's training set), got {args.num_images}")
+    check(args.num_images <= 60_000, f"--num-images must be at most 60000 (MNIST's train set), got {args.num_images}")
     check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
     check(args.stats_window >= 0, f"--stats-window must be non-negative, got {args.stats_window}")
 
