@@ -72,6 +72,7 @@ def test_smoke_run_writes_the_run_directory(tmp_path, data_dir):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 5, 10]
+    assert rows[0]["losses/loss/default"] == rows[0]["losses/loss/tuned"]  # paired: the same initial network
     for name in ("default", "tuned"):
         for key in ("charts/accuracy", "losses/loss", "stats/dead_fraction_layer1", "stats/dead_fraction_layer2"):
             assert all(0 <= rows[i][f"{key}/{name}"] < float("inf") for i in range(3)), key
