@@ -99,3 +99,11 @@ def test_bad_argument_is_a_one_line_error(tmp_path, flag, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+def test_non_finite_loss_stops_the_run_as_diverged(tmp_path, data_dir):
+    args = exp.Args(data_dir=data_dir, run_dir=str(tmp_path), cuda=False, learning_rate=1e30, num_images=32,
+                    width=8, batch_size=8, steps_per_iteration=3, num_iterations=3, eval_size=16)
+    summary = exp.train(args)
+    assert summary["status"] == "diverged" and summary["steps"] < 9
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
