@@ -17,7 +17,6 @@ import glob
 import json
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import check, main, select_device, seed_everything
+from common.cli import Preemption, check, main, select_device, seed_everything
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.optim import RMSProp
@@ -469,7 +468,6 @@ def train(args):
                           checkpoint_path)
 
     logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
-    stop = {"signal": None}
 
     def record(step, metrics):
         """Log metrics and keep their latest values for summary.json."""
@@ -477,19 +475,16 @@ def train(args):
         state["last"].update({key: value for key, value in row.items() if key != "step"})
         return row
 
-    def request_stop(signum, frame):  # finish the current step, then checkpoint and exit
-        stop["signal"] = signum
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    preemption = Preemption()  # SIGTERM / SIGUSR1: finish the current step, then checkpoint and exit
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     loss = q_values = None
     start_time, start_step = time.time(), state["step"]
     status = "completed"
     try:
         while state["step"] < total_steps:
-            if stop["signal"] is not None:
+            if preemption.requested:
                 save_checkpoint()
-                print(f"signal {stop['signal']}: checkpoint written at step {state['step']}, exiting", flush=True)
+                print(f"signal {preemption.signal}: checkpoint written at step {state['step']}, exiting", flush=True)
                 status = "interrupted"
                 break
             step = state["step"]
@@ -556,8 +551,7 @@ def train(args):
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 save_checkpoint()
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        preemption.restore()
 
     if state["grad_cov"]:
         logger.save_figure(draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")

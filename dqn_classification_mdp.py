@@ -5,14 +5,13 @@ Everything lives on the device: images are a uint8 tensor, the env steps all cop
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from common.cli import UsageError, check, main, seed_everything, select_device
+from common.cli import Preemption, UsageError, check, main, seed_everything, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
 from common.interventions import TwoHot
@@ -226,21 +225,6 @@ def plot_probe_curves(probe_history, title):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-class Preemption:
-    """Turns SIGTERM / SIGUSR1 (Slurm preemption) into a flag the loop checks between iterations."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def train(args):

@@ -1,4 +1,5 @@
 """Command-line entry point shared by every script: tyro parsing, and one-line errors instead of tracebacks."""
+import signal
 import sys
 
 import tyro
@@ -40,3 +41,18 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Preemption:
+    """Turns SIGTERM / SIGUSR1 (Slurm preemption) into a flag the loop checks between iterations."""
+
+    def __init__(self):
+        self.requested, self.signal = False, None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def _handle(self, signum, frame):
+        self.requested, self.signal = True, signum
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
