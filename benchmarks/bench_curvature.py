@@ -179,7 +179,7 @@ def main():
     lines = [f"\n## Curvature tools\n",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
              f"{platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), shared with other jobs; "
+             f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), load average {os.getloadavg()[0]:.1f}; "
              f"torch {torch.__version__}, Python {platform.python_version()}; median of {args.repeats} alternating "
              f"repeats (`python benchmarks/bench_curvature.py --repeats {args.repeats}`).\n"]
     hvp = bench_hvp(args.repeats)
