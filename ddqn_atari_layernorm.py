@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from common.cli import Preemption, check, main, select_device, seed_everything
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
+from common.hessian import hessian_matvec, lanczos, spectral_density
 from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.optim import RMSProp
 
@@ -104,6 +105,12 @@ class Args:
     """agent steps between gradient-covariance snapshots (Fig 7 bottom, 19-20); 0 turns them off"""
     grad_cov_samples: int = 32
     """transitions k in each gradient-covariance matrix C_k (eq. 3)"""
+    hessian_every: int = 1_000_000
+    """agent steps between Hessian spectral densities of the TD loss (Fig 21-22); 0 turns them off"""
+    hessian_samples: int = 512
+    """transitions in the one large batch whose TD-loss Hessian is analysed (A.1: 'a single large batch')"""
+    hessian_iters: int = 90
+    """Lanczos steps per density (Ghorbani et al. 2019); the float64 basis holds this many parameter vectors"""
     log_every: int = 1_000
     """agent steps between metric logs (each log syncs with the device once)"""
     checkpoint_every: int = 0
@@ -311,6 +318,13 @@ def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
         q_net.memory_format = memory_format
 
 
+def td_loss_hessian(q_net, target_net, batch, gamma, huber_delta, num_iters):
+    """Lanczos nodes and weights of the Hessian of the TD loss on one batch (Fig 21-22, common.hessian)."""
+    matvec, dim = hessian_matvec(lambda: td_loss(q_net, target_net, batch, gamma, huber_delta)[0],
+                                 list(q_net.parameters()))
+    return lanczos(matvec, dim, min(num_iters, dim))
+
+
 def grad_cov_summary(cov):
     """Fig 7 (bottom), 19-20: how much the transitions' gradients interfere (Sec 2.1)."""
     off_diagonal = cov[~torch.eye(len(cov), dtype=torch.bool, device=cov.device)]
@@ -391,6 +405,29 @@ def draw_grad_cov(snapshots, env_id, layer_norm):
     return fig
 
 
+def draw_hessian(snapshots, env_id, layer_norm):
+    """Gaussian-smoothed Hessian spectral densities over training (Fig 21-22), one curve per snapshot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low = min(float(nodes[0]) for _, nodes, _ in snapshots)
+    high = max(float(nodes[-1]) for _, nodes, _ in snapshots)
+    margin = 0.05 * (high - low) + 1e-6
+    grid = torch.linspace(low - margin, high + margin, 1000, dtype=torch.float64)
+    sigma2 = 1e-5 * (high - low + 2 * margin) ** 2  # a kernel width relative to the spectrum's range
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(snapshots)))
+    for (step, nodes, weights), colour in zip(snapshots, colours):
+        density = spectral_density(nodes, weights, grid, sigma2).clamp_min(1e-12)
+        ax.plot(grid, density, color=colour, lw=1, label=f"{step * 4:,} frames")
+    ax.set(yscale="log", xlabel="eigenvalue", ylabel="density",
+           title=f"{game_name(env_id)}, {'LayerNorm' if layer_norm else 'baseline'}: TD-loss Hessian spectrum")
+    ax.legend(fontsize=7)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------- training
 def check_args(args):
     import ale_py
@@ -401,9 +438,10 @@ def check_args(args):
     check("NoFrameskip" in args.env_id or gym.registry[args.env_id].kwargs.get("frameskip") == 1,
           f"{args.env_id} skips frames itself: use the NoFrameskip-v4 id (frame skip and max-pooling happen here)")
     for name in ("total_frames", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
-                 "eval_every", "eval_frames", "log_every", "max_episode_frames", "grad_cov_samples"):
+                 "eval_every", "eval_frames", "log_every", "max_episode_frames", "grad_cov_samples",
+                 "hessian_samples", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("learning_starts", "checkpoint_every", "grad_cov_every", "noop_max"):
+    for name in ("learning_starts", "checkpoint_every", "grad_cov_every", "hessian_every", "noop_max"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     check(args.buffer_size > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small for the batch")
     check(args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size")
@@ -439,7 +477,7 @@ def train(args):
     game = game_name(args.env_id)
 
     # Counters and everything else a checkpoint must restore.
-    state = {"step": 0, "episode_return": 0.0, "episode_length": 0, "lives": 0, "grad_cov": [],
+    state = {"step": 0, "episode_return": 0.0, "episode_length": 0, "lives": 0, "grad_cov": [], "hessian": [],
              "last": {}}
     if args.resume:
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -538,9 +576,15 @@ def train(args):
             if args.grad_cov_every and step % args.grad_cov_every == 0 and step >= args.learning_starts:
                 batch = replay.sample(args.grad_cov_samples, sampler)
                 cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
-                # The Hessian spectral density (Fig 21-22) belongs here once common.hessian is merged.
                 state["grad_cov"].append((step, cov.cpu().numpy()))
                 record(step, grad_cov_summary(cov))
+            if args.hessian_every and step % args.hessian_every == 0 and step >= args.learning_starts:
+                batch = replay.sample(args.hessian_samples, sampler)
+                nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta,
+                                                 args.hessian_iters)
+                state["hessian"].append((step, nodes, weights))
+                record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
+                              "curvature/hessian_bottom_eigenvalue": nodes[0]})
 
             if step % args.eval_every == 0 or step == total_steps:
                 video = os.path.join(run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
@@ -555,6 +599,8 @@ def train(args):
 
     if state["grad_cov"]:
         logger.save_figure(draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")
+    if state["hessian"]:
+        logger.save_figure(draw_hessian(state["hessian"], args.env_id, args.layer_norm), "hessian_density.png")
     if args.save_model:
         torch.save(q_net.state_dict(), os.path.join(run_dir, f"{args.exp_name}.model"))
     return logger.finish(status, state["step"], state["last"], env_id=args.env_id, layer_norm=args.layer_norm,

@@ -164,7 +164,8 @@ def tiny_args(run_dir, **overrides):
     """A few hundred agent steps of Breakout on the CPU: episodes capped at 400 frames, small batches."""
     args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, learning_starts=40, batch_size=8,
                 buffer_size=120, target_network_frequency=50, max_episode_frames=400, eval_every=80,
-                eval_frames=80, grad_cov_every=60, grad_cov_samples=4, log_every=10, checkpoint_every=160)
+                eval_frames=80, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
+                hessian_iters=6, log_every=10, checkpoint_every=160)
     return dataclasses.replace(args, **overrides)
 
 
@@ -177,7 +178,8 @@ def finished_run(tmp_path_factory):
 def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
     run_dir, summary = finished_run
     assert summary["status"] == "completed" and summary["steps"] == 160
-    for name in ("args.json", "metrics.jsonl", "summary.json", "figures/grad_cov.png", "checkpoint.pt",
+    for name in ("args.json", "metrics.jsonl", "summary.json", "figures/grad_cov.png", "figures/hessian_density.png",
+                 "checkpoint.pt",
                  "ddqn_atari_layernorm.model"):
         assert os.path.exists(run_dir / name), name
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
@@ -186,8 +188,11 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
     keys = set().union(*rows)
     for key in ("charts/episodic_return", "charts/SPS", "losses/td_loss", "losses/q_values",
                 "eval/episodic_return", "eval/human_normalized_score", "curvature/grad_cov_offdiag_mean",
-                "curvature/grad_cov_neg_fraction"):
+                "curvature/grad_cov_neg_fraction", "curvature/hessian_top_eigenvalue"):
         assert key in keys, key
+    top, bottom = ([r[f"curvature/hessian_{end}_eigenvalue"] for r in rows if "curvature/hessian_top_eigenvalue" in r]
+                   for end in ("top", "bottom"))
+    assert len(top) == 2 and all(t > b for t, b in zip(top, bottom))  # at steps 80 and 160
     losses = [r["losses/td_loss"] for r in rows if "losses/td_loss" in r and r["step"] > 40]
     assert losses and all(np.isfinite(losses)) and any(loss > 0 for loss in losses)
     assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
