@@ -4,6 +4,7 @@ Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -322,7 +323,7 @@ def train(args):
             print(f"step {step:>8,}/{args.total_steps:,}  td loss {mean[0]:.4f}  Q {mean[1]:.3f}  "
                   f"accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
             stats.zero_()
-            if not all(map(torch.isfinite, torch.tensor(mean))):
+            if not all(map(math.isfinite, mean)):
                 status = "diverged"
                 break
             window_start, window_time = step, time.time()
