@@ -15,11 +15,13 @@ import torch
 from common.cli import Preemption, UsageError, check, main, seed_everything, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
-from common.interventions import TwoHot
+from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
+from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
 from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.networks import ARCHITECTURES, build_network
 from common.optim import make_optimizer
 from common.probe import run_probe
+from common.stats import plasticity_statistics
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
@@ -51,7 +53,8 @@ class Args:
     arch: str = "mlp"
     """architecture of A.2: mlp, cnn, resnet18 or vit"""
     width: int = 512
-    """MLP hidden width (A.2: 512; 16 x {1, 2, 4, 8, 12, 16} in the width sweep)"""
+    """hidden width in MLP units (A.2: 512; 16 x {1, 2, 4, 8, 12, 16} in Fig 5); the CNN scales its 64 channels and
+    256 dense units by width / 512; ResNet-18 and the ViT ignore it"""
     layer_norm: bool = False
     """normalise after each hidden layer (Sec 6.2)"""
     spectral_norm: bool = False
@@ -109,6 +112,32 @@ class Args:
     """inputs X drawn from the replay for the probe (not given)"""
     probe_batch_size: int = 32
     """minibatch size of the probe fits (not given; the agent's)"""
+    stats: bool = True
+    """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
+    hessian: bool = True
+    """log the top Hessian eigenvalue of the TD loss at every probe (Fig 14, curvature/hessian_top)"""
+    hessian_batch_size: int = 512
+    """transitions in the batch drawn at each probe for the Hessian and the TD gradient norm (A.1's 512)"""
+    hessian_iters: int = 20
+    """Lanczos iterations for the top eigenvalue (not given; the extreme Ritz value converges first)"""
+
+    intervention_period: int = 0
+    """optimizer steps between interventions (0: --target-period; Sec 6.2 applies them at each target update)"""
+    reset_last_layer: bool = False
+    """re-initialise the last layer and its optimizer state (Sec 6.2, simplified from Nikishin et al. 2022)"""
+    shrink_perturb: bool = False
+    """theta <- shrink * theta + perturb * theta_fresh (Sec 6.2, Ash & Adams 2020)"""
+    shrink: float = 0.3
+    """shrink & perturb's shrink factor (Ash & Adams 2020's lambda = 0.3)"""
+    perturb: float = 0.01
+    """shrink & perturb's coefficient of a fresh initialisation (our choice: the paper gives none; a perturbation
+    of standard deviation about 1e-4 per weight at width 512, the scale of Ash & Adams 2020's noise)"""
+    reset_optimizer: bool = False
+    """reset the optimizer's state (B.1: "resetting only the optimizer state")"""
+    redo: bool = False
+    """recycle dormant units, mlp and cnn only (ReDo, Sokar et al. 2023; not in the paper)"""
+    redo_tau: float = 0.1
+    """ReDo's dormancy threshold (Sokar et al. 2023 use 0.1); also the threshold of stats/dormant_units"""
 
     log_every: int = 1_000
     """optimizer steps between metric logs (each log is the only host sync)"""
@@ -122,15 +151,18 @@ def validate(args):
     check(args.arch in ARCHITECTURES, f"unknown --arch {args.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
-                 "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate"):
+                 "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
+                 "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay"):
+    for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay",
+                 "intervention_period", "shrink", "perturb", "redo_tau"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
     check(args.learning_starts * args.num_envs >= args.batch_size,
           "--learning-starts x --num-envs must fill the replay with at least --batch-size transitions")
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
     check(args.epsilon <= 1, f"--epsilon must be in [0, 1], got {args.epsilon}")
     check(not args.resume or args.run_dir, "--resume needs --run-dir pointing at the run to continue")
+    check(not args.redo or args.arch in ("mlp", "cnn"), "--redo supports --arch mlp and cnn only")
 
 
 def build_q_network(args, obs_shape):
@@ -196,13 +228,41 @@ def act(q_network, images, obs, epsilon, generator):
     return torch.where(explore, random_actions, greedy)
 
 
-def probe_plasticity(args, q_network, images, replay, obs_shape, generator, seed):
+def probe_plasticity(args, q_network, images, inputs, obs_shape, seed):
     """Sec 3.1: fit fresh random targets from a copy of the current parameters (the agent is untouched)."""
-    pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
-    inputs = images[replay.obs[pick]]
     return run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
                      lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
                      steps=args.probe_steps, batch_size=args.probe_batch_size, seed=seed)
+
+
+def intervene(args, q_network, optimizer, replay, images, obs_shape, generator):
+    """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place, in this order."""
+    if args.reset_last_layer:
+        reset_last_layer(q_network, optimizer)
+    if args.shrink_perturb:
+        fresh = build_q_network(args, obs_shape).to(images.device)
+        shrink_perturb(q_network, fresh, args.shrink, args.perturb)
+    if args.reset_optimizer:
+        reset_optimizer_state(optimizer)
+    if args.redo:  # dormancy on a replay batch of the agent's batch size, as the ReDo code scores its batch
+        redo(q_network, optimizer, images[replay.sample(args.batch_size, generator)[0]], args.redo_tau)
+
+
+def network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters):
+    """The statistics of Sec 5.2 on the probe ``inputs``, the TD gradient norm and, with --hessian, the top
+    eigenvalue of the TD loss's Hessian on ``batch`` (Fig 14); all in eval mode (no dropout)."""
+    def loss_fn():
+        return td_loss(q_network, target_network, images, batch, args.gamma, args.double_q)[0]
+
+    metrics = {}
+    if args.stats:
+        metrics = plasticity_statistics(q_network, inputs, tau=args.redo_tau, initial_parameters=initial_parameters,
+                                        loss_fn=loss_fn)
+    if args.hessian:
+        with eval_mode(q_network):
+            matvec, dim = hessian_matvec(loss_fn, list(q_network.parameters()))
+            metrics["curvature/hessian_top"] = top_eigenvalue(matvec, dim, args.hessian_iters)
+    return metrics
 
 
 def plot_probe_curves(probe_history, title):
@@ -248,10 +308,11 @@ def train(args):
     q_network = build_q_network(args, obs_shape).to(device)
     target_network = build_q_network(args, obs_shape).to(device)
     target_network.load_state_dict(q_network.state_dict())
+    initial_parameters = [p.detach().clone() for p in q_network.parameters()]  # for stats/distance_from_init
     optimizer = build_optimizer(args, q_network.parameters())
     replay = IndexReplay(args.buffer_size, device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    step, probe_history, stats = 0, [], torch.zeros(4, device=device)
+    step, probe_history, probes, stats = 0, [], [], torch.zeros(4, device=device)
 
     if args.resume:
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -263,6 +324,7 @@ def train(args):
         generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, probe_history, stats, obs = ckpt["step"], ckpt["probe_history"], ckpt["stats"], ckpt["obs"]
+        probes, initial_parameters = ckpt["probes"], ckpt["initial_parameters"]
     else:
         obs = env.reset()
         for _ in range(args.learning_starts):  # fill the replay with uniformly random actions
@@ -280,15 +342,23 @@ def train(args):
                            "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
                            "env": env.state_dict(), "generator": generator.get_state(),
                            "torch_rng": torch.get_rng_state(), "step": step, "probe_history": probe_history,
-                           "stats": stats, "obs": obs}, checkpoint_path)
+                           "stats": stats, "obs": obs, "probes": probes,
+                           "initial_parameters": initial_parameters}, checkpoint_path)
 
     def probe_and_log():
-        result = probe_plasticity(args, q_network, images, replay, obs_shape, generator, seed=args.seed + step)
+        pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=device)
+        inputs = images[replay.obs[pick]]
+        metrics = {}
+        if args.stats or args.hessian:
+            batch = replay.sample(args.hessian_batch_size, generator)
+            metrics = network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters)
+        result = probe_plasticity(args, q_network, images, inputs, obs_shape, seed=args.seed + step)
         plasticity = result.plasticity.item()
         probe_history.append((step, result.curves.mean(0).cpu(), plasticity))
         row = logger.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
                                 "probe/plasticity": plasticity,
-                                "probe/plasticity_loss": probe_history[0][2] - plasticity})
+                                "probe/plasticity_loss": probe_history[0][2] - plasticity, **metrics})
+        probes.append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
         print(f"step {step:>8,}  probe: final loss {row['probe/final_loss']:.4f}  P {plasticity:.4f}")
 
     status, last_metrics, window_start, window_time = "completed", {}, step, time.time()
@@ -314,6 +384,8 @@ def train(args):
 
         if step % args.target_period == 0:
             target_network.load_state_dict(q_network.state_dict())
+        if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
+            intervene(args, q_network, optimizer, replay, images, obs_shape, generator)
         if step % args.log_every == 0:
             sps = (step - window_start) * args.num_envs / (time.time() - window_time)
             mean = (stats / args.log_every).tolist()  # the one host sync per log window
@@ -343,10 +415,9 @@ def train(args):
         torch.save({"steps": [h[0] for h in probe_history], "curves": torch.stack([h[1] for h in probe_history]),
                     "plasticity": [h[2] for h in probe_history]}, os.path.join(run_dir, "probe_curves.pt"))
     final = {k: v for k, v in last_metrics.items() if k != "step"}
-    if probe_history:
-        final.update({"probe/plasticity": probe_history[-1][2],
-                      "probe/plasticity_loss": probe_history[0][2] - probe_history[-1][2]})
-    return logger.finish(status, step, final, run_dir=run_dir)
+    if probes:
+        final.update({k: v for k, v in probes[-1].items() if k != "step"})  # the last probe's plasticity, stats
+    return logger.finish(status, step, final, run_dir=run_dir, probes=probes)
 
 
 if __name__ == "__main__":

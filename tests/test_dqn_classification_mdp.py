@@ -134,3 +134,37 @@ def test_divergence_is_recorded_and_the_run_exits_cleanly(tmp_path, data_dir):
     summary = dqn.train(args)
     assert summary["status"] == "diverged" and summary["steps"] < 200
     assert json.load(open(tmp_path / "run" / "summary.json"))["status"] == "diverged"
+
+
+@pytest.mark.parametrize("intervention", [dict(reset_last_layer=True), dict(shrink_perturb=True),
+                                          dict(reset_optimizer=True), dict(redo=True, arch="cnn", width=32)])
+def test_each_intervention_runs_and_logs_the_statistics(tmp_path, data_dir, intervention):
+    run_dir = tmp_path / "run"
+    args = dqn.Args(data_dir=data_dir, run_dir=str(run_dir), hessian_batch_size=16, hessian_iters=5,
+                    **{**TINY, "num_images": 100, **intervention})
+    summary = dqn.train(args)
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    probe_rows = [r for r in rows if "probe/plasticity" in r]
+    keys = {"stats/weight_norm", "stats/weight_rank", "stats/feature_rank", "stats/feature_effective_rank",
+            "stats/feature_sparsity", "stats/dead_units", "stats/dormant_units", "stats/distance_from_init",
+            "stats/grad_norm", "curvature/hessian_top"}
+    assert all(keys <= set(r) for r in probe_rows) and len(probe_rows) == 3
+    assert probe_rows[0]["stats/distance_from_init"] == 0 < probe_rows[-1]["stats/distance_from_init"]
+    assert [p["step"] for p in summary["probes"]] == [0, 20, 40]
+    assert summary["probes"] == probe_rows  # the trajectories, without TensorBoard
+    assert keys | {"probe/plasticity_loss"} <= set(summary["metrics"])
+    assert summary["metrics"]["stats/weight_norm"] == probe_rows[-1]["stats/weight_norm"]
+
+
+def test_interventions_change_the_agent_at_each_period(monkeypatch, tmp_path, data_dir):
+    calls = []
+    monkeypatch.setattr(dqn, "reset_last_layer", lambda net, opt: calls.append(("reset", net.head.weight.clone())))
+    monkeypatch.setattr(dqn, "shrink_perturb", lambda net, fresh, a, b: calls.append(("sp", a, b)))
+    args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), reset_last_layer=True, shrink_perturb=True,
+                    shrink=0.5, perturb=0.2, intervention_period=15, stats=False, hessian=False,
+                    **{**TINY, "num_images": 100})
+    summary = dqn.train(args)
+    assert [c[0] for c in calls] == ["reset", "sp", "reset", "sp"]  # at steps 15 and 30 of 40
+    assert calls[1][1:] == (0.5, 0.2)
+    assert not any(k.startswith(("stats/", "curvature/")) for k in summary["metrics"])
