@@ -130,8 +130,8 @@ class Args:
     shrink: float = 0.3
     """shrink & perturb's shrink factor (Ash & Adams 2020's lambda = 0.3)"""
     perturb: float = 0.01
-    """shrink & perturb's coefficient of a fresh initialisation (our choice: the paper gives none; a perturbation
-    of standard deviation about 1e-4 per weight at width 512, the scale of Ash & Adams 2020's noise)"""
+    """shrink & perturb's coefficient of a fresh initialisation (our choice; the paper gives none): a perturbation
+    of standard deviation about 2.5e-4 per weight at width 512, small like Ash & Adams 2020's added noise"""
     reset_optimizer: bool = False
     """reset the optimizer's state (B.1: "resetting only the optimizer state")"""
     redo: bool = False
