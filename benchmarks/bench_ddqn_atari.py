@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 def ours(steps, learning_starts, buffer_size, layer_norm):
     """The real train() loop, run to learning_starts and to learning_starts + steps: the difference is the
     learning phase (set-up and the acting-only phase cancel out). Returns (wall seconds, CPU seconds, bytes)."""
-    from ddqn_atari_layernorm import Args, FrameReplay, train
+    from common.atari import FrameReplay
+    from ddqn_atari_layernorm import Args, train
 
     def run(total):
         with tempfile.TemporaryDirectory() as run_dir:
@@ -50,7 +51,7 @@ def cleanrl(steps, learning_starts, buffer_size):
     import torch.nn.functional as F
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    from ddqn_atari_layernorm import make_env
+    from common.atari import make_env
 
     env = gym.wrappers.FrameStackObservation(make_env("BreakoutNoFrameskip-v4", 30, 108_000), 4)
     device = torch.device("cpu")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.atari import FrameReplay, load_atari_scores
 from common.cli import UsageError
 from common.grad_cov import gradient_covariance
-from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, aggregate, double_q_targets,
-                                  load_atari_scores, td_error_grads, td_loss, train)
+from ddqn_atari_layernorm import (AggregateArgs, Args, QNetwork, aggregate, double_q_targets, td_error_grads, td_loss,
+                                  train)
 
 
 @pytest.fixture(autouse=True, scope="module")
