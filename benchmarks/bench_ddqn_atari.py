@@ -30,8 +30,8 @@ def ours(steps, learning_starts, buffer_size, layer_norm):
     def run(total):
         with tempfile.TemporaryDirectory() as run_dir:
             wall, cpu = time.perf_counter(), time.process_time()
-            train(Args(run_dir=run_dir, total_frames=4 * total, learning_starts=learning_starts,
-                       buffer_size=buffer_size, layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9,
+            train(Args(run_dir=run_dir, total_frames=4 * total, buffer_size=buffer_size,
+                       min_replay_capacity_fraction=learning_starts / buffer_size, layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9,
                        eval_frames=4, log_every=100))
             return time.perf_counter() - wall, time.process_time() - cpu
 
@@ -53,7 +53,7 @@ def cleanrl(steps, learning_starts, buffer_size):
 
     from common.atari import make_env
 
-    env = gym.wrappers.FrameStackObservation(make_env("BreakoutNoFrameskip-v4", 30, 108_000), 4)
+    env = gym.wrappers.FrameStackObservation(make_env("ALE/Breakout-v5", 30, 108_000, "gymnasium"), 4)
     device = torch.device("cpu")
 
     def network():

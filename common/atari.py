@@ -4,6 +4,7 @@ import csv
 import os
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from common.cli import check
@@ -29,28 +30,78 @@ def human_normalized(score, game, scores):
 
 
 # ---------------------------------------------------------------------------------------------------- environment
-def make_env(env_id, noop_max, max_episode_frames, render=False):
-    """One frame per step: up to noop_max no-ops at reset, action repeat 4 with max-pooling of the last two frames,
-    84x84 grey (gymnasium's AtariPreprocessing). Raw rewards; clipping and life loss are handled by the learner,
-    and frames are stacked from the replay, so that each frame is stored once."""
-    import ale_py
-
-    gym.register_envs(ale_py)
-    env = gym.make(env_id, max_num_frames_per_episode=max_episode_frames, repeat_action_probability=0.0,
-                   render_mode="rgb_array" if render else None)
-    return gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
-                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+def atari_env_ids():
+    """{ALE name: env id} for the 57 games of the score table: their v5 ids, the only ones ale-py 0.12 registers for
+    all 57 (Surround has no NoFrameskip-v4 id). make_env overrides v5's frame skip and sticky actions."""
+    return {name: f"ALE/{name}-v5" for name in load_atari_scores()}
 
 
 def check_env_id(env_id):
-    """Raise a UsageError unless env_id is an ALE id that leaves frame skipping to make_env."""
+    """Raise a UsageError unless env_id is a registered ALE id (any version: make_env sets the protocol)."""
     import ale_py
 
     gym.register_envs(ale_py)
     check(env_id in gym.registry and gym.registry[env_id].entry_point.startswith("ale_py"),
-          f"unknown Atari env id {env_id!r}: use an ALE id such as BreakoutNoFrameskip-v4")
-    check("NoFrameskip" in env_id or gym.registry[env_id].kwargs.get("frameskip") == 1,
-          f"{env_id} skips frames itself: use the NoFrameskip-v4 id (frame skip and max-pooling happen here)")
+          f"unknown Atari env id {env_id!r}: use an ALE id such as ALE/Breakout-v5 (common.atari.atari_env_ids())")
+
+
+def make_env(env_id, noop_max, max_episode_frames, preprocessing="dqn_zoo", render=False):
+    """One agent step per step: 1 to noop_max no-op frames at reset, action repeat 4 with the max over the last two
+    frames, 84x84 grey. Every game runs under DQN Zoo's emulator settings (gym_atari.py): frameskip 1 in the
+    emulator, no sticky actions, the minimal action set. `preprocessing` is "dqn_zoo" (DQNZooPreprocessing, the
+    default) or "gymnasium" (gymnasium's AtariPreprocessing). Raw rewards; clipping and life loss are handled by the
+    learner, and frames are stacked from the replay, so that each frame is stored once."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make(env_id, obs_type="rgb", frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+                   max_num_frames_per_episode=max_episode_frames, render_mode="rgb_array" if render else None)
+    if preprocessing == "gymnasium":
+        return gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                                               terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
+    return DQNZooPreprocessing(env, noop_max)
+
+
+def luminance_84x84(rgb):
+    """DQN Zoo's processors.rgb2y then processors.resize: Y = 0.299 R + 0.587 G + 0.114 B truncated to uint8, then
+    PIL's bilinear resize to 84x84 (a triangle filter as wide as the scale: every source pixel counts)."""
+    from PIL import Image
+
+    y = np.tensordot(rgb, [0.299, 0.587, 1 - (0.299 + 0.587)], (-1, 0)).astype(np.uint8)
+    return np.array(Image.fromarray(y).resize((84, 84), Image.BILINEAR))
+
+
+class DQNZooPreprocessing(gym.Wrapper):
+    """DQN Zoo's Atari pipeline (gym_atari.RandomNoopsEnvironmentWrapper and processors.atari) on a frameskip-1 RGB
+    env: 1 to noop_max no-op frames after each reset (their count drawn with the env's np_random, so env_state
+    restores it); each step repeats the action for 4 frames, sums the rewards, takes the pixel-wise max of the last
+    two RGB frames and returns its 84x84 luminance. The reset frame is returned alone (DQN Zoo: max with zeros).
+    An episode that ends within a repeat returns its last frame (max with the one before when there is one); DQN
+    Zoo's zero padding can make that final frame black, but it is a terminal state and never bootstrapped from."""
+
+    def __init__(self, env, noop_max, frame_skip=4):
+        super().__init__(env)
+        self.noop_max, self.frame_skip = noop_max, frame_skip
+        self.observation_space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        rgb, info = self.env.reset(seed=seed, options=options)
+        noops = self.env.unwrapped.np_random.integers(1, self.noop_max + 1) if self.noop_max > 0 else 0
+        for _ in range(noops):
+            rgb, _, terminated, truncated, info = self.env.step(0)  # action 0 is NOOP in every minimal action set
+            if terminated or truncated:
+                rgb, info = self.env.reset()
+        return luminance_84x84(rgb), info
+
+    def step(self, action):
+        last_two, total_reward = [], 0.0
+        for _ in range(self.frame_skip):
+            rgb, reward, terminated, truncated, info = self.env.step(action)
+            last_two = [*last_two[-1:], rgb]
+            total_reward += reward
+            if terminated or truncated:
+                break
+        return luminance_84x84(np.max(last_two, axis=0)), total_reward, terminated, truncated, info
 
 
 def env_state(env):
@@ -62,7 +113,7 @@ def env_state(env):
 def restore_env_state(env, state):
     env.unwrapped.restore_state(state["ale"])
     env.unwrapped.np_random.bit_generator.state = state["np_random"]
-    env.lives = env.unwrapped.ale.lives()
+    env.lives = env.unwrapped.ale.lives()  # for gymnasium's AtariPreprocessing; DQNZooPreprocessing keeps none
 
 
 # ---------------------------------------------------------------------------------------------------- replay
@@ -73,19 +124,23 @@ class FrameReplay:
     ends at slot i+1. When an episode ends (terminated or truncated) its real final frame gets a slot of its own
     that never starts a transition, and the reset frame goes into the next slot: so the next state of the last
     transition is the final observation, never the reset frame (the bug of the memory-optimised buffers of SB3 and
-    CleanRL). Stacks do not cross episode starts: earlier positions repeat the episode's first frame, as
-    gymnasium's FrameStackObservation does. `episode_start` holds absolute frame numbers (frames ever written).
+    CleanRL). Stacks do not cross episode starts. The first history-1 stacks of an episode are padded as DQN Zoo
+    pads them with zero_pad (processors.atari: Deque, then trailing_zero_pad): the episode's frames come first and
+    zeros fill the rest (A000, AB00, ABC0, then ABCD, BCDE); without zero_pad earlier positions repeat the
+    episode's first frame (AAAA, AAAB, ...), as gymnasium's FrameStackObservation does. `episode_start` holds
+    absolute frame numbers (frames ever written).
     """
 
-    def __init__(self, capacity, history=4, frame_shape=(84, 84), device="cpu"):
-        self.capacity, self.history, self.device = capacity, history, device
+    def __init__(self, capacity, history=4, frame_shape=(84, 84), zero_pad=True, device="cpu"):
+        self.capacity, self.history, self.zero_pad, self.device = capacity, history, zero_pad, device
         self.frames = torch.zeros((capacity, *frame_shape), dtype=torch.uint8, device=device)
         self.actions = torch.zeros(capacity, dtype=torch.uint8, device=device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
         self.terminals = torch.zeros(capacity, dtype=torch.bool, device=device)
         self.valid = torch.zeros(capacity, dtype=torch.bool, device=device)  # slot starts a complete transition
         self.episode_start = torch.zeros(capacity, dtype=torch.int64, device=device)
-        self.offsets = torch.arange(-history + 1, 1, device=device)
+        self.offsets = torch.arange(-history + 1, 1, device=device)  # a stack ending at its newest frame
+        self.positions = torch.arange(history, device=device)  # a stack starting at its oldest frame
         self.pos = 0  # frames ever written; the newest is at absolute index pos - 1
 
     def _write(self, frame, episode_start):
@@ -111,7 +166,10 @@ class FrameReplay:
         self._write(next_frame, self.episode_start[slot])
 
     def _stack(self, index, starts):
-        """(n, history, 84, 84) stacks ending at absolute frame numbers `index`, clamped to the episode starts."""
+        """(n, history, 84, 84) stacks ending at absolute frame numbers `index`, padded at the episode starts."""
+        if self.zero_pad:
+            frame_ids = torch.maximum(index - self.history + 1, starts)[:, None] + self.positions
+            return self.frames[frame_ids % self.capacity] * (frame_ids <= index[:, None])[:, :, None, None]
         frame_ids = torch.maximum(index[:, None] + self.offsets, starts[:, None])
         return self.frames[frame_ids % self.capacity]
 
