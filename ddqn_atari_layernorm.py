@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized, load_atari_scores,
-                          make_env, restore_env_state)
+                          make_env, restore_env_state, write_video)
 from common.cli import Preemption, check, main, select_device, seed_everything
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.hessian import hessian_matvec, lanczos, spectral_density
@@ -90,7 +90,7 @@ class Args:
     max_abs_reward: float = 1.0
     """reward clipping (DQN Zoo max_abs_reward)"""
     epsilon_start: float = 0.1
-    """training epsilon before and at the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
+    """training epsilon when learning starts, the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
     epsilon_end: float = 0.1
     """training epsilon after the decay (A.3: fixed 0.1; DQN Zoo: 0.01)"""
     epsilon_decay_steps: int = 1_000_000
@@ -231,7 +231,7 @@ def epsilon_at(step, args):
     the learning start); constant 0.1 after the warm-up with the paper's defaults."""
     if step < args.learning_starts:
         return 1.0
-    fraction = min(max(step - args.learning_starts, 0) / max(args.epsilon_decay_steps, 1), 1.0)
+    fraction = min((step - args.learning_starts) / max(args.epsilon_decay_steps, 1), 1.0)
     return args.epsilon_start + fraction * (args.epsilon_end - args.epsilon_start)
 
 
@@ -266,17 +266,6 @@ def evaluate(q_net, env, args, seed, device, video_path=None):
     if video:  # the first episode did not finish
         write_video(video, video_path)
     return float(np.mean(returns)) if returns else episode_return, len(returns)
-
-
-def write_video(frames, path):
-    import cv2
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 60 // 4, (width, height))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
 
 
 def draw_grad_cov(snapshots, env_id, layer_norm):

@@ -31,8 +31,8 @@ def ours(steps, learning_starts, buffer_size, layer_norm):
         with tempfile.TemporaryDirectory() as run_dir:
             wall, cpu = time.perf_counter(), time.process_time()
             train(Args(run_dir=run_dir, total_frames=4 * total, buffer_size=buffer_size,
-                       min_replay_capacity_fraction=learning_starts / buffer_size, layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9,
-                       eval_frames=4, log_every=100))
+                       min_replay_capacity_fraction=learning_starts / buffer_size, layer_norm=layer_norm,
+                       grad_cov_every=0, eval_every=10**9, eval_frames=4, log_every=100))
             return time.perf_counter() - wall, time.process_time() - cpu
 
     run(learning_starts + 8)  # warm-up: first environment, first updates

@@ -1,5 +1,5 @@
 """The Arcade Learning Environment pipeline of ddqn_atari_layernorm.py: environment construction and preprocessing,
-game ids and the human-normalisation score table, and the replay that stores each frame once."""
+game ids and the human-normalisation score table, evaluation videos, and the replay that stores each frame once."""
 import csv
 import os
 
@@ -76,8 +76,9 @@ class DQNZooPreprocessing(gym.Wrapper):
     env: 1 to noop_max no-op frames after each reset (their count drawn with the env's np_random, so env_state
     restores it); each step repeats the action for 4 frames, sums the rewards, takes the pixel-wise max of the last
     two RGB frames and returns its 84x84 luminance. The reset frame is returned alone (DQN Zoo: max with zeros).
-    An episode that ends within a repeat returns its last frame (max with the one before when there is one); DQN
-    Zoo's zero padding can make that final frame black, but it is a terminal state and never bootstrapped from."""
+    An episode that ends within a repeat returns the max of its last two frames (its last if it has one); DQN Zoo
+    pools zero padding there instead (a black frame, or the last frame alone), but a terminal state is never
+    bootstrapped from. Truncation by max_num_frames_per_episode comes from the ALE, which counts no-op frames too."""
 
     def __init__(self, env, noop_max, frame_skip=4):
         super().__init__(env)
@@ -101,7 +102,7 @@ class DQNZooPreprocessing(gym.Wrapper):
             total_reward += reward
             if terminated or truncated:
                 break
-        return luminance_84x84(np.max(last_two, axis=0)), total_reward, terminated, truncated, info
+        return luminance_84x84(np.maximum(last_two[0], last_two[-1])), total_reward, terminated, truncated, info
 
 
 def env_state(env):
@@ -114,6 +115,18 @@ def restore_env_state(env, state):
     env.unwrapped.restore_state(state["ale"])
     env.unwrapped.np_random.bit_generator.state = state["np_random"]
     env.lives = env.unwrapped.ale.lives()  # for gymnasium's AtariPreprocessing; DQNZooPreprocessing keeps none
+
+
+def write_video(frames, path):
+    """An mp4 of RGB frames rendered once per agent step (15 per second of play)."""
+    import cv2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 60 // 4, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
 
 
 # ---------------------------------------------------------------------------------------------------- replay
