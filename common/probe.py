@@ -18,7 +18,7 @@ Modes (dropout and BatchNorm behave differently in train and eval mode):
 - the fit trains in train mode, as the agent trains: dropout on, BatchNorm on each minibatch's statistics. The
   copies' BatchNorm layers keep no running statistics (updating them cannot be vmapped);
 - the final loss is measured in eval mode, so that it scores the fitted function rather than a dropout sample.
-  With no running statistics left, BatchNorm there normalises each chunk of X (up to 256 inputs) by its own
+  With no running statistics left, BatchNorm there normalises each chunk of X (hundreds of inputs) by its own
   statistics, an estimate of X's.
 
 Choices the paper leaves open: minibatches are drawn uniformly with replacement from X; the final loss is the
