@@ -103,8 +103,9 @@ def bench_statistics(args, device, images, arch):
                                                 initial)
     statistics()  # warm-up
     stats_time = best_time(statistics, args.repeats, device)
-    run_args.probe_steps = args.probe_steps
-    probe = lambda: dqn.probe_plasticity(run_args, q_network, images, inputs, obs_shape, seed=0)  # noqa: E731
+    run_args.probe_steps, run_args.stats, run_args.hessian = args.probe_steps, False, False  # the probe alone
+    probe = lambda: dqn.probe_plasticity(run_args, q_network, target_network, images, replay, obs_shape, 0,  # noqa
+                                         initial)
     short = best_time(probe, 1, device)
     run_args.probe_steps = 2 * args.probe_steps
     long = best_time(probe, 1, device)
