@@ -4,6 +4,7 @@ Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
+import dataclasses
 import math
 import os
 import time
@@ -22,6 +23,8 @@ from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probe
+from common.seeds import (SeedStack, StackedReplay, global_rng, load_optimizer_states, optimizer_state,
+                          optimizer_view, per_seed)
 from common.stats import plasticity_statistics
 
 
@@ -31,6 +34,9 @@ class Args:
     """the name of this experiment (CleanRL)"""
     seed: int = 1
     """seed of the experiment"""
+    num_seeds: int = 1
+    """train N independent agents, seeds seed .. seed+N-1, in lockstep in one process (stacked parameters, vmap);
+    each is its single run's equal and writes its own run directory, <run-dir>__seed<seed> with --run-dir"""
     cuda: bool = True
     """use the GPU when there is one"""
     track: bool = False
@@ -155,7 +161,7 @@ def validate(args):
     check(args.variant in VARIANTS, f"unknown --variant {args.variant!r}: choose one of {', '.join(VARIANTS)}")
     check(args.arch in ARCHITECTURES, f"unknown --arch {args.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
+    for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
                  "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
                  "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -189,34 +195,6 @@ def build_optimizer(args, params):
                           **hyperparameters)
 
 
-class IndexReplay:
-    """A circular replay of (observation index, action, reward, next observation index), all on the device."""
-
-    def __init__(self, capacity, device):
-        self.capacity, self.pos, self.size = capacity, 0, 0  # Python ints: sampling needs no host sync
-        self.obs = torch.zeros(capacity, dtype=torch.long, device=device)
-        self.next_obs = torch.zeros_like(self.obs)
-        self.actions = torch.zeros_like(self.obs)
-        self.rewards = torch.zeros(capacity, device=device)
-
-    def add(self, obs, actions, rewards, next_obs):
-        slots = (self.pos + torch.arange(len(obs), device=obs.device)) % self.capacity
-        self.obs[slots], self.actions[slots], self.rewards[slots], self.next_obs[slots] = obs, actions, rewards, next_obs
-        self.pos = (self.pos + len(obs)) % self.capacity
-        self.size = min(self.size + len(obs), self.capacity)
-
-    def sample(self, batch_size, generator):
-        idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.obs.device)
-        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx]
-
-    def state_dict(self):
-        return {k: getattr(self, k) for k in ("pos", "size", "obs", "next_obs", "actions", "rewards")}
-
-    def load_state_dict(self, state):
-        for k, v in state.items():
-            setattr(self, k, v)
-
-
 @torch.no_grad()
 def eval_values(network, x):
     """Values in eval mode, the network's mode left as it was: no dropout, and BatchNorm on its running statistics
@@ -235,9 +213,9 @@ def td_targets(q_network, target_network, next_images, rewards, gamma, double_q)
 
 
 def td_loss(q_network, target_network, images, batch, gamma, double_q, train=True):
-    """Eq. 1: the squared TD error of the taken actions (two-hot: cross-entropy to the encoded target).
-    Targets are computed in eval mode, the online forward that is trained in train mode (``train=False``: in the
-    network's current mode, for the probe's statistics)."""
+    """Eq. 1 for one network: the squared TD error of the taken actions (two-hot: cross-entropy to the encoded
+    target). Targets are computed in eval mode, the online forward that is trained in train mode (``train=False``:
+    in the network's current mode, for the probe's statistics and Hessian)."""
     obs, actions, rewards, next_obs = batch
     targets = td_targets(q_network, target_network, images[next_obs], rewards, gamma, double_q)
     out = (q_network.train() if train else q_network)(images[obs])
@@ -245,12 +223,36 @@ def td_loss(q_network, target_network, images, batch, gamma, double_q, train=Tru
     return q_network.loss(taken, targets).mean(), q_network.values(out).detach()
 
 
-def act(q_network, images, obs, epsilon, generator):
-    """Epsilon-greedy actions for a batch of observation indices (greedy in eval mode), with no host sync."""
-    greedy = eval_values(q_network, images[obs]).argmax(1)
-    random_actions = torch.randint(10, obs.shape, generator=generator, device=obs.device)
-    explore = torch.rand(obs.shape, generator=generator, device=obs.device) < epsilon
+def stacked_td_loss(q_stack, target_stack, images, batch, gamma, double_q):
+    """``td_loss`` for every seed at once, one vmapped forward per network: ``(N,)`` losses and mean Q-values, seed
+    k's from its own network, target network and ``(N, batch)`` minibatch row."""
+    obs, actions, rewards, next_obs = batch
+    network = q_stack.template  # values and loss need no parameters
+    with torch.no_grad():
+        next_values = network.values(target_stack.call(images[next_obs], train=False))
+        online = network.values(q_stack.call(images[next_obs], train=False)) if double_q else next_values
+        targets = rewards + gamma * next_values.gather(2, online.argmax(2, keepdim=True)).squeeze(2)
+    out = q_stack.call(images[obs], train=True)
+    seeds, rows = torch.arange(len(obs), device=obs.device)[:, None], torch.arange(obs.shape[1], device=obs.device)
+    taken = out[seeds, rows, actions]
+    return network.loss(taken, targets).mean(1), network.values(out).detach().flatten(1).mean(1)
+
+
+@torch.no_grad()
+def act(q_stack, images, obs, epsilon, generators):
+    """Epsilon-greedy actions ``(N, num_envs)`` for each seed's observation indices (greedy in eval mode), seed k's
+    exploration drawn from ``generators[k]``; no host sync."""
+    greedy = q_stack.template.values(q_stack.call(images[obs], train=False)).argmax(-1)
+    shape, device = obs.shape[1:], obs.device
+    random_actions = per_seed(generators, lambda g: torch.randint(10, shape, generator=g, device=device))
+    explore = per_seed(generators, lambda g: torch.rand(shape, generator=g, device=device)) < epsilon
     return torch.where(explore, random_actions, greedy)
+
+
+def step_envs(envs, actions):
+    """Step seed k's environments with ``actions[k]``; ``(next_obs, rewards)``, each ``(N, num_envs)``."""
+    steps = [env.step(a) for env, a in zip(envs, actions)]
+    return torch.stack([obs for obs, _ in steps]), torch.stack([rewards for _, rewards in steps])
 
 
 def probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step, initial_parameters):
@@ -275,17 +277,24 @@ def probe_plasticity(args, q_network, target_network, images, replay, obs_shape,
     return result, metrics
 
 
-def intervene(args, q_network, optimizer, replay, images, obs_shape, generator):
-    """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place, in this order."""
-    if args.reset_last_layer:
-        reset_last_layer(q_network, optimizer)
-    if args.shrink_perturb:
-        fresh = build_q_network(args, obs_shape).to(images.device)
-        shrink_perturb(q_network, fresh, args.shrink, args.perturb)
+def intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states):
+    """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo to every seed, in place: each seed's
+    re-initialisations from its own global-RNG stream, its ReDo batch from its own generator. Optimizer state is
+    reset for all seeds at once (they intervene at the same steps), which for each seed is what a single run does."""
+    device = images.device
+    redo_obs = replay.sample(args.batch_size, generators)[0] if args.redo else None  # the agent's batch size, as ReDo
+    for k, network in enumerate(q_stack.modules):
+        with global_rng(rng_states, k, device):
+            if args.reset_last_layer:
+                reset_last_layer(network)
+            if args.shrink_perturb:
+                shrink_perturb(network, build_q_network(args, obs_shape).to(device), args.shrink, args.perturb)
+            if args.redo:
+                redo(network, optimizer_view(optimizer, q_stack, k), images[redo_obs[k]], args.redo_tau)
+    if args.reset_last_layer:  # the head's moments belong to the old weights
+        reset_optimizer_state(optimizer, [q_stack.params["head.weight"], q_stack.params["head.bias"]])
     if args.reset_optimizer:
         reset_optimizer_state(optimizer)
-    if args.redo:  # dormancy on a replay batch of the agent's batch size, as the ReDo code scores its batch
-        redo(q_network, optimizer, images[replay.sample(args.batch_size, generator)[0]], args.redo_tau)
 
 
 def network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters):
@@ -329,132 +338,167 @@ def plot_probe_curves(probe_history, title):
     return fig
 
 
+def seed_args(args, k):
+    """The Args of seed k's single run: its seed, its run directory, one seed. With --num-seeds N > 1, --run-dir D
+    gives D__seed<seed> for each seed (no --run-dir: each seed's own default name)."""
+    seed = args.seed + k
+    run_dir = args.run_dir and (f"{args.run_dir}__seed{seed}" if args.num_seeds > 1 else args.run_dir)
+    return dataclasses.replace(args, seed=seed, num_seeds=1, run_dir=run_dir or None)
+
+
 def train(args):
+    """Train ``args.num_seeds`` agents in lockstep (one is the plain single run); returns seed 0's summary for one
+    seed, the list of the seeds' summaries otherwise."""
     validate(args)
-    seed_everything(args.seed)
     device = select_device(args.cuda)
-    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    if args.resume:
-        check(os.path.exists(checkpoint_path), f"no checkpoint.pt in --run-dir {run_dir}: start without --resume")
+    runs = [seed_args(args, k) for k in range(args.num_seeds)]
+    for run in runs:
+        run.run_dir = run.run_dir or os.path.join("runs", default_run_name(args.exp_name, run.seed))
+        if args.resume:
+            check(os.path.exists(os.path.join(run.run_dir, "checkpoint.pt")),
+                  f"no checkpoint.pt in --run-dir {run.run_dir}: start without --resume")
 
     images, labels = load_dataset(args.dataset, args.data_dir, train=True, device=device)
     if args.num_images:
         images, labels = images[:args.num_images], labels[:args.num_images]
-    try:
-        env = ClassificationMDP(images, labels, args.variant, args.num_envs, seed=args.seed)
-    except ValueError as e:
-        raise UsageError(f"{e}; use more --num-images") from None
-    obs_shape = tuple(images.shape[1:])
-    q_network = build_q_network(args, obs_shape).to(device)
-    target_network = build_q_network(args, obs_shape).to(device)
-    target_network.load_state_dict(q_network.state_dict())
-    initial_parameters = [p.detach().clone() for p in q_network.parameters()]  # for stats/distance_from_init
-    optimizer = build_optimizer(args, q_network.parameters())
-    replay = IndexReplay(args.buffer_size, device)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    step, probe_history, probes, stats = 0, [], [], torch.zeros(4, device=device)
+    obs_shape, n = tuple(images.shape[1:]), args.num_seeds
+    q_networks, target_networks, initial_parameters, envs, rng_states = [], [], [], [], []
+    for run in runs:  # each seed set up exactly as its single run
+        seed_everything(run.seed)
+        try:
+            envs.append(ClassificationMDP(images, labels, args.variant, args.num_envs, seed=run.seed))
+        except ValueError as e:
+            raise UsageError(f"{e}; use more --num-images") from None
+        q_networks.append(build_q_network(args, obs_shape).to(device))
+        target_networks.append(build_q_network(args, obs_shape).to(device))
+        target_networks[-1].load_state_dict(q_networks[-1].state_dict())
+        initial_parameters.append([p.detach().clone() for p in q_networks[-1].parameters()])  # distance_from_init
+        rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+    q_stack, target_stack = SeedStack(q_networks), SeedStack(target_networks)
+    optimizer = build_optimizer(args, q_stack.params.values())  # elementwise: N independent optimizers
+    replay = StackedReplay(n, args.buffer_size, device)
+    generators = [torch.Generator(device).manual_seed(run.seed) for run in runs]
+    labels_of = torch.stack([env.labels for env in envs])  # random_label: each seed its own relabelling
+    step, stats = 0, torch.zeros(n, 4, device=device)
+    probe_history, probes = [[] for _ in runs], [[] for _ in runs]
 
     if args.resume:
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        q_network.load_state_dict(ckpt["q_network"])
-        target_network.load_state_dict(ckpt["target_network"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        replay.load_state_dict(ckpt["replay"])
-        env.load_state_dict(ckpt["env"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        step, probe_history, stats, obs = ckpt["step"], ckpt["probe_history"], ckpt["stats"], ckpt["obs"]
-        probes, initial_parameters = ckpt["probes"], ckpt["initial_parameters"]
+        ckpts = [torch.load(os.path.join(run.run_dir, "checkpoint.pt"), map_location=device, weights_only=False)
+                 for run in runs]
+        for k, ckpt in enumerate(ckpts):
+            q_stack.modules[k].load_state_dict(ckpt["q_network"])
+            target_stack.modules[k].load_state_dict(ckpt["target_network"])
+            envs[k].load_state_dict(ckpt["env"])
+            generators[k].set_state(ckpt["generator"])
+            rng_states[k] = ckpt["seed_rng"]
+            probe_history[k], probes[k], initial_parameters[k] = (ckpt["probe_history"], ckpt["probes"],
+                                                                  ckpt["initial_parameters"])
+        load_optimizer_states(optimizer, [ckpt["optimizer"] for ckpt in ckpts])
+        replay.load_state_dicts([ckpt["replay"] for ckpt in ckpts])
+        torch.set_rng_state(ckpts[0]["torch_rng"])  # the process's: the vmapped dropout draws from it
+        step = ckpts[0]["step"]
+        stats, obs = torch.stack([ckpt["stats"] for ckpt in ckpts]), torch.stack([ckpt["obs"] for ckpt in ckpts])
     else:
-        obs = env.reset()
+        obs = torch.stack([env.reset() for env in envs])
         for _ in range(args.learning_starts):  # fill the replay with uniformly random actions
-            actions = torch.randint(10, obs.shape, generator=generator, device=device)
-            next_obs, rewards = env.step(actions)
+            actions = per_seed(generators, lambda g: torch.randint(10, obs.shape[1:], generator=g, device=device))
+            next_obs, rewards = step_envs(envs, actions)
             replay.add(obs, actions, rewards, next_obs)
             obs = next_obs
 
-    logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
+    loggers = [RunLogger(run.run_dir, run, track=args.track, resume=args.resume) for run in runs]
     preemption = Preemption()
-    print(f"run directory {run_dir}, device {device}, {sum(p.numel() for p in q_network.parameters()):,} parameters")
+    print(f"run directories {', '.join(run.run_dir for run in runs)}, device {device}, "
+          f"{sum(p[0].numel() for p in q_stack.params.values()):,} parameters per seed")
 
-    def save_checkpoint():
-        atomic_torch_save({"q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                           "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
-                           "env": env.state_dict(), "generator": generator.get_state(),
-                           "torch_rng": torch.get_rng_state(), "step": step, "probe_history": probe_history,
-                           "stats": stats, "obs": obs, "probes": probes,
-                           "initial_parameters": initial_parameters}, checkpoint_path)
+    def save_checkpoint(k):
+        atomic_torch_save({"q_network": q_stack.state_dict(k), "target_network": target_stack.state_dict(k),
+                           "optimizer": optimizer_state(optimizer, q_stack, k), "replay": replay.state_dict(k),
+                           "env": envs[k].state_dict(), "generator": generators[k].get_state(),
+                           "seed_rng": rng_states[k], "torch_rng": torch.get_rng_state(), "step": step,
+                           "probe_history": probe_history[k], "stats": stats[k], "obs": obs[k],
+                           "probes": probes[k], "initial_parameters": initial_parameters[k]},
+                          os.path.join(runs[k].run_dir, "checkpoint.pt"))
 
-    def probe_and_log():
-        result, metrics = probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step,
-                                           initial_parameters)
+    def probe_and_log(k):
+        with global_rng(rng_states, k, device):
+            result, metrics = probe_plasticity(runs[k], q_stack.modules[k], target_stack.modules[k], images,
+                                               replay.view(k), obs_shape, step, initial_parameters[k])
         plasticity = result.plasticity.item()
-        probe_history.append((step, result.curves.mean(0).cpu(), plasticity))
-        row = logger.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                                "probe/plasticity": plasticity,
-                                "probe/plasticity_loss": probe_history[0][2] - plasticity, **metrics})
-        probes.append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
-        print(f"step {step:>8,}  probe: final loss {row['probe/final_loss']:.4f}  P {plasticity:.4f}")
+        probe_history[k].append((step, result.curves.mean(0).cpu(), plasticity))
+        row = loggers[k].log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
+                                    "probe/plasticity": plasticity,
+                                    "probe/plasticity_loss": probe_history[k][0][2] - plasticity, **metrics})
+        probes[k].append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
+        print(f"step {step:>8,}  seed {runs[k].seed}  probe: final loss {row['probe/final_loss']:.4f}  "
+              f"P {plasticity:.4f}")
 
-    status, last_metrics, window_start, window_time = "completed", {}, step, time.time()
+    status, last_metrics, window_start, window_time = ["completed"] * n, [{}] * n, step, time.time()
+    steps_done = [args.total_steps] * n  # a diverged seed stops counting where it diverged
+    active = list(range(n))  # the seeds that have not diverged
     if args.probe_every and step == 0:
-        probe_and_log()
-    while step < args.total_steps:
+        for k in active:
+            probe_and_log(k)
+    while step < args.total_steps and active:
         if preemption.requested:
-            status = "interrupted"
+            for k in active:
+                status[k] = "interrupted"
             break
-        actions = act(q_network, images, obs, args.epsilon, generator)
-        next_obs, rewards = env.step(actions)
-        accuracy = (actions == env.labels[obs]).float().mean()  # the state that emitted obs is its class
+        actions = act(q_stack, images, obs, args.epsilon, generators)
+        next_obs, rewards = step_envs(envs, actions)
+        accuracy = (actions == labels_of.gather(1, obs)).float().mean(1)  # the state that emitted obs is its class
         replay.add(obs, actions, rewards, next_obs)
         obs = next_obs
 
-        loss, q_values = td_loss(q_network, target_network, images, replay.sample(args.batch_size, generator),
-                                 args.gamma, args.double_q)
+        loss, q_values = stacked_td_loss(q_stack, target_stack, images, replay.sample(args.batch_size, generators),
+                                         args.gamma, args.double_q)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()  # the seeds share nothing, so each gets exactly its own gradient
         optimizer.step()
         step += 1
-        stats += torch.stack([loss.detach(), q_values.mean(), accuracy, rewards.mean()])
+        stats += torch.stack([loss.detach(), q_values, accuracy, rewards.mean(1)], dim=1)
 
         if step % args.target_period == 0:
-            target_network.load_state_dict(q_network.state_dict())
+            target_stack.copy_from(q_stack)
         if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
-            intervene(args, q_network, optimizer, replay, images, obs_shape, generator)
+            intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states)
         if step % args.log_every == 0:
             sps = (step - window_start) * args.num_envs / (time.time() - window_time)
-            mean = (stats / args.log_every).tolist()  # the one host sync per log window
-            last_metrics = logger.log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
-                                             "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
-                                             "charts/SPS": sps})
-            print(f"step {step:>8,}/{args.total_steps:,}  td loss {mean[0]:.4f}  Q {mean[1]:.3f}  "
-                  f"accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
+            means = (stats / args.log_every).tolist()  # the one host sync per log window
+            for k in list(active):
+                mean = means[k]
+                last_metrics[k] = loggers[k].log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
+                                                        "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
+                                                        "charts/SPS": sps})
+                print(f"step {step:>8,}/{args.total_steps:,}  seed {runs[k].seed}  td loss {mean[0]:.4f}  "
+                      f"Q {mean[1]:.3f}  accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
+                if not all(map(math.isfinite, mean)):
+                    status[k], steps_done[k] = "diverged", step
+                    active.remove(k)  # it keeps its slot in the stack; nothing of it is logged or saved again
             stats.zero_()
-            if not all(map(math.isfinite, mean)):
-                status = "diverged"
-                break
             window_start, window_time = step, time.time()
         if args.probe_every and step % args.probe_every == 0:
-            probe_and_log()
+            for k in active:
+                probe_and_log(k)
             window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
         if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
-            save_checkpoint()
+            for k in active:
+                save_checkpoint(k)
 
     preemption.restore()
-    if status == "interrupted":
-        save_checkpoint()
-        print(f"interrupted at step {step:,}: checkpoint written; continue with --resume --run-dir {run_dir}")
-    if probe_history:
-        fig = plot_probe_curves(probe_history, f"{args.arch} on {args.dataset} {args.variant} (seed {args.seed})")
-        logger.save_figure(fig, "fig4_probe_curves.png")
-        torch.save({"steps": [h[0] for h in probe_history], "curves": torch.stack([h[1] for h in probe_history]),
-                    "plasticity": [h[2] for h in probe_history]}, os.path.join(run_dir, "probe_curves.pt"))
-    final = {k: v for k, v in last_metrics.items() if k != "step"}
-    if probes:
-        final.update({k: v for k, v in probes[-1].items() if k != "step"})  # the last probe's plasticity, stats
-    return logger.finish(status, step, final, run_dir=run_dir, probes=probes)
-
-
-if __name__ == "__main__":
-    main(train, Args)
+    summaries = []
+    for k, run in enumerate(runs):
+        if status[k] == "interrupted":
+            save_checkpoint(k)
+            print(f"interrupted at step {step:,}: checkpoint written; continue with --resume --run-dir {run.run_dir}")
+        if probe_history[k]:
+            fig = plot_probe_curves(probe_history[k], f"{args.arch} on {args.dataset} {args.variant} (seed {run.seed})")
+            loggers[k].save_figure(fig, "fig4_probe_curves.png")
+            torch.save({"steps": [h[0] for h in probe_history[k]],
+                        "curves": torch.stack([h[1] for h in probe_history[k]]),
+                        "plasticity": [h[2] for h in probe_history[k]]}, os.path.join(run.run_dir, "probe_curves.pt"))
+        final = {key: v for key, v in last_metrics[k].items() if key != "step"}
+        if probes[k]:
+            final.update({key: v for key, v in probes[k][-1].items() if key != "step"})  # last probe's P, stats
+        summaries.append(loggers[k].finish(status[k], min(step, steps_done[k]), final, run_dir=run.run_dir, probes=probes[k]))
+    return summaries[0] if n == 1 else summaries
