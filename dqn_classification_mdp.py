@@ -502,3 +502,7 @@ def train(args):
             final.update({key: v for key, v in probes[k][-1].items() if key != "step"})  # last probe's P, stats
         summaries.append(loggers[k].finish(status[k], min(step, steps_done[k]), final, run_dir=run.run_dir, probes=probes[k]))
     return summaries[0] if n == 1 else summaries
+
+
+if __name__ == "__main__":
+    main(train, Args)

@@ -28,7 +28,7 @@ class Network(nn.Module):
     def features(self, x):
         """Penultimate features (the input of ``head``)."""
         if x.dtype == torch.uint8:
-            x = x.float() / 255.0
+            x = x.to(self.head.weight.dtype) / 255.0  # float32, or float64 in the equivalence tests
         return self.torso(x)
 
     def forward(self, x):

@@ -140,7 +140,7 @@ class StackedReplay:
         self.obs = torch.zeros(num_seeds, capacity, dtype=torch.long, device=device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros_like(self.obs)
-        self.rewards = torch.zeros(num_seeds, capacity, device=device)
+        self.rewards = torch.zeros(num_seeds, capacity, dtype=torch.float32, device=device)  # as the env gives them
 
     def add(self, obs, actions, rewards, next_obs):
         """Each argument ``(N, num_envs)``."""

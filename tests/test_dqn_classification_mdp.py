@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
+from common.seeds import SeedStack, StackedReplay
 from test_data import write_tiny_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,9 +76,14 @@ def test_acting_uses_eval_mode_values_that_do_not_depend_on_the_batch(arch):
     with torch.no_grad():
         reference = network(images)  # eval mode: BatchNorm on running statistics, no dropout
     network.train()
-    one_by_one = torch.cat([dqn.act(network, images, obs[i:i + 1], 0.0, generator) for i in range(len(obs))])
+    stack = SeedStack([network])  # the agent acts through the seeds' stack (here one seed); network views it
+
+    def act(obs):
+        return dqn.act(stack, images, obs[None], 0.0, [generator])[0]
+
+    one_by_one = torch.cat([act(obs[i:i + 1]) for i in range(len(obs))])
     assert torch.equal(one_by_one, reference.argmax(1))
-    assert torch.equal(dqn.act(network, images, obs, 0.0, generator), reference.argmax(1))
+    assert torch.equal(act(obs), reference.argmax(1))
     values = torch.cat([dqn.eval_values(network, images[i:i + 1]) for i in range(len(obs))])
     torch.testing.assert_close(values, dqn.eval_values(network, images), rtol=1e-4, atol=1e-5)
     assert network.training  # the agent trains in train mode; acting leaves it there
@@ -119,8 +125,9 @@ def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone(
     args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4,
                     hessian_batch_size=4, hessian_iters=3)
     images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    replay = dqn.IndexReplay(16, "cpu")
-    replay.add(torch.arange(16), torch.zeros(16, dtype=torch.long), torch.zeros(16), torch.arange(16))
+    replay = StackedReplay(1, 16, "cpu")
+    replay.add(torch.arange(16)[None], torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16), torch.arange(16)[None])
+    replay = replay.view(0)
     network = dqn.build_q_network(args, (1, 9, 9))
     rng = torch.get_rng_state()
     initial = [p.detach().clone() for p in network.parameters()]
@@ -247,7 +254,7 @@ def test_each_intervention_runs_and_logs_the_statistics(tmp_path, data_dir, inte
 
 def test_interventions_change_the_agent_at_each_period(monkeypatch, tmp_path, data_dir):
     calls = []
-    monkeypatch.setattr(dqn, "reset_last_layer", lambda net, opt: calls.append(("reset", net.head.weight.clone())))
+    monkeypatch.setattr(dqn, "reset_last_layer", lambda net: calls.append(("reset", net.head.weight.clone())))
     monkeypatch.setattr(dqn, "shrink_perturb", lambda net, fresh, a, b: calls.append(("sp", a, b)))
     args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), reset_last_layer=True, shrink_perturb=True,
                     shrink=0.5, perturb=0.2, intervention_period=15, stats=False, hessian=False,
