@@ -1,0 +1,146 @@
+"""--num-seeds N trains N agents in lockstep that equal N single runs (issue 13), and common/seeds.py's pieces."""
+import json
+import os
+
+import pytest
+import torch
+
+import dqn_classification_mdp as dqn
+from common.optim import Adam
+from common.seeds import SeedStack, load_optimizer_states, optimizer_state
+
+TINY = dict(total_steps=20, learning_starts=20, buffer_size=500, batch_size=8, width=16, log_every=5,
+            target_period=5, probe_every=10, probe_steps=4, probe_targets=2, probe_inputs=16, probe_batch_size=8,
+            num_images=200, cuda=False, hessian_batch_size=16, hessian_iters=3, seed=3)
+INTERVENTIONS = dict(reset_last_layer=True, shrink_perturb=True, perturb=0.1)
+SEEDS = (3, 4, 5)
+
+
+def _rows(run_dir):
+    """metrics.jsonl without the wall-clock speed, which differs between any two runs."""
+    return [{k: v for k, v in json.loads(line).items() if k != "charts/SPS"}
+            for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def _assert_same_run(multi_dir, single_dir, exact=True):
+    """Checkpoints (weights, target, optimizer moments, replay), metrics and probes of the two runs are equal: bit
+    for bit, or with ``exact=False`` to float64 rounding (1e-12 relative)."""
+    def same(x, y, what):
+        if exact:
+            assert x == y if not isinstance(x, torch.Tensor) else torch.equal(x, y), what
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14, msg=str(what))
+
+    a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False) for d in (multi_dir, single_dir))
+    assert a["step"] == b["step"]
+    for name in ("q_network", "target_network", "replay"):
+        for key, value in a[name].items():
+            same(value, b[name][key], (name, key))
+    for index, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            same(value, b["optimizer"]["state"][index][key], ("optimizer", index, key))
+    same(_rows(multi_dir), _rows(single_dir), "metrics")  # losses, accuracy, probes, statistics, Hessian
+    summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (multi_dir, single_dir)]
+    assert summaries[0]["status"] == summaries[1]["status"] == "completed"
+    same(summaries[0]["probes"], summaries[1]["probes"], "probes")
+    args = [json.load(open(os.path.join(d, "args.json"))) for d in (multi_dir, single_dir)]
+    assert {**args[0], "run_dir": None, "resume": None} == {**args[1], "run_dir": None, "resume": None}  # each seed's directory is its single run's
+
+
+def _train_and_compare(tmp_path, exact=True, **kwargs):
+    summaries = dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=len(SEEDS), **kwargs))
+    assert [s["run_dir"] for s in summaries] == [str(tmp_path / f"multi__seed{seed}") for seed in SEEDS]
+    for seed in SEEDS:
+        dqn.train(dqn.Args(run_dir=str(tmp_path / f"single{seed}"), **{**kwargs, "seed": seed}))
+        _assert_same_run(tmp_path / f"multi__seed{seed}", tmp_path / f"single{seed}", exact)
+
+
+def test_three_seeds_equal_three_single_runs_mlp_float32(tmp_path, data_dir):
+    """Exact in float32 on the CPU: vmap over 3 copies computes each copy as vmap over 1 does."""
+    _train_and_compare(tmp_path, data_dir=data_dir, redo=True, **INTERVENTIONS, **TINY)
+
+
+@pytest.mark.parametrize("arch,extra", [
+    ("cnn", dict(redo=True, width=8)),
+    ("vit", dict(total_steps=4, probe_every=4, probe_steps=2, batch_size=4, hessian=False, stats=False, target_period=2,
+                 log_every=2, num_images=50, probe_inputs=8, probe_batch_size=4)),
+])
+def test_three_seeds_equal_three_single_runs_float64(tmp_path, data_dir, monkeypatch, arch, extra):
+    """Convolutions under vmap sum in another order than one copy does (in float32 the CNN's weights differ by
+    1e-9 after 40 steps), so these run in float64 and agree to its rounding. The ViT's dropout is switched off: vmap draws one mask for all seeds (common/seeds.py)."""
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _train_and_compare(tmp_path, exact=False, data_dir=data_dir, arch=arch, **INTERVENTIONS, **{**TINY, **extra})
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time():
+    """ResNet-18 (BatchNorm: running statistics live in the stack's buffers) is too slow for whole runs in a test;
+    its TD loss, gradients and BatchNorm updates for two stacked seeds equal each seed's alone to float64 rounding.
+    (Whole runs are not compared: Adam turns float64 rounding in gradients near zero into different updates.)"""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        args = dqn.Args(arch="resnet18")
+        images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        batch = (torch.randint(12, (2, 4), generator=g), torch.randint(10, (2, 4), generator=g),
+                 torch.rand(2, 4, generator=g), torch.randint(12, (2, 4), generator=g))
+
+        def stacks(seeds):
+            networks = []
+            for seed in seeds:
+                torch.manual_seed(seed)
+                networks.append([dqn.build_q_network(args, (1, 28, 28)) for _ in range(2)])
+            return SeedStack([n[0] for n in networks]), SeedStack([n[1] for n in networks])
+
+        def loss_and_grads(q, target, rows):
+            loss, _ = dqn.stacked_td_loss(q, target, images, tuple(b[rows] for b in batch), 0.9, True)
+            return loss, torch.autograd.grad(loss.sum(), list(q.params.values()))
+
+        q, target = stacks([0, 1])
+        loss, grads = loss_and_grads(q, target, slice(None))
+        for k in range(2):
+            q1, target1 = stacks([k])
+            loss1, grads1 = loss_and_grads(q1, target1, slice(k, k + 1))
+            torch.testing.assert_close(loss[k], loss1[0], rtol=1e-12, atol=0)
+            for a, b in zip(grads, grads1):
+                torch.testing.assert_close(a[k], b[0], rtol=1e-10, atol=1e-13 * b.abs().max().item())
+            for name, buffer in q.buffers.items():  # train-mode BatchNorm moved the running statistics
+                torch.testing.assert_close(buffer[k], q1.buffers[name][0], rtol=1e-12, atol=1e-15)
+        assert not torch.equal(q.buffers["torso.bn1.running_mean"][0], torch.zeros(64))
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_resumed_seeds_equal_single_runs(tmp_path, data_dir):
+    """Stopped at step 10 and resumed to 20, three seeds still equal three uninterrupted single runs."""
+    common = dict(data_dir=data_dir, redo=True, **INTERVENTIONS, **TINY)
+    dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, **{**common, "total_steps": 10}))
+    dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, resume=True, **common))
+    for seed in SEEDS:
+        dqn.train(dqn.Args(run_dir=str(tmp_path / f"single{seed}"), **{**common, "seed": seed}))
+        _assert_same_run(tmp_path / f"multi__seed{seed}", tmp_path / f"single{seed}")
+
+
+def test_seed_modules_view_the_stack_and_optimizer_state_round_trips():
+    torch.manual_seed(0)
+    networks = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)) for _ in range(3)]
+    copies = [[p.detach().clone() for p in n.parameters()] for n in networks]
+    stack = SeedStack(networks)
+    with torch.no_grad():
+        networks[1][0].weight.add_(1.0)  # an in-place edit through seed 1's module lands in the stack
+    assert torch.equal(stack.params["0.weight"][1], copies[1][0] + 1)
+    assert torch.equal(stack.params["0.weight"][0], copies[0][0])
+    optimizer = Adam(stack.params.values(), lr=0.1)
+    stack.call(torch.randn(3, 5, 3), train=True).square().sum().backward()
+    optimizer.step()
+    states = [optimizer_state(optimizer, stack, k) for k in range(3)]
+    assert states[2]["state"][0]["exp_avg"].shape == (4, 3) and states[2]["state"][0]["step"] == 1
+    fresh = Adam(stack.params.values(), lr=0.1)
+    load_optimizer_states(fresh, states)
+    for p in stack.params.values():
+        assert all(torch.equal(fresh.state[p][key], optimizer.state[p][key]) for key in ("exp_avg", "exp_avg_sq"))
