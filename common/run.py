@@ -159,7 +159,9 @@ class Run:
             raise UsageError(f"{self.checkpoint_path} is corrupt or truncated ({type(e).__name__}); start afresh "
                              f"with another --run-dir (or delete {self.run_dir})") from None
         _set_rng_state(lifecycle["rng"])
-        self.wall_time_before = lifecycle["wall_time_s"]
+        # the segment that wrote summary.json also spent time after its last checkpoint (its figures, say)
+        summary = _read_json(os.path.join(self.run_dir, "summary.json")) or {}
+        self.wall_time_before = max(lifecycle["wall_time_s"], summary.get("wall_time_s", 0.0))
         self.resumes = lifecycle["resumes"] + [lifecycle["step"]]
         return ckpt
 
