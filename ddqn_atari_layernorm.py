@@ -5,13 +5,13 @@ capacity 100,000, training epsilon 0.1) and LayerNorm after each hidden layer (`
 `--no-layer-norm` is the baseline). Every `--grad-cov-every` agent steps it records the gradient covariance of a
 sampled batch (eq. 3; Fig 7 bottom, 19-20).
 
-    python ddqn_atari_layernorm.py --env-id BreakoutNoFrameskip-v4             # one run
+    python ddqn_atari_layernorm.py --env-id ALE/Breakout-v5                    # one run
     python ddqn_atari_layernorm.py aggregate --runs-dir runs                    # Fig 7 (top) over many runs
 
 Step counts are agent steps (4 frames each) unless the name says frames. SIGTERM or SIGUSR1 (Slurm preemption)
 writes `checkpoint.pt` and exits; `--resume` continues exactly where the run stopped.
 """
-import csv
+import collections
 import dataclasses
 import glob
 import json
@@ -20,20 +20,20 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized, load_atari_scores,
+                          make_env, restore_env_state, write_video)
 from common.cli import Preemption, check, main, select_device, seed_everything
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.hessian import hessian_matvec, lanczos, spectral_density
 from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.optim import RMSProp
-
-SCORES_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common", "atari_scores.csv")
 
 
 @dataclass
@@ -53,8 +53,12 @@ class Args:
     save_model: bool = False
     """save the final online network to <run_dir>/<exp_name>.model (CleanRL)"""
 
-    env_id: str = "BreakoutNoFrameskip-v4"
-    """ALE game, a NoFrameskip-v4 id (no sticky actions, frame skip done here)"""
+    env_id: str = "ALE/Breakout-v5"
+    """ALE game, any version: every id runs under DQN Zoo's settings (frameskip 1 in the emulator, no sticky actions,
+    minimal action set; gym_atari.py); common.atari.atari_env_ids() maps the 57 games to their ids"""
+    preprocessing: Literal["dqn_zoo", "gymnasium"] = "dqn_zoo"
+    """frames and stacks as DQN Zoo's processors.atari (max of the last two RGB frames, luminance, bilinear 84x84,
+    zero-padded first stacks) or as gymnasium's AtariPreprocessing (ALE grey, INTER_AREA, first-frame padding)"""
     total_frames: int = 200_000_000
     """environment frames of training (A.3: 200M)"""
     layer_norm: bool = True
@@ -64,8 +68,9 @@ class Args:
 
     buffer_size: int = 100_000
     """replay capacity in frames, about one transition each (A.3: 100,000; DQN Zoo uses 1M)"""
-    learning_starts: int = 50_000
-    """transitions collected before learning (DQN Zoo: 0.05 x its 1M capacity)"""
+    min_replay_capacity_fraction: float = 0.05
+    """learning starts once the replay holds this fraction of its capacity; uniformly random actions until then
+    (DQN Zoo double_q/run_atari.py and agent.py: 0.05, so 5,000 transitions at the paper's capacity)"""
     batch_size: int = 32
     """transitions per update (DQN Zoo)"""
     train_frequency: int = 4
@@ -85,7 +90,7 @@ class Args:
     max_abs_reward: float = 1.0
     """reward clipping (DQN Zoo max_abs_reward)"""
     epsilon_start: float = 0.1
-    """training epsilon before and at the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
+    """training epsilon when learning starts, the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
     epsilon_end: float = 0.1
     """training epsilon after the decay (A.3: fixed 0.1; DQN Zoo: 0.01)"""
     epsilon_decay_steps: int = 1_000_000
@@ -118,6 +123,11 @@ class Args:
     resume: bool = False
     """continue the run in --run-dir from its checkpoint.pt"""
 
+    @property
+    def learning_starts(self):
+        """Agent steps (one transition each) of uniformly random warm-up before learning."""
+        return int(self.min_replay_capacity_fraction * self.buffer_size)
+
 
 @dataclass
 class AggregateArgs:
@@ -127,133 +137,15 @@ class AggregateArgs:
     """figure path; default <runs_dir>/fig7_layernorm_improvement.png"""
 
 
-# ---------------------------------------------------------------------------------------------------- scores
-def game_name(env_id):
-    """'BreakoutNoFrameskip-v4' or 'ALE/Breakout-v5' -> 'Breakout' (the ALE name in atari_scores.csv)."""
-    return env_id.split("/")[-1].split("-")[0].removesuffix("NoFrameskip").removesuffix("Deterministic")
-
-
-def load_atari_scores():
-    """{ALE name: (random, human)} for the 57 games (DQN Zoo's atari_data)."""
-    with open(SCORES_CSV) as f:
-        return {row["ale_name"]: (float(row["random"]), float(row["human"])) for row in csv.DictReader(f)}
-
-
-def human_normalized(score, game, scores):
-    random_score, human_score = scores.get(game, (float("nan"), float("nan")))
-    return (score - random_score) / (human_score - random_score)
-
-
-# ---------------------------------------------------------------------------------------------------- environment
-def make_env(env_id, noop_max, max_episode_frames, render=False):
-    """One frame per step: up to noop_max no-ops at reset, action repeat 4 with max-pooling of the last two frames,
-    84x84 grey (gymnasium's AtariPreprocessing). Raw rewards; clipping and life loss are handled by the learner,
-    and frames are stacked from the replay, so that each frame is stored once."""
-    import ale_py
-
-    gym.register_envs(ale_py)
-    env = gym.make(env_id, max_num_frames_per_episode=max_episode_frames, repeat_action_probability=0.0,
-                   render_mode="rgb_array" if render else None)
-    return gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
-                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
-
-
-def env_state(env):
-    """The emulator (with its RNG) and the no-op RNG: enough to continue an episode bit for bit."""
-    return {"ale": env.unwrapped.clone_state(include_rng=True),
-            "np_random": env.unwrapped.np_random.bit_generator.state}
-
-
-def restore_env_state(env, state):
-    env.unwrapped.restore_state(state["ale"])
-    env.unwrapped.np_random.bit_generator.state = state["np_random"]
-    env.lives = env.unwrapped.ale.lives()
-
-
-# ---------------------------------------------------------------------------------------------------- replay
-class FrameReplay:
-    """Uniform replay that stores each 84x84 frame once, on the device, and rebuilds 4-frame stacks when sampled.
-
-    Slot i holds frame s_i and, once the agent has acted, (a_i, r_i, terminal_i); the transition's next state
-    ends at slot i+1. When an episode ends (terminated or truncated) its real final frame gets a slot of its own
-    that never starts a transition, and the reset frame goes into the next slot: so the next state of the last
-    transition is the final observation, never the reset frame (the bug of the memory-optimised buffers of SB3 and
-    CleanRL). Stacks do not cross episode starts: earlier positions repeat the episode's first frame, as
-    gymnasium's FrameStackObservation does. `episode_start` holds absolute frame numbers (frames ever written).
-    """
-
-    def __init__(self, capacity, history=4, frame_shape=(84, 84), device="cpu"):
-        self.capacity, self.history, self.device = capacity, history, device
-        self.frames = torch.zeros((capacity, *frame_shape), dtype=torch.uint8, device=device)
-        self.actions = torch.zeros(capacity, dtype=torch.uint8, device=device)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.terminals = torch.zeros(capacity, dtype=torch.bool, device=device)
-        self.valid = torch.zeros(capacity, dtype=torch.bool, device=device)  # slot starts a complete transition
-        self.episode_start = torch.zeros(capacity, dtype=torch.int64, device=device)
-        self.offsets = torch.arange(-history + 1, 1, device=device)
-        self.pos = 0  # frames ever written; the newest is at absolute index pos - 1
-
-    def _write(self, frame, episode_start):
-        slot = self.pos % self.capacity
-        self.frames[slot] = torch.as_tensor(frame, device=self.device)
-        self.episode_start[slot] = episode_start
-        self.valid[slot] = False
-        # The overwritten frame was the oldest; the next history-1 slots lose it from their stacks.
-        later = (slot + torch.arange(1, self.history, device=self.device)) % self.capacity
-        self.valid[later] &= self.episode_start[later] > self.pos - self.capacity
-        self.pos += 1
-
-    def start_episode(self, frame):
-        """The first frame of an episode (after reset)."""
-        self._write(frame, self.pos)
-
-    def add(self, action, reward, terminal, next_frame):
-        """Complete the newest slot with (action, reward, terminal) and append the next frame. After an episode
-        ends the next call must be start_episode: the final frame's slot is never sampled."""
-        slot = (self.pos - 1) % self.capacity
-        self.actions[slot], self.rewards[slot], self.terminals[slot] = action, reward, terminal
-        self.valid[slot] = True
-        self._write(next_frame, self.episode_start[slot])
-
-    def _stack(self, index, starts):
-        """(n, history, 84, 84) stacks ending at absolute frame numbers `index`, clamped to the episode starts."""
-        frame_ids = torch.maximum(index[:, None] + self.offsets, starts[:, None])
-        return self.frames[frame_ids % self.capacity]
-
-    def latest(self):
-        """The agent's current observation, (1, history, 84, 84)."""
-        newest = (self.pos - 1) % self.capacity
-        return self._stack(torch.tensor([self.pos - 1], device=self.device), self.episode_start[newest:newest + 1])
-
-    def sample(self, batch_size, generator=None):
-        """Uniform over complete transitions: (obs, actions, rewards, terminals, next_obs), no host sync."""
-        slots = torch.multinomial(self.valid.float(), batch_size, replacement=True, generator=generator)
-        return self.transitions(slots)
-
-    def transitions(self, slots):
-        newest = self.pos - 1
-        index = newest - (newest - slots) % self.capacity  # absolute frame number held in each slot
-        starts = self.episode_start[slots]  # the next frame belongs to the same episode
-        return (self._stack(index, starts), self.actions[slots].long(), self.rewards[slots],
-                self.terminals[slots].float(), self._stack(index + 1, starts))
-
-    def state_dict(self):
-        names = ("frames", "actions", "rewards", "terminals", "valid", "episode_start")
-        return {"pos": self.pos, **{name: getattr(self, name) for name in names}}
-
-    def load_state_dict(self, state):
-        for name, value in state.items():
-            setattr(self, name, value.to(self.device) if isinstance(value, torch.Tensor) else value)
-
-
 # ---------------------------------------------------------------------------------------------------- network
 class QNetwork(nn.Module):
     """DQN Zoo's double_q network: Nature CNN torso, 512 hidden units, a linear head with one bias shared by all
     actions. With layer_norm, LayerNorm sits between each hidden layer and its ReLU: it normalises all of a layer's
     units (C, H, W for a convolution) with a per-channel scale and offset, as Haiku's hk.LayerNorm does by default
     (param_axis=-1); for convolutions that is GroupNorm with one group, which also keeps channels_last (nn.LayerNorm
-    over (C, H, W) copies to contiguous and ran 2-7x slower here). PyTorch's default init is U(+-1/sqrt(fan_in)),
-    DQN's classic initializer."""
+    over (C, H, W) copies to contiguous and ran 2-7x slower here). Weights and biases, the shared bias included, start
+    U(+-1/sqrt(fan_in)), DQN's classic initializer (DQN Zoo networks.py: _dqn_default_initializer,
+    linear_with_shared_bias); PyTorch's default init draws the same for its layers."""
 
     def __init__(self, num_actions, layer_norm, channels_last=False):
         super().__init__()
@@ -270,7 +162,7 @@ class QNetwork(nn.Module):
             *hidden(nn.Linear(3136, 512), 512),
         )
         self.head = nn.Linear(512, num_actions, bias=False)
-        self.shared_bias = nn.Parameter(torch.zeros(1))
+        self.shared_bias = nn.Parameter(torch.empty(1).uniform_(-512**-0.5, 512**-0.5))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
@@ -334,9 +226,12 @@ def grad_cov_summary(cov):
 
 
 def epsilon_at(step, args):
-    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps, starting at learning_starts
-    (DQN Zoo's LinearSchedule); constant 0.1 with the paper's defaults."""
-    fraction = min(max(step - args.learning_starts, 0) / max(args.epsilon_decay_steps, 1), 1.0)
+    """1 (uniformly random actions) before learning starts, then a linear decay from epsilon_start to epsilon_end
+    over epsilon_decay_steps (DQN Zoo's parts.LinearSchedule, which returns its begin value 1.0 before begin_t =
+    the learning start); constant 0.1 after the warm-up with the paper's defaults."""
+    if step < args.learning_starts:
+        return 1.0
+    fraction = min((step - args.learning_starts) / max(args.epsilon_decay_steps, 1), 1.0)
     return args.epsilon_start + fraction * (args.epsilon_end - args.epsilon_start)
 
 
@@ -345,16 +240,16 @@ def epsilon_at(step, args):
 def evaluate(q_net, env, args, seed, device, video_path=None):
     """Epsilon-greedy episodes (epsilon 0.01) for eval_frames frames on a separate environment. Returns the mean
     return of the episodes completed within the budget, as DQN Zoo reports it (the unfinished episode's return if
-    none completed), and how many completed."""
+    none completed), and how many completed. Stacks come from a small FrameReplay, padded as the training ones."""
     rng = np.random.default_rng(seed)
-    frame, _ = env.reset(seed=seed)
-    stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()  # padded with the reset frame
+    stacks = FrameReplay(8, zero_pad=args.preprocessing == "dqn_zoo", device=device)
+    stacks.start_episode(env.reset(seed=seed)[0])
     returns, episode_return, video = [], 0.0, [] if video_path else None
     for _ in range(args.eval_frames // 4):
         if rng.random() < args.eval_epsilon:
             action = int(rng.integers(env.action_space.n))
         else:
-            action = int(q_net(stack[None]).argmax())
+            action = int(q_net(stacks.latest()).argmax())
         frame, reward, terminated, truncated, _ = env.step(action)
         episode_return += reward
         if video is not None:
@@ -364,25 +259,13 @@ def evaluate(q_net, env, args, seed, device, video_path=None):
             if video is not None:  # the first episode only
                 write_video(video, video_path)
                 video = None
-            frame, _ = env.reset()
+            stacks.start_episode(env.reset()[0])
             episode_return = 0.0
-            stack = torch.as_tensor(frame, device=device).expand(4, 84, 84).clone()
         else:
-            stack = torch.cat([stack[1:], torch.as_tensor(frame, device=device)[None]])
+            stacks.add(action, 0.0, False, frame)
     if video:  # the first episode did not finish
         write_video(video, video_path)
     return float(np.mean(returns)) if returns else episode_return, len(returns)
-
-
-def write_video(frames, path):
-    import cv2
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 60 // 4, (width, height))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
 
 
 def draw_grad_cov(snapshots, env_id, layer_norm):
@@ -430,21 +313,16 @@ def draw_hessian(snapshots, env_id, layer_norm):
 
 # ---------------------------------------------------------------------------------------------------- training
 def check_args(args):
-    import ale_py
-
-    gym.register_envs(ale_py)
-    check(args.env_id in gym.registry and gym.registry[args.env_id].entry_point.startswith("ale_py"),
-          f"unknown Atari env id {args.env_id!r}: use an ALE id such as BreakoutNoFrameskip-v4")
-    check("NoFrameskip" in args.env_id or gym.registry[args.env_id].kwargs.get("frameskip") == 1,
-          f"{args.env_id} skips frames itself: use the NoFrameskip-v4 id (frame skip and max-pooling happen here)")
+    check_env_id(args.env_id)
     for name in ("total_frames", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
                  "eval_every", "eval_frames", "log_every", "max_episode_frames", "grad_cov_samples",
                  "hessian_samples", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("learning_starts", "checkpoint_every", "grad_cov_every", "hessian_every", "noop_max"):
+    for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     check(args.buffer_size > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small for the batch")
-    check(args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size")
+    check(0 < args.min_replay_capacity_fraction <= 1 and args.learning_starts >= args.batch_size,
+          "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
     check(not args.resume or args.run_dir is not None, "--resume needs --run-dir (the run to continue)")
@@ -462,15 +340,15 @@ def train(args):
     total_steps = args.total_frames // 4
     huber_delta = args.batch_size * args.grad_error_bound
 
-    env = make_env(args.env_id, args.noop_max, args.max_episode_frames)
-    eval_env = make_env(args.env_id, args.noop_max, args.max_episode_frames, render=args.capture_video)
+    env = make_env(args.env_id, args.noop_max, args.max_episode_frames, args.preprocessing)
+    eval_env = make_env(args.env_id, args.noop_max, args.max_episode_frames, args.preprocessing, args.capture_video)
     num_actions = env.action_space.n
     q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net.load_state_dict(q_net.state_dict())
     optimizer = RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay, eps=args.rmsprop_eps,
                         centered=True)
-    replay = FrameReplay(args.buffer_size, device=device)
+    replay = FrameReplay(args.buffer_size, zero_pad=args.preprocessing == "dqn_zoo", device=device)
     rng = np.random.default_rng(args.seed)  # exploration
     sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
     scores = load_atari_scores()
@@ -608,19 +486,36 @@ def train(args):
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
+def completed_finals(runs_dir):
+    """{(game, layer_norm): final eval returns} of the completed runs in runs_dir. Prints how many runs it skipped
+    and why (interrupted, diverged, no final evaluation), and warns when one game's runs differ in frames."""
+    finals, frames, skipped = {}, {}, collections.Counter()
+    for summary_path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        final = summary.get("metrics", {}).get("eval/episodic_return")
+        if summary.get("status") != "completed":
+            skipped[f"status {summary.get('status')}"] += 1
+        elif "env_id" not in summary or not isinstance(final, (int, float)):
+            skipped["no final evaluation"] += 1
+        else:
+            game = game_name(summary["env_id"])
+            finals.setdefault((game, summary["layer_norm"]), []).append(final)
+            frames.setdefault(game, set()).add(summary.get("frames"))
+    if skipped:
+        print(f"skipped {sum(skipped.values())} runs: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    for game, lengths in sorted(frames.items()):
+        if len(lengths) > 1:
+            print(f"warning: {game} runs differ in length: {sorted(lengths, key=str)} frames", file=sys.stderr)
+    return finals
+
+
 def aggregate(args):
     """Per game, the human-normalised improvement of LayerNorm over the baseline (Wang et al. 2016):
     (LN - baseline) / (max(human, baseline) - random), each the seed-mean of the final evaluation score; prints
     the table and draws Fig 7 (top)."""
     scores = load_atari_scores()
-    finals = {}  # (game, layer_norm) -> final eval returns over seeds
-    for summary_path in glob.glob(os.path.join(args.runs_dir, "*", "summary.json")):
-        with open(summary_path) as f:
-            summary = json.load(f)
-        final = summary.get("metrics", {}).get("eval/episodic_return")
-        if "env_id" not in summary or not isinstance(final, (int, float)):
-            continue
-        finals.setdefault((game_name(summary["env_id"]), summary["layer_norm"]), []).append(final)
+    finals = completed_finals(args.runs_dir)
     games = sorted(g for g, ln in finals if ln and (g, False) in finals)
     check(games, f"no game in {args.runs_dir} has finished runs both with and without LayerNorm")
 

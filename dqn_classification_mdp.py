@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from common.cli import UsageError, check, main, seed_everything, select_device
@@ -16,11 +17,9 @@ from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
 from common.interventions import TwoHot
 from common.networks import ARCHITECTURES, build_network
-from common.optim import make_optimizer
+from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probe
 from common.run import Interrupted, Run
-
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Args:
     optimizer: str = "adam"
     """adam, rmsprop (DQN Zoo semantics) or sgd; the probe uses the same with fresh state (Sec 3.1)"""
     learning_rate: float = 1e-3
-    """A.2 gives none; A.1's Adam learning rate"""
+    """A.2 gives none; A.1's Adam learning rate, for every optimizer (DQN Zoo's RMSProp uses 2.5e-4)"""
     adam_b1: float = 0.9
     """Adam first-moment decay (A.1)"""
     adam_b2: float = 0.999
@@ -76,8 +75,14 @@ class Args:
     """Adam epsilon outside the square root (optax default; A.2 gives none)"""
     adam_eps_root: float = 0.0
     """Adam epsilon inside the square root (eq. 6)"""
+    rmsprop_decay: float = 0.95
+    """RMSProp decay of its gradient statistics (DQN Zoo)"""
+    rmsprop_eps: float = 0.01 / 32**2
+    """RMSProp epsilon inside the square root (DQN Zoo's optimizer_epsilon 0.01 / 32**2)"""
+    rmsprop_centered: bool = True
+    """centered RMSProp: divide by the gradient's variance rather than its second moment (DQN Zoo)"""
     weight_decay: float = 0.0
-    """L2 penalty added to the gradient (Sec 6.2 uses 1e-5 as an intervention)"""
+    """L2 penalty: weight_decay * w added to the gradient, for every optimizer (Sec 6.2's intervention: 1e-5)"""
 
     total_steps: int = 100_000
     """optimizer steps (the paper's runs: 100k here; 100 x 1,000 in Sec 6.2)"""
@@ -123,11 +128,14 @@ def validate(args):
     for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
                  "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay"):
+    for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay",
+                 "adam_eps", "adam_eps_root", "rmsprop_eps"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
     check(args.learning_starts * args.num_envs >= args.batch_size,
           "--learning-starts x --num-envs must fill the replay with at least --batch-size transitions")
+    check(args.seed >= 0, f"--seed must be non-negative, got {args.seed}")
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
+    check(0 <= args.rmsprop_decay < 1, f"--rmsprop-decay must be in [0, 1), got {args.rmsprop_decay}")
     check(args.epsilon <= 1, f"--epsilon must be in [0, 1], got {args.epsilon}")
     check(args.probe_every <= args.total_steps, f"--probe-every ({args.probe_every}) exceeds --total-steps "
           f"({args.total_steps}): no probe would follow step 0; use a smaller value, or 0 for no probes")
@@ -143,8 +151,14 @@ def build_q_network(args, obs_shape):
 
 
 def build_optimizer(args, params):
-    return make_optimizer(args.optimizer, params, args.learning_rate, betas=(args.adam_b1, args.adam_b2),
-                          eps=args.adam_eps, eps_root=args.adam_eps_root, weight_decay=args.weight_decay)
+    """The agent's optimizer with its own hyperparameters; the probe builds its copies with this too."""
+    hyperparameters = {
+        "adam": dict(betas=(args.adam_b1, args.adam_b2), eps=args.adam_eps, eps_root=args.adam_eps_root),
+        "rmsprop": dict(decay=args.rmsprop_decay, eps=args.rmsprop_eps, centered=args.rmsprop_centered),
+        "sgd": {},
+    }[args.optimizer]
+    return make_optimizer(args.optimizer, params, args.learning_rate, weight_decay=args.weight_decay,
+                          **hyperparameters)
 
 
 class IndexReplay:
@@ -175,37 +189,54 @@ class IndexReplay:
             setattr(self, k, v)
 
 
+@torch.no_grad()
+def eval_values(network, x):
+    """Values in eval mode, the network's mode left as it was: no dropout, and BatchNorm on its running statistics
+    (which this does not update), so each image's values are independent of the batch it comes in."""
+    was_training = network.training
+    values = network.values(network.eval()(x))
+    network.train(was_training)
+    return values
+
+
+def td_targets(q_network, target_network, next_images, rewards, gamma, double_q):
+    """Bootstrap targets ``r + gamma Q_target(s', a*)``, ``a*`` the online network's argmax with Double-Q; eval mode."""
+    next_values = eval_values(target_network, next_images)
+    greedy = (eval_values(q_network, next_images) if double_q else next_values).argmax(1, keepdim=True)
+    return rewards + gamma * next_values.gather(1, greedy).squeeze(1)
+
+
 def td_loss(q_network, target_network, images, batch, gamma, double_q):
-    """Eq. 1: the squared TD error of the taken actions (two-hot: cross-entropy to the encoded target)."""
+    """Eq. 1: the squared TD error of the taken actions (two-hot: cross-entropy to the encoded target).
+    Targets are computed in eval mode, the online forward that is trained in train mode."""
     obs, actions, rewards, next_obs = batch
-    with torch.no_grad():
-        next_values = q_network.values(target_network(images[next_obs]))
-        if double_q:
-            greedy = q_network.values(q_network(images[next_obs])).argmax(1, keepdim=True)
-        else:
-            greedy = next_values.argmax(1, keepdim=True)
-        targets = rewards + gamma * next_values.gather(1, greedy).squeeze(1)
-    out = q_network(images[obs])
+    targets = td_targets(q_network, target_network, images[next_obs], rewards, gamma, double_q)
+    out = q_network.train()(images[obs])
     taken = out[torch.arange(len(actions), device=actions.device), actions]
     return q_network.loss(taken, targets).mean(), q_network.values(out).detach()
 
 
 def act(q_network, images, obs, epsilon, generator):
-    """Epsilon-greedy actions for a batch of observation indices, with no host sync."""
-    with torch.no_grad():
-        greedy = q_network.values(q_network(images[obs])).argmax(1)
+    """Epsilon-greedy actions for a batch of observation indices (greedy in eval mode), with no host sync."""
+    greedy = eval_values(q_network, images[obs]).argmax(1)
     random_actions = torch.randint(10, obs.shape, generator=generator, device=obs.device)
     explore = torch.rand(obs.shape, generator=generator, device=obs.device) < epsilon
     return torch.where(explore, random_actions, greedy)
 
 
-def probe_plasticity(args, q_network, images, replay, obs_shape, generator, seed):
-    """Sec 3.1: fit fresh random targets from a copy of the current parameters (the agent is untouched)."""
+def probe_plasticity(args, q_network, images, replay, obs_shape, step):
+    """Sec 3.1: fit fresh random targets from a copy of the current parameters. The probe draws from its own
+    generator and a forked global RNG, seeded from the run seed and ``step``, so the agent is untouched: its
+    weights after N steps are bit-identical whatever the probe settings."""
+    inputs_seed, dropout_seed, fit_seed = np.random.SeedSequence([args.seed, step]).generate_state(3).tolist()
+    generator = torch.Generator(images.device).manual_seed(inputs_seed)
     pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
     inputs = images[replay.obs[pick]]
-    return run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
-                     lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
-                     steps=args.probe_steps, batch_size=args.probe_batch_size, seed=seed)
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        torch.manual_seed(dropout_seed)  # dropout in the fits draws from the global RNG, as the agent's dropout does
+        return run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
+                         lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
+                         steps=args.probe_steps, batch_size=args.probe_batch_size, seed=fit_seed)
 
 
 def plot_probe_curves(probe_history, title):
@@ -283,8 +314,8 @@ def train(args):
 
     def probe_and_log():
         """The probe due at ``step``; a signal abandons it, and the resumed run redoes it (probe_history says so)."""
-        with run.measurement(generator):
-            result = probe_plasticity(args, q_network, images, replay, obs_shape, generator, seed=args.seed + step)
+        with run.measurement():
+            result = probe_plasticity(args, q_network, images, replay, obs_shape, step)
             plasticity = result.plasticity.item()
         probe_history.append((step, result.curves.mean(0).cpu(), plasticity))
         row = run.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,

@@ -24,14 +24,15 @@ sys.path.insert(0, ROOT)
 def ours(steps, learning_starts, buffer_size, layer_norm):
     """The real train() loop, run to learning_starts and to learning_starts + steps: the difference is the
     learning phase (set-up and the acting-only phase cancel out). Returns (wall seconds, CPU seconds, bytes)."""
-    from ddqn_atari_layernorm import Args, FrameReplay, train
+    from common.atari import FrameReplay
+    from ddqn_atari_layernorm import Args, train
 
     def run(total):
         with tempfile.TemporaryDirectory() as run_dir:
             wall, cpu = time.perf_counter(), time.process_time()
-            train(Args(run_dir=run_dir, total_frames=4 * total, learning_starts=learning_starts,
-                       buffer_size=buffer_size, layer_norm=layer_norm, grad_cov_every=0, eval_every=10**9,
-                       eval_frames=4, log_every=100))
+            train(Args(run_dir=run_dir, total_frames=4 * total, buffer_size=buffer_size,
+                       min_replay_capacity_fraction=learning_starts / buffer_size, layer_norm=layer_norm,
+                       grad_cov_every=0, eval_every=10**9, eval_frames=4, log_every=100))
             return time.perf_counter() - wall, time.process_time() - cpu
 
     run(learning_starts + 8)  # warm-up: first environment, first updates
@@ -50,9 +51,9 @@ def cleanrl(steps, learning_starts, buffer_size):
     import torch.nn.functional as F
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    from ddqn_atari_layernorm import make_env
+    from common.atari import make_env
 
-    env = gym.wrappers.FrameStackObservation(make_env("BreakoutNoFrameskip-v4", 30, 108_000), 4)
+    env = gym.wrappers.FrameStackObservation(make_env("ALE/Breakout-v5", 30, 108_000, "gymnasium"), 4)
     device = torch.device("cpu")
 
     def network():

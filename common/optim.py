@@ -1,7 +1,8 @@
 """Optimizers with the paper's semantics that torch lacks.
 
 Both are elementwise, so on parameters stacked along a leading axis (torch.func.stack_module_state) one
-instance is exactly K independent optimizers; tests check that equivalence.
+instance is exactly K independent optimizers; tests check that equivalence. Both, and ``torch.optim.SGD`` as
+``make_optimizer`` builds it, take ``weight_decay`` as an L2 term ``weight_decay * p`` added to the gradient.
 """
 import torch
 
@@ -47,13 +48,15 @@ class RMSProp(torch.optim.Optimizer):
     ``v = decay * v + (1 - decay) * g^2``; centered also tracks ``m = decay * m + (1 - decay) * g`` and uses
     ``v - m^2``; the update is ``lr * g / sqrt(v [- m^2] + eps)``. Statistics start at zero, as in optax.
     The defaults are DQN Zoo's DQN / Double DQN: lr 2.5e-4, decay 0.95, eps ``0.01 / 32**2`` (its
-    ``optimizer_epsilon``; about 9.8e-6, not ``(0.01 / 32)**2``), centered.
+    ``optimizer_epsilon``; about 9.8e-6, not ``(0.01 / 32)**2``), centered. ``weight_decay`` adds
+    ``weight_decay * p`` to ``g`` (as ``optax.chain(optax.add_decayed_weights(wd), optax.rmsprop(...))``).
     """
 
-    def __init__(self, params, lr=2.5e-4, decay=0.95, eps=0.01 / 32**2, centered=True):
-        if lr <= 0 or eps < 0 or not 0 <= decay < 1:
-            raise ValueError(f"invalid RMSProp hyperparameters: lr={lr}, decay={decay}, eps={eps}")
-        super().__init__(params, dict(lr=lr, decay=decay, eps=eps, centered=centered))
+    def __init__(self, params, lr=2.5e-4, decay=0.95, eps=0.01 / 32**2, centered=True, weight_decay=0.0):
+        if lr <= 0 or eps < 0 or weight_decay < 0 or not 0 <= decay < 1:
+            raise ValueError(f"invalid RMSProp hyperparameters: lr={lr}, decay={decay}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, decay=decay, eps=eps, centered=centered, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -63,26 +66,30 @@ class RMSProp(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                grad = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
                 if not state:
                     state["square_avg"] = torch.zeros_like(p)
                     if group["centered"]:
                         state["grad_avg"] = torch.zeros_like(p)
-                v = state["square_avg"].mul_(decay).addcmul_(p.grad, p.grad, value=1 - decay)
+                v = state["square_avg"].mul_(decay).addcmul_(grad, grad, value=1 - decay)
                 if group["centered"]:
-                    m = state["grad_avg"].lerp_(p.grad, 1 - decay)
+                    m = state["grad_avg"].lerp_(grad, 1 - decay)
                     v = v.addcmul(m, m, value=-1)
-                p.addcdiv_(p.grad, v.add(eps).sqrt_(), value=-lr)
+                p.addcdiv_(grad, v.add(eps).sqrt_(), value=-lr)
         return loss
 
 
-def make_optimizer(name, params, lr, *, betas=(0.9, 0.999), eps=1e-8, eps_root=0.0, weight_decay=0.0,
-                   decay=0.95, centered=True):
-    """Build an optimizer by name ('adam', 'rmsprop' or 'sgd'); the probe reuses this to copy the agent's."""
-    if name == "adam":
-        return Adam(params, lr=lr, betas=betas, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return RMSProp(params, lr=lr, decay=decay, eps=eps, centered=centered)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}: choose adam, rmsprop or sgd")
+OPTIMIZERS = {"adam": Adam, "rmsprop": RMSProp, "sgd": torch.optim.SGD}
+
+
+def make_optimizer(name, params, lr, *, weight_decay=0.0, **hyperparameters):
+    """Build an optimizer by name ('adam', 'rmsprop' or 'sgd'); the probe reuses this to copy the agent's.
+
+    ``weight_decay`` is the same L2 gradient term for all three. ``hyperparameters`` are that optimizer's own
+    (Adam: betas, eps, eps_root; RMSProp: decay, eps, centered; SGD: momentum ...), so each keeps its own defaults
+    and a hyperparameter of another optimizer is a TypeError rather than silently ignored.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, **hyperparameters)

@@ -10,9 +10,21 @@ one ``vmap``-ed forward, one backward of the summed losses (each copy's gradient
 elementwise optimizer over the stacked tensors. ``fit_sequential`` is the plain reference: same draws, one fit
 after another.
 
+Modes (dropout and BatchNorm behave differently in train and eval mode):
+- the offset ``a`` is the network's mean prediction in eval mode, the mode the agent acts and bootstraps in
+  (no dropout, BatchNorm on the agent's running statistics);
+- each target network ``f(x; w0_k)`` is evaluated in eval mode, so that ``g_k`` is a fixed function of ``x``
+  alone: no dropout, and BatchNorm on its initial running statistics, the same for every input;
+- the fit trains in train mode, as the agent trains: dropout on, BatchNorm on each minibatch's statistics. The
+  copies' BatchNorm layers keep no running statistics (updating them cannot be vmapped);
+- the final loss is measured in eval mode, so that it scores the fitted function rather than a dropout sample.
+  With no running statistics left, BatchNorm there normalises each chunk of X (hundreds of inputs) by its own
+  statistics, an estimate of X's.
+
 Choices the paper leaves open: minibatches are drawn uniformly with replacement from X; the final loss is the
-mean squared error of the predicted values on all of X, in eval mode (no dropout); with a two-hot head the fit
-minimises the two-hot cross-entropy, and its curves record that loss. BatchNorm layers use batch statistics.
+mean squared error of the predicted values on all of X; with a two-hot head the fit minimises the two-hot
+cross-entropy, and its curves record that loss. The caller draws X and seeds the probe; the classification agent
+gives each probe its own generator so that probing never changes the agent's trajectory.
 """
 import copy
 from dataclasses import dataclass

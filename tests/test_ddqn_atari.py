@@ -1,5 +1,6 @@
 """Tests of ddqn_atari_layernorm.py: the double-Q target, DQN Zoo's TD-error gradient clipping, the frame-store
 replay against a naive stacked-frame buffer, checkpoint/resume, aggregation, and a tiny CPU run on Breakout."""
+import collections
 import dataclasses
 import json
 import os
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.atari import FrameReplay, atari_env_ids, game_name, load_atari_scores, luminance_84x84, make_env
 from common.cli import UsageError
 from common.grad_cov import gradient_covariance
-from ddqn_atari_layernorm import (AggregateArgs, Args, FrameReplay, QNetwork, aggregate, double_q_targets,
-                                  load_atari_scores, td_error_grads, td_loss, train)
+from ddqn_atari_layernorm import (AggregateArgs, Args, QNetwork, aggregate, double_q_targets, epsilon_at,
+                                  td_error_grads, td_loss, train)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,21 +109,36 @@ class CountingEnv(gym.Env):
         return self._frame(False), float(self.counter % 7), end and not truncated, truncated, {}
 
 
+def dqn_zoo_stack(episode_frames):
+    """DQN Zoo's stack (processors.atari): Deque(max_length=4), then trailing_zero_pad(4): A000, AB00, ABC0, ABCD."""
+    recent = list(collections.deque(episode_frames, maxlen=4))
+    return np.stack(recent + [np.zeros_like(recent[0])] * (4 - len(recent)))
+
+
+@pytest.mark.parametrize("zero_pad", [True, False])
 @pytest.mark.parametrize("capacity", [40, 1000])  # with and without wrapping around
-def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_truncation(capacity):
+def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_truncation(capacity, zero_pad):
+    """Against full stacks kept naively: DQN Zoo's zero padding, or gymnasium's FrameStackObservation (which pads
+    with the reset frame)."""
     env = gym.wrappers.FrameStackObservation(CountingEnv(), stack_size=4)  # the naive reference: full stacks
-    replay = FrameReplay(capacity, history=4)
+    replay = FrameReplay(capacity, history=4, zero_pad=zero_pad)
     naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame needed, truncated)
     rng = np.random.default_rng(1)
     truncations = 0
     obs, _ = env.reset()
     replay.start_episode(obs[-1])
     episode_first, written = 0, 1
+    episode = [obs[-1]]
+    if zero_pad:
+        obs = dqn_zoo_stack(episode)
     for _ in range(300):
         action = int(rng.integers(3))
         next_obs, reward, terminated, truncated, _ = env.step(action)
+        episode.append(next_obs[-1])
+        if zero_pad:
+            next_obs = dqn_zoo_stack(episode)
         slot, frame_id = (replay.pos - 1) % capacity, written - 1
-        replay.add(action, reward, terminated, next_obs[-1])
+        replay.add(action, reward, terminated, episode[-1])
         written += 1
         naive[slot] = (obs, action, reward, terminated, next_obs, max(frame_id - 3, episode_first), truncated)
         obs = next_obs
@@ -130,6 +147,9 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
             obs, _ = env.reset()
             replay.start_episode(obs[-1])
             episode_first, written = written, written + 1
+            episode = [obs[-1]]
+            if zero_pad:
+                obs = dqn_zoo_stack(episode)
         assert np.array_equal(replay.latest()[0].numpy(), obs)  # what the agent acts on
     assert truncations > 5
 
@@ -144,7 +164,8 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
         assert (int(got[1]), float(got[2]), float(got[3])) == (action, reward, float(terminal))
         assert np.array_equal(got[4][0].numpy(), next_obs)
         if truncated:  # the CleanRL/SB3 bug would put the next episode's reset frame here
-            assert got[4][0, -1, 0, 0] == 0
+            frames = got[4][0][got[4][0].flatten(1).any(1)]  # without zero padding (every CountingEnv frame has a 1)
+            assert frames[-1, 0, 0] == 0
         checked += 1
     assert checked >= min(capacity, 300) * 0.6
     sampled = replay.sample(256, torch.Generator().manual_seed(0))
@@ -160,10 +181,87 @@ def test_frame_store_uses_a_quarter_of_a_stacked_buffer():
     assert per_transition < 84 * 84 + 20
 
 
+def test_warm_up_acts_uniformly_then_with_epsilon_0_1():
+    """DQN Zoo's LinearSchedule returns its begin value 1.0 until learning starts; the paper's epsilon is 0.1 after."""
+    args = Args()
+    assert args.learning_starts == 5_000  # DQN Zoo: min_replay_capacity_fraction 0.05 x the paper's 100,000
+    assert Args(buffer_size=1_000_000).learning_starts == 50_000  # DQN Zoo's own capacity
+    assert [epsilon_at(step, args) for step in (0, 4_999, 5_000, 10**7)] == [1.0, 1.0, 0.1, 0.1]
+    zoo = Args(epsilon_start=1.0, epsilon_end=0.01, epsilon_decay_steps=1_000)
+    assert epsilon_at(5_500, zoo) == pytest.approx(0.505)
+
+
+def test_shared_output_bias_starts_uniform_like_the_other_biases():
+    """DQN Zoo's linear_with_shared_bias draws the bias U(+-1/sqrt(512)), like every other weight and bias."""
+    torch.manual_seed(0)
+    biases = torch.cat([QNetwork(4, layer_norm=False).shared_bias.detach() for _ in range(40)])
+    bound = 512**-0.5
+    assert biases.abs().max() <= bound and biases.abs().max() > 0.8 * bound
+    assert biases.std() == pytest.approx(bound / 3**0.5, rel=0.35)  # the standard deviation of U(-b, b)
+
+
+def test_all_57_games_build_and_step_under_one_protocol():
+    ids = atari_env_ids()
+    assert sorted(ids) == sorted(load_atari_scores()) and len(ids) == 57
+    for name, env_id in ids.items():
+        assert game_name(env_id) == name
+        env = make_env(env_id, noop_max=0, max_episode_frames=1_000)
+        frame, info = env.reset()  # no seed: seeding reloads the ROM, doubling the time of this test
+        frame, reward, terminated, truncated, info = env.step(env.action_space.n - 1)
+        ale = env.unwrapped.ale
+        assert frame.shape == (84, 84) and frame.dtype == np.uint8 and "lives" in info
+        assert env.unwrapped._frameskip == 1 and ale.getFloat("repeat_action_probability") == 0.0
+        assert env.action_space.n == len(ale.getMinimalActionSet())
+        env.close()
+
+
+def pil_bilinear_by_hand(image, size=84):
+    """PIL's bilinear downscaling written out: along each axis a triangle filter as wide as the scale, centred on
+    each output pixel; the horizontal pass first, each pass rounded to uint8."""
+    def weights(n_in):
+        scale = n_in / size
+        centres = (np.arange(size) + 0.5) * scale
+        w = np.maximum(0, 1 - np.abs((np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / scale))
+        return w / w.sum(1, keepdims=True)
+
+    rows = np.clip(np.round(image @ weights(image.shape[1]).T), 0, 255)
+    return np.clip(np.round(weights(image.shape[0]) @ rows), 0, 255)
+
+
+def test_dqn_zoo_preprocessing_matches_a_hand_computation_on_two_emulator_frames():
+    """One agent step of Breakout, its four RGB frames recorded from the emulator: the observation is the luminance
+    Y = 0.299 R + 0.587 G + 0.114 B (truncated) of the max of the last two, resized bilinearly to 84x84."""
+    env = make_env("ALE/Breakout-v5", noop_max=0, max_episode_frames=108_000)
+    env.reset(seed=0)
+    for _ in range(12):
+        env.step(1)  # FIRE: the ball is in play
+    start = env.unwrapped.clone_state(include_rng=True)
+    rgb = [env.unwrapped.step(3)[0].astype(np.float64) for _ in range(4)]
+    env.unwrapped.restore_state(start)
+    observation = env.step(3)[0]
+
+    pooled = np.maximum(rgb[2], rgb[3])
+    assert (pooled != rgb[3]).any() and (pooled != rgb[2]).any()  # the pair differs: the max matters
+    luminance = np.floor(0.299 * pooled[..., 0] + 0.587 * pooled[..., 1] + 0.114 * pooled[..., 2])
+    expected = pil_bilinear_by_hand(luminance)
+    assert np.abs(observation.astype(np.int64) - expected).max() <= 1  # fixed-point rounding in PIL
+    assert (observation == expected).mean() > 0.98
+    last_frame_only = pil_bilinear_by_hand(np.floor(rgb[3] @ np.array([0.299, 0.587, 0.114])))
+    assert np.abs(last_frame_only - expected).max() > 1  # so the test sees a missing max
+    gymnasium_frame = make_env("ALE/Breakout-v5", 0, 108_000, preprocessing="gymnasium")
+    gymnasium_frame.reset(seed=0)
+    gymnasium_frame.unwrapped.restore_state(start)
+    assert np.abs(gymnasium_frame.step(3)[0] - expected).max() > 1  # gymnasium's grey and INTER_AREA differ
+
+    # Pure colours: the weights, and truncation rather than rounding (0.587 x 255 = 149.7 -> 149).
+    for colour, grey in (((255, 0, 0), 76), ((0, 255, 0), 149), ((0, 0, 255), 29)):
+        assert (luminance_84x84(np.full((210, 160, 3), colour, np.uint8)) == grey).all()
+
+
 def tiny_args(run_dir, **overrides):
     """A few hundred agent steps of Breakout on the CPU: episodes capped at 400 frames, small batches."""
-    args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, learning_starts=40, batch_size=8,
-                buffer_size=120, target_network_frequency=50, max_episode_frames=400, eval_every=80,
+    args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, batch_size=8, buffer_size=120,
+                min_replay_capacity_fraction=1 / 3, target_network_frequency=50, max_episode_frames=400, eval_every=80,
                 eval_frames=80, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
                 hessian_iters=6, log_every=10, checkpoint_every=160)
     return dataclasses.replace(args, **overrides)
@@ -193,6 +291,9 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
     top, bottom = ([r[f"curvature/hessian_{end}_eigenvalue"] for r in rows if "curvature/hessian_top_eigenvalue" in r]
                    for end in ("top", "bottom"))
     assert len(top) == 2 and all(t > b for t, b in zip(top, bottom))  # at steps 80 and 160
+    epsilons = {r["step"]: r["charts/epsilon"] for r in rows if "charts/epsilon" in r}
+    assert {epsilons[s] for s in (10, 20, 30)} == {1.0} and {epsilons[s] for s in (40, 100, 160)} == {0.1}  # warm-up
+    assert min(r["step"] for r in rows if "losses/td_loss" in r) > 40  # learning starts at 1/3 x 120 transitions
     losses = [r["losses/td_loss"] for r in rows if "losses/td_loss" in r and r["step"] > 40]
     assert losses and all(np.isfinite(losses)) and any(loss > 0 for loss in losses)
     assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
@@ -246,19 +347,36 @@ def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
             run = tmp_path / f"{env_id}_{layer_norm}_{seed}"
             run.mkdir()
             (run / "summary.json").write_text(json.dumps(
-                {"status": "completed", "env_id": env_id, "layer_norm": layer_norm,
+                {"status": "completed", "env_id": env_id, "layer_norm": layer_norm, "frames": 4000,
                  "metrics": {"eval/episodic_return": value}}))
+    # Runs that must not count: interrupted, diverged (their last evaluation would pull Breakout's means away).
+    for name, status in (("interrupted", "interrupted"), ("diverged", "diverged"), ("diverged2", "diverged")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"status": status, "env_id": "BreakoutNoFrameskip-v4", "layer_norm": False, "frames": 400,
+             "metrics": {"eval/episodic_return": 1000.0}}))
     rows = {row[0]: row for row in aggregate(AggregateArgs(runs_dir=str(tmp_path)))}
     assert set(rows) == {"Breakout", "Pong"}
     assert rows["Breakout"][3] == pytest.approx((50 - 15) / (max(human_score, 15) - random_score))
     assert rows["Pong"][3] == pytest.approx((0 - 5) / (14.6 - -20.7))
-    assert "Breakout" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Breakout" in out and "skipped 3 runs: 2 status diverged, 1 status interrupted" in out
+    assert "warning" not in err
     assert (tmp_path / "fig7_layernorm_improvement.png").exists()
+
+    (tmp_path / "longer").mkdir()  # a completed Pong run of another length
+    (tmp_path / "longer" / "summary.json").write_text(json.dumps(
+        {"status": "completed", "env_id": "ALE/Pong-v5", "layer_norm": True, "frames": 8000,
+         "metrics": {"eval/episodic_return": 0.0}}))
+    aggregate(AggregateArgs(runs_dir=str(tmp_path)))
+    assert "warning: Pong runs differ in length: [4000, 8000] frames" in capsys.readouterr().err
 
 
 def test_bad_arguments_give_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="unknown Atari env id"):
         train(Args(env_id="CartPole-v1", run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="min-replay-capacity-fraction"):
+        train(Args(min_replay_capacity_fraction=0.0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="total-frames"):
         train(Args(total_frames=0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="nothing to resume"):
@@ -267,6 +385,6 @@ def test_bad_arguments_give_usage_errors(tmp_path):
 
 def test_diverging_run_records_diverged(tmp_path):
     summary = train(tiny_args(tmp_path / "diverged", total_frames=4 * 120, learning_rate=1e30, eval_every=10**6,
-                              grad_cov_every=0, checkpoint_every=0))
+                              grad_cov_every=0, checkpoint_every=0, preprocessing="gymnasium"))  # the option runs
     assert summary["status"] == "diverged" and summary["steps"] < 120
     assert json.load(open(tmp_path / "diverged" / "summary.json"))["status"] == "diverged"

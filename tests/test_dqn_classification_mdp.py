@@ -44,6 +44,90 @@ def test_double_q_target_against_a_hand_computation():
     assert loss.item() == pytest.approx(((2 - (1 + 0.5 * 9)) ** 2 + (1 - 0.5 * 6) ** 2) / 2)
 
 
+def test_build_optimizer_gives_rmsprop_its_own_flags_and_every_optimizer_weight_decay():
+    param = [torch.nn.Parameter(torch.zeros(2))]
+    group = dqn.build_optimizer(dqn.Args(optimizer="rmsprop", weight_decay=1e-3), param).param_groups[0]
+    assert (group["eps"], group["decay"], group["centered"]) == (0.01 / 32**2, 0.95, True)  # DQN Zoo
+    assert group["weight_decay"] == 1e-3
+    args = dqn.Args(optimizer="rmsprop", rmsprop_eps=1e-4, rmsprop_decay=0.9, rmsprop_centered=False)
+    group = dqn.build_optimizer(args, param).param_groups[0]
+    assert (group["eps"], group["decay"], group["centered"]) == (1e-4, 0.9, False)
+    for name in ("adam", "sgd"):
+        assert dqn.build_optimizer(dqn.Args(optimizer=name, weight_decay=1e-3), param).param_groups[0][
+            "weight_decay"] == 1e-3
+
+
+def _network_with_running_statistics(arch, images):
+    torch.manual_seed(0)
+    network = dqn.build_q_network(dqn.Args(arch=arch), tuple(images.shape[1:]))
+    with torch.no_grad():
+        for _ in range(3):
+            network(images)  # train-mode forwards: BatchNorm's running statistics move away from (0, 1)
+    return network
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit"])
+def test_acting_uses_eval_mode_values_that_do_not_depend_on_the_batch(arch):
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    network = _network_with_running_statistics(arch, images)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    obs, generator = torch.arange(len(images)), torch.Generator().manual_seed(0)
+    network.eval()
+    with torch.no_grad():
+        reference = network(images)  # eval mode: BatchNorm on running statistics, no dropout
+    network.train()
+    one_by_one = torch.cat([dqn.act(network, images, obs[i:i + 1], 0.0, generator) for i in range(len(obs))])
+    assert torch.equal(one_by_one, reference.argmax(1))
+    assert torch.equal(dqn.act(network, images, obs, 0.0, generator), reference.argmax(1))
+    values = torch.cat([dqn.eval_values(network, images[i:i + 1]) for i in range(len(obs))])
+    torch.testing.assert_close(values, dqn.eval_values(network, images), rtol=1e-4, atol=1e-5)
+    assert network.training  # the agent trains in train mode; acting leaves it there
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())  # no running-stat updates
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit"])
+def test_bootstrap_targets_use_eval_mode(arch):
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    online = _network_with_running_statistics(arch, images)
+    target = _network_with_running_statistics(arch, images.flip(0))
+    rewards = torch.linspace(0, 1, len(images))
+    with torch.no_grad():
+        online_values, target_values = online.eval()(images), target.eval()(images)
+    online.train(), target.train()
+    expected = rewards + 0.9 * target_values.gather(1, online_values.argmax(1, keepdim=True)).squeeze(1)
+    for _ in range(2):  # no dropout: the same targets every time
+        torch.testing.assert_close(dqn.td_targets(online, target, images, rewards, 0.9, True), expected)
+    single = torch.cat([dqn.td_targets(online, target, images[i:i + 1], rewards[i:i + 1], 0.9, True)
+                        for i in range(len(images))])
+    torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-5)
+    assert online.training and target.training
+
+
+def test_probing_does_not_change_the_agent(tmp_path, data_dir):
+    """The agent's weights after N steps are bit-identical whatever the probe settings."""
+    common = dict(data_dir=data_dir, **{**TINY, "total_steps": 30, "checkpoint_every": 30})
+    for name, probe_every in (("unprobed", 0), ("probed", 10)):
+        dqn.train(dqn.Args(run_dir=str(tmp_path / name), **{**common, "probe_every": probe_every}))
+    a, b = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=False) for name in ("unprobed", "probed"))
+    assert a["step"] == b["step"] == 30
+    for key in a["q_network"]:
+        assert torch.equal(a["q_network"][key], b["q_network"][key]), key
+    assert all(torch.equal(a["replay"][k], b["replay"][k]) for k in ("obs", "actions", "rewards", "next_obs"))
+
+
+def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone():
+    """The ViT's dropout in the probe's fits draws from the global RNG, which the agent's dropout uses too."""
+    args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4)
+    images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    replay = dqn.IndexReplay(16, "cpu")
+    replay.add(torch.arange(16), torch.zeros(16, dtype=torch.long), torch.zeros(16), torch.arange(16))
+    network = dqn.build_q_network(args, (1, 9, 9))
+    rng = torch.get_rng_state()
+    first, again, later = (dqn.probe_plasticity(args, network, images, replay, (1, 9, 9), step) for step in (5, 5, 6))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(first.curves, again.curves) and not torch.equal(first.curves, later.curves)
+
+
 def _check_run_directory(run_dir, steps):
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["status"] == "completed" and summary["steps"] == steps

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.optim import Adam, RMSProp
+from common.optim import Adam, RMSProp, make_optimizer
 
 
 def _quadratic_grads(steps, shape, seed=0):
@@ -57,17 +57,43 @@ def test_adam_weight_decay_is_an_l2_gradient_term():
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("centered", [False, True])
-def test_rmsprop_matches_optax_formula(centered):
+@pytest.mark.parametrize("centered,weight_decay", [(False, 0.0), (True, 0.0), (True, 0.3)])
+def test_rmsprop_matches_optax_formula(centered, weight_decay):
     grads, start = _quadratic_grads(25, (6,)), np.linspace(-1, 1, 6)
     lr, decay, eps = 2.5e-4, 0.95, (0.01 / 32) ** 2
     p, v, m = start.copy(), np.zeros(6), np.zeros(6)
     for g in grads:
+        g = g + weight_decay * p  # optax.add_decayed_weights before optax.rmsprop
         v = decay * v + (1 - decay) * g**2
         m = decay * m + (1 - decay) * g
         p = p - lr * g / np.sqrt(v - (m**2 if centered else 0) + eps)  # eps inside the root (DQN Zoo)
-    got = _run(RMSProp, grads, start, lr=lr, decay=decay, eps=eps, centered=centered)
+    got = _run(RMSProp, grads, start, lr=lr, decay=decay, eps=eps, centered=centered, weight_decay=weight_decay)
     np.testing.assert_allclose(got, p, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "sgd"])
+def test_weight_decay_is_the_same_l2_gradient_term_for_every_optimizer(name):
+    """make_optimizer(weight_decay=wd) on gradients g equals weight_decay 0 on gradients g + wd * p."""
+    grads, start, wd = _quadratic_grads(15, (5,), seed=2), np.linspace(-1, 2, 5), 0.5
+    with_decay = _run(lambda params: make_optimizer(name, params, 1e-2, weight_decay=wd), grads, start)
+    p = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    opt = make_optimizer(name, [p], 1e-2)
+    for g in grads:
+        p.grad = torch.tensor(g) + wd * p.detach()
+        opt.step()
+    np.testing.assert_allclose(with_decay, p.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert not np.allclose(with_decay, _run(lambda params: make_optimizer(name, params, 1e-2), grads, start))
+
+
+def test_make_optimizer_gives_rmsprop_dqn_zoo_defaults_and_refuses_foreign_hyperparameters():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    group = make_optimizer("rmsprop", p, 2.5e-4).param_groups[0]
+    assert (group["eps"], group["decay"], group["centered"]) == (0.01 / 32**2, 0.95, True)
+    assert make_optimizer("adam", p, 1e-3).param_groups[0]["eps"] == 1e-8
+    with pytest.raises(TypeError):
+        make_optimizer("rmsprop", p, 1e-3, eps_root=1e-8)  # an Adam hyperparameter is not silently dropped
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lamb", p, 1e-3)
 
 
 @pytest.mark.parametrize("cls,kwargs", [(Adam, dict(lr=1e-2, eps_root=1e-3)), (RMSProp, dict(lr=1e-2))])

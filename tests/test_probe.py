@@ -39,6 +39,21 @@ def test_vectorised_probe_equals_sequential_with_options_in_float64(net_kwargs):
     torch.testing.assert_close(vectorised.final_losses, sequential.final_losses, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name,hyperparameters", [("rmsprop", {}), ("sgd", dict(momentum=0.9))])
+def test_probe_copies_any_optimizer_with_weight_decay(name, hyperparameters):
+    """The probe builds the agent's optimizer (here with an L2 term) for K stacked copies: equal to K separate fits,
+    and the weight decay changes the fits."""
+    network, make, inputs = _setup(torch.float64)
+    kwargs = dict(num_targets=3, steps=20, batch_size=8, seed=5)
+    decayed = lambda p: make_optimizer(name, p, 1e-2, weight_decay=0.1, **hyperparameters)  # noqa: E731
+    vectorised = run_probe(network, make, inputs, decayed, **kwargs)
+    sequential = run_probe(network, make, inputs, decayed, vectorized=False, **kwargs)
+    torch.testing.assert_close(vectorised.curves, sequential.curves, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(vectorised.final_losses, sequential.final_losses, rtol=1e-10, atol=1e-12)
+    plain = run_probe(network, make, inputs, lambda p: make_optimizer(name, p, 1e-2, **hyperparameters), **kwargs)
+    assert not torch.allclose(plain.final_losses, vectorised.final_losses)
+
+
 def test_targets_follow_eq_4_with_the_mean_prediction_as_offset():
     network, make, inputs = _setup()
     targets = make_targets(network, make, inputs, num_targets=3, seed=1)
