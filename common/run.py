@@ -128,8 +128,7 @@ class Run:
         run_dir, args = self.run_dir, self.args
         check(os.path.isdir(run_dir), f"--run-dir {run_dir} does not exist: start without --resume")
         original = _read_json(os.path.join(run_dir, "args.json"))
-        check(original is not None and os.path.exists(os.path.join(run_dir, "checkpoint.pt")),
-              f"no checkpoint.pt in --run-dir {run_dir} to resume: start without --resume in an empty --run-dir")
+        check(original is not None, f"no run in --run-dir {run_dir} to resume (no args.json): start without --resume")
         allowed = set(MAY_CHANGE_ON_RESUME) | {self.total} | set(may_change)
         defaults = {f.name: f.default for f in dataclasses.fields(args)}
         new = args_dict(args)
@@ -147,6 +146,8 @@ class Run:
                 print(f"run {run_dir} already completed ({self.total} {reached:,}): nothing to do; raise "
                       f"--{self.total.replace('_', '-')} to train further", flush=True)
                 self.finished = summary
+        check(self.finished or os.path.exists(os.path.join(run_dir, "checkpoint.pt")),
+              f"no checkpoint.pt in --run-dir {run_dir} to resume: start afresh in another --run-dir")
 
     def load_checkpoint(self, device):
         """The script's state saved by ``save_checkpoint`` (None for a fresh run); restores the global RNGs."""
