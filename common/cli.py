@@ -1,6 +1,5 @@
 """Command-line entry point shared by every script: tyro parsing, one-line errors instead of tracebacks, and the
 exit status of a run (for Slurm arrays and shell loops: requeue only on EXIT_INTERRUPTED)."""
-import signal
 import sys
 
 import tyro
@@ -61,18 +60,3 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class Preemption:
-    """Turns SIGTERM / SIGUSR1 (Slurm preemption) into a flag the loop checks between iterations."""
-
-    def __init__(self):
-        self.requested, self.signal = False, None
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def _handle(self, signum, frame):
-        self.requested, self.signal = True, signum
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)

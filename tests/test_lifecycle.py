@@ -16,6 +16,7 @@ import torch
 import adam_instability_mnist as adam
 import brownian_vs_gd as brownian
 import common.logger
+import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
 from common.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from common.data import load_dataset
@@ -29,12 +30,16 @@ DQN = dict(cuda=False, total_steps=40, learning_starts=20, buffer_size=500, batc
            num_images=500)
 BROWNIAN = dict(cuda=False, num_images=2_000, width=16, total_steps=40, batch_size=32, target_period=20,
                 eval_every=20, log_every=10, hessian_inputs=64, lanczos_iters=12, num_grad_samples=32, num_clusters=4)
+ATARI = dict(cuda=False, total_frames=4 * 160, batch_size=8, buffer_size=120, min_replay_capacity_fraction=1 / 3,
+             target_network_frequency=50, max_episode_frames=80, eval_every=80, eval_frames=120, grad_cov_every=60,
+             grad_cov_samples=4, hessian_every=80, hessian_samples=16, hessian_iters=6, log_every=10)
 # Runs that last until a signal stops them.
 LONG = {"dqn_classification_mdp.py": {**DQN, "total_steps": 10**8, "probe_every": 200, "probe_steps": 20},
         "adam_instability_mnist.py": {**ADAM, "num_iterations": 10**6, "steps_per_iteration": 20},
-        "brownian_vs_gd.py": {**BROWNIAN, "total_steps": 10**8, "eval_every": 200}}
+        "brownian_vs_gd.py": {**BROWNIAN, "total_steps": 10**8, "eval_every": 200},
+        "ddqn_atari_layernorm.py": {**ATARI, "total_frames": 10**9, "eval_every": 10**6, "hessian_every": 0}}
 FIGURES = {"dqn_classification_mdp.py": "fig4_probe_curves.png", "adam_instability_mnist.py": "fig1_adam_instability.png",
-           "brownian_vs_gd.py": "fig2_brownian_vs_gd.png"}
+           "brownian_vs_gd.py": "fig2_brownian_vs_gd.png", "ddqn_atari_layernorm.py": "grad_cov.png"}
 
 
 def argv(config):
@@ -149,14 +154,17 @@ def test_a_completed_run_is_not_rerun_by_resume(tmp_path, data_dir):
 @pytest.mark.parametrize("script,sig", [
     ("dqn_classification_mdp.py", signal.SIGINT),  # SIGTERM: test_dqn_classification_mdp.py
     ("adam_instability_mnist.py", signal.SIGTERM), ("adam_instability_mnist.py", signal.SIGINT),
-    ("brownian_vs_gd.py", signal.SIGUSR1), ("brownian_vs_gd.py", signal.SIGINT)])
+    ("brownian_vs_gd.py", signal.SIGUSR1), ("brownian_vs_gd.py", signal.SIGINT),
+    ("ddqn_atari_layernorm.py", signal.SIGINT)])  # SIGTERM: test_ddqn_atari.py
 def test_a_signal_ends_every_script_the_same_way(tmp_path, script, sig):
     run_dir = str(tmp_path / "run")
     stdout = open(tmp_path / "stdout", "w+")
-    process = subprocess.Popen([sys.executable, script, "--data-dir", DATA, "--run-dir", run_dir, *argv(LONG[script])],
+    data = [] if script.startswith("ddqn") else ["--data-dir", DATA]
+    process = subprocess.Popen([sys.executable, script, *data, "--run-dir", run_dir, *argv(LONG[script])],
                                cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True)
     metrics, deadline = os.path.join(run_dir, "metrics.jsonl"), time.time() + 120
-    while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    enough = 10 if script.startswith("ddqn") else 3  # Atari: past its first gradient-covariance snapshot
+    while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).readlines()) >= enough):
         time.sleep(0.2)
     process.send_signal(sig)
     assert process.wait(timeout=60) == EXIT_INTERRUPTED
@@ -255,6 +263,20 @@ def test_brownian_interrupted_in_a_curvature_measurement_resumes_bit_identically
     _same_rows(straight, split)
 
 
+def test_atari_interrupted_in_an_evaluation_resumes_bit_identically(tmp_path, monkeypatch):
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    atari.train(atari.Args(run_dir=straight, **ATARI))
+    with monkeypatch.context() as m:
+        _kill_self_on_call(m, atari, "evaluate", call=1)  # at step 80
+        first = atari.train(atari.Args(run_dir=split, **ATARI))
+    assert first["status"] == "interrupted" and first["steps"] == 80
+    assert not any("eval/episodes" in r for r in read_rows(split))
+    atari.train(atari.Args(run_dir=split, resume=True, **ATARI))
+    a, b = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False) for d in (straight, split))
+    _same_tensors(a["q_net"], b["q_net"])
+    _same_rows(straight, split)
+
+
 # ------------------------------------------------------------------------------- 5, 6. non-finite values, exit status
 def test_a_nan_probe_ends_the_run_as_diverged_with_exit_status_3(tmp_path):
     run_dir = str(tmp_path / "run")
@@ -332,7 +354,24 @@ def test_track_without_wandb_fails_before_anything_is_written(tmp_path, data_dir
     assert not (tmp_path / "run").exists()
 
 
+def test_an_evaluation_that_finishes_no_episode_logs_no_score(tmp_path, capsys):
+    atari.train(atari.Args(run_dir=str(tmp_path / "run"), **{**ATARI, "total_frames": 4 * 40, "eval_every": 40,
+                                                             "eval_frames": 8, "grad_cov_every": 0, "hessian_every": 0}))
+    evaluations = [r for r in read_rows(tmp_path / "run") if "eval/episodes" in r]
+    assert evaluations == [{"step": 40, "eval/episodes": 0}]
+    assert "no evaluation episode finished" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------- 8. newcomer friction
+def test_atari_prints_progress_at_least_every_30_seconds(tmp_path, monkeypatch, capsys):
+    clock = iter(range(0, 10**9, 31))  # every reading of the clock is 31 s after the last
+    monkeypatch.setattr(atari, "time", types.SimpleNamespace(time=lambda: float(next(clock))))
+    atari.train(atari.Args(run_dir=str(tmp_path / "run"), **{**ATARI, "total_frames": 4 * 20, "eval_every": 10**6,
+                                                             "grad_cov_every": 0, "hessian_every": 0}))
+    progress = [line for line in capsys.readouterr().out.splitlines() if "steps/s" in line]
+    assert len(progress) >= 10 and progress[-1].startswith("step 20/20")
+
+
 def test_docs_use_the_readme_interpreter():
     for name in ["README.md"] + [os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
                                  if f.endswith(".md")]:
