@@ -38,8 +38,6 @@ from common.logger import RunLogger, atomic_torch_save, default_run_name, is_fin
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
 MAY_CHANGE_ON_RESUME = ("run_dir", "resume", "cuda", "track", "data_dir", "log_every", "checkpoint_every")
-
-
 _active = None  # the Run of this process that has not finished, for abandon_active()
 
 
@@ -47,9 +45,9 @@ class Interrupted(Exception):
     """Raised by a signal inside ``Run.measurement()``: the measurement is abandoned and redone after resume."""
 
 
-def args_dict(args):
-    """The arguments as they appear in args.json (JSON types: tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(args), default=str))
+def _as_json(value):
+    """``value`` as args.json holds it (tuples become lists, other objects strings)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _read_json(path):
@@ -108,6 +106,7 @@ class Run:
         check(not args.resume or args.run_dir, "--resume needs --run-dir pointing at the run to continue")
         self.args, self.total = args, total
         self.interrupted = self.diverged = self._measuring = False
+        self.signal = None  # the name of the signal that interrupted the run
         self.finished, self.resumes, self.wall_time_before = None, [], 0.0
         self.start_time, self.logger, self._previous_handlers, self.created = time.time(), None, {}, False
         if args.resume:
@@ -130,8 +129,9 @@ class Run:
         original = _read_json(os.path.join(run_dir, "args.json"))
         check(original is not None, f"no run in --run-dir {run_dir} to resume (no args.json): start without --resume")
         allowed = set(MAY_CHANGE_ON_RESUME) | {self.total} | set(may_change)
-        defaults = {f.name: f.default for f in dataclasses.fields(args)}
-        new = args_dict(args)
+        # a field that args.json lacks (added to the script later) must have its default
+        defaults = {f.name: _as_json(f.default) for f in dataclasses.fields(args)}
+        new = _as_json(dataclasses.asdict(args))
         changed = sorted(k for k in new if k not in allowed and original.get(k, defaults[k]) != new[k])
         check(not changed, f"--resume with arguments that differ from the run's args.json: "
                            f"{', '.join('--' + k.replace('_', '-') for k in changed)}; resume with the original "
@@ -157,7 +157,8 @@ class Run:
             ckpt = torch.load(self.checkpoint_path, map_location=device, weights_only=False)
             lifecycle = ckpt.pop("lifecycle")
         except Exception as e:  # a truncated zip, a pickle error, a missing key: all mean the file is unusable
-            raise UsageError(f"{self.checkpoint_path} is corrupt or truncated ({type(e).__name__}); start afresh "
+            raise UsageError(f"{self.checkpoint_path} is corrupt, truncated or from an older version of this code "
+                             f"({type(e).__name__}); start afresh "
                              f"with another --run-dir (or delete {self.run_dir})") from None
         _set_rng_state(lifecycle["rng"])
         # the segment that wrote summary.json also spent time after its last checkpoint (its figures, say)
@@ -247,8 +248,8 @@ class Run:
                                      total={self.total: getattr(self.args, self.total)}, run_dir=self.run_dir,
                                      **extra)
         if status == "interrupted":
-            print(f"interrupted at step {step:,}: checkpoint written; continue with --resume --run-dir "
-                  f"{self.run_dir}", flush=True)
+            print(f"{self.signal}: interrupted at step {step:,}, checkpoint written; continue with --resume "
+                  f"--run-dir {self.run_dir}", flush=True)
         else:
             print(f"run {status} at step {step:,} in {summary['wall_time_s']:.0f} s: {self.run_dir}", flush=True)
         return summary
