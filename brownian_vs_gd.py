@@ -273,7 +273,8 @@ def train(args):
                 window_time = time.time()
             if curvature_due() and not run.stopping:
                 measure_and_log(step)
-                save_checkpoint()
+                if not run.diverged:
+                    save_checkpoint()
                 window_time = time.time()  # SPS measures training, not the curvature measurements
     except Interrupted:
         pass  # the measurement at `step` was abandoned: the checkpoint below says it is still due
