@@ -393,36 +393,38 @@ def train(args):
             if step > done and ((every and step % every == 0 and (learning or name == "eval"))
                                 or (name == "eval" and step == total_steps))]
 
+    def grad_cov_snapshot(step):
+        with run.measurement(sampler):
+            batch = replay.sample(args.grad_cov_samples, sampler)
+            cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
+        state["grad_cov"].append((step, cov.cpu().numpy()))
+        record(step, grad_cov_summary(cov))
+
+    def hessian_snapshot(step):
+        with run.measurement(sampler):
+            batch = replay.sample(args.hessian_samples, sampler)
+            nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta, args.hessian_iters)
+        state["hessian"].append((step, nodes, weights))
+        record(step, {"curvature/hessian_top_eigenvalue": nodes[-1], "curvature/hessian_bottom_eigenvalue": nodes[0]})
+
+    def evaluation(step):
+        with run.measurement():
+            video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
+            eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
+        state["eval_step"] = step
+        if episodes:
+            record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
+                          "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
+            print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
+        else:  # the return of an unfinished episode is no score
+            record(step, {"eval/episodes": 0})
+            print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
+                  f"no score logged", flush=True)
+
     def measure(step):
+        """What is due at ``step``; a signal abandons it at once (Interrupted), and the resumed run redoes it."""
         for name in due(step):
-            with run.measurement(sampler):
-                if name == "grad_cov":
-                    batch = replay.sample(args.grad_cov_samples, sampler)
-                    cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
-                elif name == "hessian":
-                    batch = replay.sample(args.hessian_samples, sampler)
-                    nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta,
-                                                     args.hessian_iters)
-                else:
-                    video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
-                    eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
-            if name == "grad_cov":
-                state["grad_cov"].append((step, cov.cpu().numpy()))
-                record(step, grad_cov_summary(cov))
-            elif name == "hessian":
-                state["hessian"].append((step, nodes, weights))
-                record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
-                              "curvature/hessian_bottom_eigenvalue": nodes[0]})
-            else:
-                state["eval_step"] = step
-                if episodes:
-                    record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
-                                  "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
-                    print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
-                else:  # no score from an unfinished episode
-                    record(step, {"eval/episodes": 0})
-                    print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames "
-                          f"{args.eval_frames:,}; no score logged", flush=True)
+            {"grad_cov": grad_cov_snapshot, "hessian": hessian_snapshot, "eval": evaluation}[name](step)
 
     loss = q_values = None
     start_time, start_step, last_print = time.time(), state["step"], time.time()

@@ -38,8 +38,9 @@ LONG = {"dqn_classification_mdp.py": {**DQN, "total_steps": 10**8, "probe_every"
         "adam_instability_mnist.py": {**ADAM, "num_iterations": 10**6, "steps_per_iteration": 20},
         "brownian_vs_gd.py": {**BROWNIAN, "total_steps": 10**8, "eval_every": 200},
         "ddqn_atari_layernorm.py": {**ATARI, "total_frames": 10**9, "eval_every": 10**6, "hessian_every": 0}}
-FIGURES = {"dqn_classification_mdp.py": "fig4_probe_curves.png", "adam_instability_mnist.py": "fig1_adam_instability.png",
-           "brownian_vs_gd.py": "fig2_brownian_vs_gd.png", "ddqn_atari_layernorm.py": "grad_cov.png"}
+FIGURES = {"dqn_classification_mdp.py": "fig4_probe_curves.png",
+           "adam_instability_mnist.py": "fig1_adam_instability.png", "brownian_vs_gd.py": "fig2_brownian_vs_gd.png",
+           "ddqn_atari_layernorm.py": "grad_cov.png"}
 
 
 def argv(config):
@@ -295,7 +296,7 @@ def test_a_nan_curvature_ends_the_run_as_diverged(tmp_path, data_dir):
     assert summary["status"] == "diverged" and summary["steps"] < 40
 
 
-# -------------------------------------------------------------------------------------- 7. one-line errors, not tracebacks
+# --------------------------------------------------------------------------------- 7. one-line errors, not tracebacks
 def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data_dir):
     run_dir = str(tmp_path / "run")
     adam.train(adam.Args(data_dir=data_dir, run_dir=run_dir, **{**ADAM, "num_iterations": 1}))
@@ -352,8 +353,9 @@ def test_track_without_wandb_fails_before_anything_is_written(tmp_path, data_dir
 
 
 def test_an_evaluation_that_finishes_no_episode_logs_no_score(tmp_path, capsys):
-    atari.train(atari.Args(run_dir=str(tmp_path / "run"), **{**ATARI, "total_frames": 4 * 40, "eval_every": 40,
-                                                             "eval_frames": 8, "grad_cov_every": 0, "hessian_every": 0}))
+    config = {**ATARI, "total_frames": 4 * 40, "eval_every": 40, "eval_frames": 8, "grad_cov_every": 0,
+              "hessian_every": 0}
+    atari.train(atari.Args(run_dir=str(tmp_path / "run"), **config))
     evaluations = [r for r in read_rows(tmp_path / "run") if "eval/episodes" in r]
     assert evaluations == [{"step": 40, "eval/episodes": 0}]
     assert "no evaluation episode finished" in capsys.readouterr().out
