@@ -80,6 +80,9 @@ def validate(args):
     for name in ("width", "total_steps", "batch_size", "target_period", "eval_every", "hessian_inputs",
                  "lanczos_iters", "num_grad_samples", "num_clusters", "log_every", "learning_rate", "density_sigma2"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check(args.lanczos_iters <= 1_000, f"--lanczos-iters must be at most 1,000, got {args.lanczos_iters}: the "
+          "density settles within about 100 steps (PyHessian's default) and each step re-orthogonalises against all "
+          "earlier ones, so thousands take hours")
     check(args.num_images >= 0, f"--num-images must be non-negative, got {args.num_images}")
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
     check(args.num_grad_samples <= args.hessian_inputs,

@@ -324,6 +324,8 @@ def check_args(args):
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
     check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
+    check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000, got {args.hessian_iters}: Lanczos "
+          "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
 def train(args):

@@ -336,11 +336,15 @@ def test_a_mistyped_data_dir_is_not_created(tmp_path):
     (dqn, {"probe_every": 100}, "--probe-every"),
     (dqn, {"seed": -1}, "--seed"),
     (adam, {"seed": -3}, "--seed"),
-    (brownian, {"seed": -1}, "--seed")])
+    (brownian, {"seed": -1}, "--seed"),
+    (brownian, {"lanczos_iters": 100_000}, "--lanczos-iters must be at most"),
+    (atari, {"hessian_iters": 100_000}, "--hessian-iters must be at most"),
+    (atari, {"learning_rate": float("nan")}, "--learning-rate")])
 def test_bad_arguments_are_one_line_errors(tmp_path, script, config, message, data_dir):
-    tiny = {dqn: DQN, adam: ADAM, brownian: BROWNIAN}[script]
+    tiny = {dqn: DQN, adam: ADAM, brownian: BROWNIAN, atari: ATARI}[script]
+    data = {} if script is atari else {"data_dir": data_dir}
     with pytest.raises(UsageError, match=message):
-        script.train(script.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), **{**tiny, **config}))
+        script.train(script.Args(run_dir=str(tmp_path / "run"), **data, **{**tiny, **config}))
     assert not (tmp_path / "run").exists()
 
 
