@@ -42,12 +42,12 @@ EXCLUDE = ({"optimizer": "sgd", "variant": "sparse_reward"},)
 # Run sizes. Cells set the fields above; a preset sets everything else that differs from Args' defaults.
 PRESETS = {
     "paper": {},  # Args' defaults follow Sec 5.1 / A.2: 100k steps, probe every 5k (2,000 steps, 10 targets)
-    "cpu": {  # the grid on 2 CPU cores (two processes of one thread), far from converged: 3,000 steps, target
-        # every 250, probes at 0, 1k, 2k, 3k (200 steps, 4 targets), MLP width 128 (A.2: 512). Measured at load 5
-        # on 2 shared cores: an MLP cell 78 s. The hour needs the CNN scaled by --width too (the statistics
-        # issue): A.2's CNN (8M parameters) took 1.2 s per step and 5.3 s per 4-target probe step there.
-        "cuda": False, "width": 128, "total_steps": 3_000, "learning_starts": 500, "target_period": 250,
-        "log_every": 250, "probe_every": 1_000, "probe_steps": 200, "probe_targets": 4, "probe_inputs": 512,
+    "cpu": {  # the grid on 2 CPU cores (two processes of one thread), far from converged: 2,000 steps, target
+        # every 250, probes at 0, 1k, 2k (200 steps, 2 targets), width 64 (A.2: 512; the CNN scales with it once
+        # the statistics issue lands). Measured at load 5 on 2 shared cores with width 128, 3,000 steps, 4 targets:
+        # an MLP cell 78 s, a CNN cell 494 s (half of it in the four probes with their Hessian); hence these sizes.
+        "cuda": False, "width": 64, "total_steps": 2_000, "learning_starts": 500, "target_period": 250,
+        "log_every": 250, "probe_every": 1_000, "probe_steps": 200, "probe_targets": 2, "probe_inputs": 512,
     },
     "test": {  # seconds per cell, for the tests
         "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
