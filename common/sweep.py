@@ -28,15 +28,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import cli
-from common.cli import UsageError, check
-
-# The run contract's exit statuses (common.cli will hold them; these are the same numbers).
-EXIT_COMPLETED = getattr(cli, "EXIT_COMPLETED", 0)
-EXIT_USAGE = getattr(cli, "EXIT_USAGE", 2)
-EXIT_DIVERGED = getattr(cli, "EXIT_DIVERGED", 3)
-EXIT_INTERRUPTED = getattr(cli, "EXIT_INTERRUPTED", 75)
-EXIT_STATUS = {"completed": EXIT_COMPLETED, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
+from common.cli import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STATUS, EXIT_USAGE, UsageError,
+                        check)
 
 
 def values(field_name, items, label=str):
