@@ -43,7 +43,8 @@ EXCLUDE = ({"optimizer": "sgd", "variant": "sparse_reward"},)
 PRESETS = {
     "paper": {},  # Args' defaults follow Sec 5.1 / A.2: 100k steps, probe every 5k (2,000 steps, 10 targets)
     "cpu": {  # the grid on 2 CPU cores (two processes of one thread), far from converged: 2,000 steps, target
-        # every 250, probes at 0, 1k, 2k (200 steps, 2 targets), width 64 (A.2: 512; it scales the CNN once the statistics issue is merged).
+        # every 250, probes at 0, 1k, 2k (200 steps, 2 targets), width 64 (A.2: 512; it scales the CNN once the
+        # statistics issue is merged).
         # Measured at load 4-5 on the 2 shared cores (statistics branch, --set hessian=false): an MLP cell 26 s,
         # a CNN cell 141 s, so 128 cells take 1.5 h there and about an hour on an idle machine.
         "cuda": False, "width": 64, "total_steps": 2_000, "learning_starts": 500, "target_period": 250,
