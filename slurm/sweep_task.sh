@@ -12,6 +12,7 @@ set -u
 cd "${SLURM_SUBMIT_DIR:-.}"
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export PYTHONUNBUFFERED=1  # progress lines reach the log as they happen (tail -f)
 echo "task ${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-} (job ${SLURM_JOB_ID:-}) on $(hostname -s)," \
      "restart ${SLURM_RESTART_COUNT:-0}, $(date -Is): $PYTHON $*"
 
