@@ -130,26 +130,30 @@ def _lanczos_coefficients(matvec, dim, num_iters, num_runs, seed):
     v = torch.stack([start_vector(dim, seed + r) for r in range(num_runs)])
     w = matvec(v)
     device, storage = w.device, torch.promote_types(w.dtype, torch.float32)
-    w, v = w.to(torch.float64), v.to(device)
+    v = v.to(device)
     basis = torch.zeros(num_runs, num_iters, dim, dtype=storage, device=device)
     alphas = torch.zeros(num_runs, num_iters, dtype=torch.float64)
     betas = torch.zeros(num_runs, num_iters, dtype=torch.float64)
     orthogonality = _Orthogonality(num_runs, num_iters, torch.finfo(storage).eps)
+    # In-place updates with per-run scalars as (runs, 1) columns: each line is one pass over the vectors, which
+    # are memory-bound at this size.
     for i in range(num_iters):
         basis[:, i] = v
         if i > 0:
-            w = matvec(v).to(torch.float64)
-            w -= betas[:, i - 1, None].to(device) * previous_v
-        alpha = (w * v).sum(1)
-        w -= alpha[:, None] * v
+            w = matvec(basis[:, i])
+        w = w.to(torch.float64)
+        if i > 0:
+            w.addcmul_(previous_v, beta[:, None], value=-1)
+        alpha = torch.linalg.vecdot(w, v)
+        w.addcmul_(v, alpha[:, None], value=-1)
         beta = torch.linalg.vector_norm(w, dim=1)
         alphas[:, i], betas[:, i] = alpha.cpu(), beta.cpu()  # one synchronisation per step, for the decision
-        if orthogonality.lost(alphas, betas, i):
-            stored = basis[:, : i + 1]  # (runs, i + 1, dim)
-            w -= torch.bmm(stored.transpose(1, 2), torch.bmm(stored, w.to(storage)[:, :, None]))[:, :, 0]
-            beta = torch.linalg.vector_norm(w, dim=1)
-            betas[:, i] = beta.cpu()
-        previous_v, v = v, w / beta[:, None]
+        for r in orthogonality.lost(alphas, betas, i):  # the runs whose estimate calls for it, one at a time
+            stored = basis[r, : i + 1]  # (i + 1, dim)
+            w[r] -= stored.T @ (stored @ w[r].to(storage))
+            beta[r] = torch.linalg.vector_norm(w[r])
+            betas[r, i] = beta[r].cpu()
+        previous_v, v = v, w.div_(beta[:, None])
     return alphas, betas
 
 
@@ -160,12 +164,13 @@ class _Orthogonality:
     the next step, since the three-term recurrence passes the loss on. ``eps`` is the basis' precision."""
 
     def __init__(self, num_runs, num_iters, eps):
-        self.eps, self.threshold, self.force = eps, math.sqrt(eps), False
+        self.eps, self.threshold = eps, math.sqrt(eps)
+        self.force = torch.zeros(num_runs, dtype=torch.bool)
         self.previous = torch.zeros(num_runs, num_iters + 1, dtype=torch.float64)  # omega_{i-1, k}
         self.current = torch.zeros(num_runs, num_iters + 1, dtype=torch.float64)  # omega_{i, k}
 
     def lost(self, alphas, betas, i):
-        """Advance the estimates to ``v_{i+1}`` and say whether to reorthogonalise it now (then they reset)."""
+        """Advance the estimates to ``v_{i+1}``; return the runs to reorthogonalise now (their estimates reset)."""
         current, previous = self.current.clone(), self.previous
         current[:, i] = 1.0
         a, b = alphas[:, : i + 1], betas[:, : i + 1]
@@ -179,12 +184,12 @@ class _Orthogonality:
         noise = self.eps * (a.abs().max(1, keepdim=True).values + 2 * b.max(1, keepdim=True).values)
         new[:, :i] = (new[:, :i] + new[:, :i].sign() * noise) / b[:, i:i + 1]
         new[:, i] = self.eps  # v_{i+1} was orthogonalised against v_i locally
-        reorthogonalise = self.force or bool((new[:, :i].abs() > self.threshold).any()) or not (b[:, i] > 0).all()
-        self.force = reorthogonalise and not self.force
-        if reorthogonalise:
-            new[:, : i + 1] = self.eps
+        lost = (new[:, :i].abs() > self.threshold).any(1) | ~(b[:, i] > 0)
+        reorthogonalise = lost | self.force
+        self.force = lost & ~self.force
+        new[reorthogonalise, : i + 1] = self.eps
         self.previous, self.current = current, new
-        return reorthogonalise
+        return reorthogonalise.nonzero().flatten().tolist()
 
 
 def _quadrature(alphas, betas):
