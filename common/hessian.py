@@ -11,9 +11,9 @@ backward), as PyHessian does for a single batch: on this project's CPUs that is 
 forward-over-reverse ``jvp(grad)``. It also multiplies a ``(n, dim)`` batch of vectors in one vmapped double
 backward, so ``lanczos_batched`` runs the ``n_v`` runs of a density (Ghorbani et al. 2019) in lockstep.
 Lanczos keeps its recurrence in float64, stores the basis in the products' precision, and reorthogonalises only
-when an estimate of the lost orthogonality calls for it (partial reorthogonalisation, Simon 1984), so the
-memory-bound passes over the basis, which used to take about half the time, are rare. Speeds against the real
-PyHessian are in ``benchmarks/RESULTS.md``.
+when an estimate of the lost orthogonality calls for it (partial reorthogonalisation, Simon 1984): the
+memory-bound passes over the basis, which used to take about half the time, now come at about 40% of the steps
+and read half the bytes. Speeds and accuracy against the real PyHessian are in ``benchmarks/RESULTS.md``.
 """
 import contextlib
 import math
@@ -83,7 +83,7 @@ def start_vector(dim, seed):
 
 
 def lanczos(matvec, dim, num_iters, *, seed=0):
-    """Lanczos with full reorthogonalisation on the symmetric operator ``matvec`` over ``R^dim``.
+    """Lanczos with partial reorthogonalisation on the symmetric operator ``matvec`` over ``R^dim``.
 
     Returns ``(nodes, weights)``, float64 on the CPU: the Ritz values (eigenvalues of the tridiagonal matrix T),
     ascending, and the squared first components of T's eigenvectors, which sum to 1: the Gaussian-quadrature
@@ -99,17 +99,19 @@ def lanczos_batched(matvec, dim, num_iters, num_runs, *, seed=0):
     """``num_runs`` independent Lanczos runs in lockstep; run r is ``lanczos(..., seed=seed + r)``.
 
     ``matvec`` maps a ``(num_runs, dim)`` batch of vectors to their products (``hessian_matvec``'s does, in one
-    vmapped double backward, much cheaper than ``num_runs`` single products). Returns ``(nodes, weights)`` of
+    vmapped double backward: one call instead of ``num_runs``, which saves kernel launches on a GPU; on a CPU the
+    products cost about as much as single ones, ``benchmarks/RESULTS.md``). Returns ``(nodes, weights)`` of
     shape ``(num_runs, num_iters)``, for ``spectral_density``; a run that hits an invariant subspace early is
     padded with nodes of weight 0.
 
     Numerics: the current vectors, the recurrence and T are float64. The basis (``num_runs x num_iters x dim``, on
     the device of the first product) is stored in the products' precision, at least float32: a float32 Hessian-
     vector product is only float32-accurate, and a pass over the basis is memory-bound, so float32 storage halves
-    it. After the three-term recurrence, a new vector is reorthogonalised against the whole basis (classical
-    Gram-Schmidt as two batched matrix-vector products) only when the estimated loss of orthogonality exceeds
-    the square root of that precision (``_Orthogonality``), in all runs at once; the normalisation adds no
-    epsilon. One host synchronisation per step (that decision), negligible against a product.
+    it. After the three-term recurrence, a run's new vector is reorthogonalised against its whole basis
+    (classical Gram-Schmidt as two matrix-vector products) only when that run's estimated loss of orthogonality
+    exceeds the square root of that precision (``_Orthogonality``), so each run follows exactly its single-run
+    schedule; the normalisation adds no epsilon. One host synchronisation per step (the decision), negligible
+    against a product.
     """
     alphas, betas = _lanczos_coefficients(matvec, dim, num_iters, num_runs, seed)
     nodes = torch.zeros(num_runs, num_iters, dtype=torch.float64)
@@ -130,7 +132,7 @@ def _lanczos_coefficients(matvec, dim, num_iters, num_runs, seed):
     v = torch.stack([start_vector(dim, seed + r) for r in range(num_runs)])
     w = matvec(v)
     device, storage = w.device, torch.promote_types(w.dtype, torch.float32)
-    v = v.to(device)
+    v, w = v.to(device), w.to(torch.float64)
     basis = torch.zeros(num_runs, num_iters, dim, dtype=storage, device=device)
     alphas = torch.zeros(num_runs, num_iters, dtype=torch.float64)
     betas = torch.zeros(num_runs, num_iters, dtype=torch.float64)
@@ -140,9 +142,7 @@ def _lanczos_coefficients(matvec, dim, num_iters, num_runs, seed):
     for i in range(num_iters):
         basis[:, i] = v
         if i > 0:
-            w = matvec(basis[:, i])
-        w = w.to(torch.float64)
-        if i > 0:
+            w = matvec(basis[:, i]).to(torch.float64)
             w.addcmul_(previous_v, beta[:, None], value=-1)
         alpha = torch.linalg.vecdot(w, v)
         w.addcmul_(v, alpha[:, None], value=-1)
