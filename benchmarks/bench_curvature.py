@@ -231,7 +231,7 @@ def main():
              f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), load average {os.getloadavg()[0]:.1f}; "
              f"torch {torch.__version__}, Python {platform.python_version()}; median of {args.repeats} alternating "
              f"repeats (`python benchmarks/bench_curvature.py --repeats {args.repeats} --threads {args.threads} "
-             f"--nv {args.nv}`); the load average after each section is at its end.\n"]
+             f"--nv {args.nv} --reference-iters {args.reference_iters}`); measured under load.\n"]
     hvp = bench_hvp(args.repeats)
     lines.append("HVP, 784-128-128-10 MLP, batch 512, probe loss of Sec 4.2 (ms per product): " +
                  ", ".join(f"{name} {ms:.1f}" for name, ms in hvp.items()) + ".\n")

@@ -118,7 +118,8 @@ def main(args):
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__})\n",
              f"Probe: MLP 784-w-w-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, 2,048 "
-             f"inputs, Adam; median of {args.repeats} alternating repeats (`python benchmarks/bench_dqn_classification.py`). "
+             f"inputs, Adam; median of {args.repeats} alternating repeats (`python benchmarks/bench_dqn_classification.py "
+             f"--probe-steps {args.probe_steps} --repeats {args.repeats}{'' if args.agent else ' --no-agent'}`). "
              "Both include the final losses on all inputs (a forward pass of the K copies over the 2,048 inputs, about 20 steps' worth of FLOPs). Step: the vectorised fit alone / steps. Bound: the step's matmul FLOPs at the 1024^3 matmul rate measured in the same rounds.\n",
              "| width | threads | load avg | vectorised s | sequential s | speed-up | matmul GFLOP/s | step ms | bound ms | step / bound |",
              "|---|---|---|---|---|---|---|---|---|---|"]
