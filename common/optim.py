@@ -30,7 +30,7 @@ class Adam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0  # a Python int: bias correction needs no host sync
-                    state["exp_avg"] = torch.zeros_like(p)  # in p's memory layout (see _fusable)
+                    state["exp_avg"] = torch.zeros_like(p)  # in p's memory layout (see _contiguous_views)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
