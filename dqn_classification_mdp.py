@@ -4,7 +4,6 @@ Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -13,15 +12,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.cli import Preemption, UsageError, check, main, seed_everything, select_device
+from common.cli import UsageError, check, main, seed_everything, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
 from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
 from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probe
+from common.run import Interrupted, Run
 from common.stats import plasticity_statistics
 
 
@@ -168,7 +167,11 @@ def validate(args):
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
     check(0 <= args.rmsprop_decay < 1, f"--rmsprop-decay must be in [0, 1), got {args.rmsprop_decay}")
     check(args.epsilon <= 1, f"--epsilon must be in [0, 1], got {args.epsilon}")
-    check(not args.resume or args.run_dir, "--resume needs --run-dir pointing at the run to continue")
+    check(args.probe_every <= args.total_steps, f"--probe-every ({args.probe_every}) exceeds --total-steps "
+          f"({args.total_steps}): no probe would follow step 0; use a smaller value, or 0 for no probes")
+    check(not args.two_hot or (args.v_min < args.v_max and args.num_bins >= 2),
+          f"two-hot support needs --v-min < --v-max and --num-bins >= 2, got {args.v_min}, {args.v_max}, "
+          f"{args.num_bins}")
     check(not args.redo or args.arch in ("mlp", "cnn"), "--redo supports --arch mlp and cnn only")
 
 
@@ -331,12 +334,11 @@ def plot_probe_curves(probe_history, title):
 
 def train(args):
     validate(args)
+    run = Run(args, total="total_steps")
+    if run.finished:
+        return run.finished
     seed_everything(args.seed)
     device = select_device(args.cuda)
-    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    if args.resume:
-        check(os.path.exists(checkpoint_path), f"no checkpoint.pt in --run-dir {run_dir}: start without --resume")
 
     images, labels = load_dataset(args.dataset, args.data_dir, train=True, device=device)
     if args.num_images:
@@ -355,15 +357,14 @@ def train(args):
     generator = torch.Generator(device).manual_seed(args.seed)
     step, probe_history, probes, stats = 0, [], [], torch.zeros(4, device=device)
 
-    if args.resume:
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    ckpt = run.load_checkpoint(device)
+    if ckpt:
         q_network.load_state_dict(ckpt["q_network"])
         target_network.load_state_dict(ckpt["target_network"])
         optimizer.load_state_dict(ckpt["optimizer"])
         replay.load_state_dict(ckpt["replay"])
         env.load_state_dict(ckpt["env"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        generator.set_state(ckpt["generator"].cpu())
         step, probe_history, stats, obs = ckpt["step"], ckpt["probe_history"], ckpt["stats"], ckpt["obs"]
         probes, initial_parameters = ckpt["probes"], ckpt["initial_parameters"]
     else:
@@ -374,86 +375,83 @@ def train(args):
             replay.add(obs, actions, rewards, next_obs)
             obs = next_obs
 
-    logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
-    preemption = Preemption()
-    print(f"run directory {run_dir}, device {device}, {sum(p.numel() for p in q_network.parameters()):,} parameters")
+    run.start(step)
+    print(f"device {device}, {sum(p.numel() for p in q_network.parameters()):,} parameters")
 
     def save_checkpoint():
-        atomic_torch_save({"q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                           "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
-                           "env": env.state_dict(), "generator": generator.get_state(),
-                           "torch_rng": torch.get_rng_state(), "step": step, "probe_history": probe_history,
-                           "stats": stats, "obs": obs, "probes": probes,
-                           "initial_parameters": initial_parameters}, checkpoint_path)
+        run.save_checkpoint({"q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
+                             "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
+                             "env": env.state_dict(), "generator": generator.get_state(), "step": step,
+                             "probe_history": probe_history, "stats": stats, "obs": obs, "probes": probes,
+                             "initial_parameters": initial_parameters}, step)
 
     def probe_and_log():
-        result, metrics = probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step,
-                                           initial_parameters)
-        plasticity = result.plasticity.item()
+        """The probe due at ``step``; a signal abandons it, and the resumed run redoes it (probe_history says so)."""
+        with run.measurement():
+            result, metrics = probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step,
+                                               initial_parameters)
+            plasticity = result.plasticity.item()
         probe_history.append((step, result.curves.mean(0).cpu(), plasticity))
-        row = logger.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                                "probe/plasticity": plasticity,
-                                "probe/plasticity_loss": probe_history[0][2] - plasticity, **metrics})
+        row = run.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
+                             "probe/plasticity": plasticity, "probe/plasticity_loss": probe_history[0][2] - plasticity,
+                             **metrics})
         probes.append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
         print(f"step {step:>8,}  probe: final loss {row['probe/final_loss']:.4f}  P {plasticity:.4f}")
 
-    status, last_metrics, window_start, window_time = "completed", {}, step, time.time()
-    if args.probe_every and step == 0:
-        probe_and_log()
-    while step < args.total_steps:
-        if preemption.requested:
-            status = "interrupted"
-            break
-        actions = act(q_network, images, obs, args.epsilon, generator)
-        next_obs, rewards = env.step(actions)
-        accuracy = (actions == env.labels[obs]).float().mean()  # the state that emitted obs is its class
-        replay.add(obs, actions, rewards, next_obs)
-        obs = next_obs
+    def probe_due():
+        return args.probe_every and step % args.probe_every == 0 and (not probe_history or probe_history[-1][0] < step)
 
-        loss, q_values = td_loss(q_network, target_network, images, replay.sample(args.batch_size, generator),
-                                 args.gamma, args.double_q)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        stats += torch.stack([loss.detach(), q_values.mean(), accuracy, rewards.mean()])
-
-        if step % args.target_period == 0:
-            target_network.load_state_dict(q_network.state_dict())
-        if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
-            intervene(args, q_network, optimizer, replay, images, obs_shape, generator)
-        if step % args.log_every == 0:
-            sps = (step - window_start) * args.num_envs / (time.time() - window_time)
-            mean = (stats / args.log_every).tolist()  # the one host sync per log window
-            last_metrics = logger.log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
-                                             "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
-                                             "charts/SPS": sps})
-            print(f"step {step:>8,}/{args.total_steps:,}  td loss {mean[0]:.4f}  Q {mean[1]:.3f}  "
-                  f"accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
-            stats.zero_()
-            if not all(map(math.isfinite, mean)):
-                status = "diverged"
-                break
-            window_start, window_time = step, time.time()
-        if args.probe_every and step % args.probe_every == 0:
+    last_metrics, window_start, window_time = {}, step, time.time()
+    try:
+        if probe_due():  # step 0, or a probe that a signal abandoned before the checkpoint
             probe_and_log()
-            window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
-        if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
-            save_checkpoint()
+        while step < args.total_steps and not run.stopping:
+            actions = act(q_network, images, obs, args.epsilon, generator)
+            next_obs, rewards = env.step(actions)
+            accuracy = (actions == env.labels[obs]).float().mean()  # the state that emitted obs is its class
+            replay.add(obs, actions, rewards, next_obs)
+            obs = next_obs
 
-    preemption.restore()
-    if status == "interrupted":
-        save_checkpoint()
-        print(f"interrupted at step {step:,}: checkpoint written; continue with --resume --run-dir {run_dir}")
+            loss, q_values = td_loss(q_network, target_network, images, replay.sample(args.batch_size, generator),
+                                     args.gamma, args.double_q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            stats += torch.stack([loss.detach(), q_values.mean(), accuracy, rewards.mean()])
+
+            if step % args.target_period == 0:
+                target_network.load_state_dict(q_network.state_dict())
+            if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
+                intervene(args, q_network, optimizer, replay, images, obs_shape, generator)
+            if step % args.log_every == 0:
+                sps = (step - window_start) * args.num_envs / (time.time() - window_time)
+                mean = (stats / args.log_every).tolist()  # the one host sync per log window
+                last_metrics = run.log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
+                                              "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
+                                              "charts/SPS": sps})
+                print(f"step {step:>8,}/{args.total_steps:,}  td loss {mean[0]:.4f}  Q {mean[1]:.3f}  "
+                      f"accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
+                stats.zero_()
+                window_start, window_time = step, time.time()
+            if probe_due() and not run.stopping:
+                probe_and_log()
+                window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
+            if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0 and not run.stopping:
+                save_checkpoint()
+    except Interrupted:
+        pass  # the probe at `step` was abandoned: the checkpoint below says it is still due
+    if not run.diverged:
+        save_checkpoint()  # also after completion: a raised --total-steps continues from here
     if probe_history:
-        fig = plot_probe_curves(probe_history, f"{args.arch} on {args.dataset} {args.variant} (seed {args.seed})")
-        logger.save_figure(fig, "fig4_probe_curves.png")
+        run.save_figure(lambda: plot_probe_curves(
+            probe_history, f"{args.arch} on {args.dataset} {args.variant} (seed {args.seed})"), "fig4_probe_curves.png")
         torch.save({"steps": [h[0] for h in probe_history], "curves": torch.stack([h[1] for h in probe_history]),
-                    "plasticity": [h[2] for h in probe_history]}, os.path.join(run_dir, "probe_curves.pt"))
+                    "plasticity": [h[2] for h in probe_history]}, os.path.join(run.run_dir, "probe_curves.pt"))
     final = {k: v for k, v in last_metrics.items() if k != "step"}
     if probes:
         final.update({k: v for k, v in probes[-1].items() if k != "step"})  # the last probe's plasticity, stats
-    return logger.finish(status, step, final, run_dir=run_dir, probes=probes)
+    return run.finish(step, done=step >= args.total_steps and not probe_due(), metrics=final, probes=probes)
 
 
 if __name__ == "__main__":
