@@ -173,6 +173,8 @@ def validate(args):
           f"two-hot support needs --v-min < --v-max and --num-bins >= 2, got {args.v_min}, {args.v_max}, "
           f"{args.num_bins}")
     check(not args.redo or args.arch in ("mlp", "cnn"), "--redo supports --arch mlp and cnn only")
+    check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000 (20 suffice for the top eigenvalue), "
+          f"got {args.hessian_iters}")
 
 
 def build_q_network(args, obs_shape):
