@@ -15,11 +15,13 @@ import torch
 from common.cli import UsageError, check, main, seed_everything, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
-from common.interventions import TwoHot
+from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
+from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probe
 from common.run import Interrupted, Run
+from common.stats import plasticity_statistics
 
 
 @dataclass
@@ -49,7 +51,8 @@ class Args:
     arch: str = "mlp"
     """architecture of A.2: mlp, cnn, resnet18 or vit"""
     width: int = 512
-    """MLP hidden width (A.2: 512; 16 x {1, 2, 4, 8, 12, 16} in the width sweep)"""
+    """hidden width in MLP units (A.2: 512; 16 x {1, 2, 4, 8, 12, 16} in Fig 5); the CNN scales its 64 channels and
+    256 dense units by width / 512; ResNet-18 and the ViT ignore it"""
     layer_norm: bool = False
     """normalise after each hidden layer (Sec 6.2)"""
     spectral_norm: bool = False
@@ -113,6 +116,32 @@ class Args:
     """inputs X drawn from the replay for the probe (not given)"""
     probe_batch_size: int = 32
     """minibatch size of the probe fits (not given; the agent's)"""
+    stats: bool = True
+    """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
+    hessian: bool = True
+    """log the top Hessian eigenvalue of the TD loss at every probe (Fig 14, curvature/hessian_top)"""
+    hessian_batch_size: int = 512
+    """transitions in the batch drawn at each probe for the Hessian and the TD gradient norm (A.1's 512)"""
+    hessian_iters: int = 20
+    """Lanczos iterations for the top eigenvalue (not given; the extreme Ritz value converges first)"""
+
+    intervention_period: int = 0
+    """optimizer steps between interventions (0: --target-period; Sec 6.2 applies them at each target update)"""
+    reset_last_layer: bool = False
+    """re-initialise the last layer and its optimizer state (Sec 6.2, simplified from Nikishin et al. 2022)"""
+    shrink_perturb: bool = False
+    """theta <- shrink * theta + perturb * theta_fresh (Sec 6.2, Ash & Adams 2020)"""
+    shrink: float = 0.3
+    """shrink & perturb's shrink factor (Ash & Adams 2020's lambda = 0.3)"""
+    perturb: float = 0.01
+    """shrink & perturb's coefficient of a fresh initialisation (our choice; the paper gives none): a perturbation
+    of standard deviation about 2.5e-4 per weight at width 512, small like Ash & Adams 2020's added noise"""
+    reset_optimizer: bool = False
+    """reset the optimizer's state (B.1: "resetting only the optimizer state")"""
+    redo: bool = False
+    """recycle dormant units, mlp and cnn only (ReDo, Sokar et al. 2023; not in the paper)"""
+    redo_tau: float = 0.1
+    """ReDo's dormancy threshold (Sokar et al. 2023 use 0.1); also the threshold of stats/dormant_units"""
 
     log_every: int = 1_000
     """optimizer steps between metric logs (each log is the only host sync)"""
@@ -126,10 +155,11 @@ def validate(args):
     check(args.arch in ARCHITECTURES, f"unknown --arch {args.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
-                 "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate"):
+                 "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
+                 "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay",
-                 "adam_eps", "adam_eps_root", "rmsprop_eps"):
+                 "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb", "redo_tau"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
     check(args.learning_starts * args.num_envs >= args.batch_size,
           "--learning-starts x --num-envs must fill the replay with at least --batch-size transitions")
@@ -142,6 +172,9 @@ def validate(args):
     check(not args.two_hot or (args.v_min < args.v_max and args.num_bins >= 2),
           f"two-hot support needs --v-min < --v-max and --num-bins >= 2, got {args.v_min}, {args.v_max}, "
           f"{args.num_bins}")
+    check(not args.redo or args.arch in ("mlp", "cnn"), "--redo supports --arch mlp and cnn only")
+    check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000 (20 suffice for the top eigenvalue), "
+          f"got {args.hessian_iters}")
 
 
 def build_q_network(args, obs_shape):
@@ -206,12 +239,13 @@ def td_targets(q_network, target_network, next_images, rewards, gamma, double_q)
     return rewards + gamma * next_values.gather(1, greedy).squeeze(1)
 
 
-def td_loss(q_network, target_network, images, batch, gamma, double_q):
+def td_loss(q_network, target_network, images, batch, gamma, double_q, train=True):
     """Eq. 1: the squared TD error of the taken actions (two-hot: cross-entropy to the encoded target).
-    Targets are computed in eval mode, the online forward that is trained in train mode."""
+    Targets are computed in eval mode, the online forward that is trained in train mode (``train=False``: in the
+    network's current mode, for the probe's statistics)."""
     obs, actions, rewards, next_obs = batch
     targets = td_targets(q_network, target_network, images[next_obs], rewards, gamma, double_q)
-    out = q_network.train()(images[obs])
+    out = (q_network.train() if train else q_network)(images[obs])
     taken = out[torch.arange(len(actions), device=actions.device), actions]
     return q_network.loss(taken, targets).mean(), q_network.values(out).detach()
 
@@ -224,19 +258,57 @@ def act(q_network, images, obs, epsilon, generator):
     return torch.where(explore, random_actions, greedy)
 
 
-def probe_plasticity(args, q_network, images, replay, obs_shape, step):
-    """Sec 3.1: fit fresh random targets from a copy of the current parameters. The probe draws from its own
-    generator and a forked global RNG, seeded from the run seed and ``step``, so the agent is untouched: its
-    weights after N steps are bit-identical whatever the probe settings."""
+def probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step, initial_parameters):
+    """Sec 3.1: fit fresh random targets from a copy of the current parameters; before that, the statistics of
+    Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``). Returns
+    ``(ProbeResult, metrics)``. The probe draws from its own generator and a forked global RNG, seeded from the
+    run seed and ``step``, so the agent is untouched: its weights after N steps are bit-identical whatever the
+    probe settings."""
     inputs_seed, dropout_seed, fit_seed = np.random.SeedSequence([args.seed, step]).generate_state(3).tolist()
     generator = torch.Generator(images.device).manual_seed(inputs_seed)
     pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
     inputs = images[replay.obs[pick]]
+    metrics = {}
+    if args.stats or args.hessian:
+        batch = replay.sample(args.hessian_batch_size, generator)
+        metrics = network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters)
     with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
         torch.manual_seed(dropout_seed)  # dropout in the fits draws from the global RNG, as the agent's dropout does
-        return run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
-                         lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
-                         steps=args.probe_steps, batch_size=args.probe_batch_size, seed=fit_seed)
+        result = run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
+                           lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
+                           steps=args.probe_steps, batch_size=args.probe_batch_size, seed=fit_seed)
+    return result, metrics
+
+
+def intervene(args, q_network, optimizer, replay, images, obs_shape, generator):
+    """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place, in this order."""
+    if args.reset_last_layer:
+        reset_last_layer(q_network, optimizer)
+    if args.shrink_perturb:
+        fresh = build_q_network(args, obs_shape).to(images.device)
+        shrink_perturb(q_network, fresh, args.shrink, args.perturb)
+    if args.reset_optimizer:
+        reset_optimizer_state(optimizer)
+    if args.redo:  # dormancy on a replay batch of the agent's batch size, as the ReDo code scores its batch
+        redo(q_network, optimizer, images[replay.sample(args.batch_size, generator)[0]], args.redo_tau)
+
+
+def network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters):
+    """The statistics of Sec 5.2 on the probe ``inputs``, the TD gradient norm and, with --hessian, the top
+    eigenvalue of the TD loss's Hessian on ``batch`` (Fig 14); all in eval mode (no dropout, BatchNorm on its
+    running statistics, which stay untouched)."""
+    def loss_fn():
+        return td_loss(q_network, target_network, images, batch, args.gamma, args.double_q, train=False)[0]
+
+    metrics = {}
+    if args.stats:
+        metrics = plasticity_statistics(q_network, inputs, tau=args.redo_tau, initial_parameters=initial_parameters,
+                                        loss_fn=loss_fn)
+    if args.hessian:
+        with eval_mode(q_network):
+            matvec, dim = hessian_matvec(loss_fn, list(q_network.parameters()))
+            metrics["curvature/hessian_top"] = top_eigenvalue(matvec, dim, args.hessian_iters)
+    return metrics
 
 
 def plot_probe_curves(probe_history, title):
@@ -281,10 +353,11 @@ def train(args):
     q_network = build_q_network(args, obs_shape).to(device)
     target_network = build_q_network(args, obs_shape).to(device)
     target_network.load_state_dict(q_network.state_dict())
+    initial_parameters = [p.detach().clone() for p in q_network.parameters()]  # for stats/distance_from_init
     optimizer = build_optimizer(args, q_network.parameters())
     replay = IndexReplay(args.buffer_size, device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    step, probe_history, stats = 0, [], torch.zeros(4, device=device)
+    step, probe_history, probes, stats = 0, [], [], torch.zeros(4, device=device)
 
     ckpt = run.load_checkpoint(device)
     if ckpt:
@@ -295,6 +368,7 @@ def train(args):
         env.load_state_dict(ckpt["env"])
         generator.set_state(ckpt["generator"].cpu())
         step, probe_history, stats, obs = ckpt["step"], ckpt["probe_history"], ckpt["stats"], ckpt["obs"]
+        probes, initial_parameters = ckpt["probes"], ckpt["initial_parameters"]
     else:
         obs = env.reset()
         for _ in range(args.learning_starts):  # fill the replay with uniformly random actions
@@ -310,16 +384,20 @@ def train(args):
         run.save_checkpoint({"q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
                              "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
                              "env": env.state_dict(), "generator": generator.get_state(), "step": step,
-                             "probe_history": probe_history, "stats": stats, "obs": obs}, step)
+                             "probe_history": probe_history, "stats": stats, "obs": obs, "probes": probes,
+                             "initial_parameters": initial_parameters}, step)
 
     def probe_and_log():
         """The probe due at ``step``; a signal abandons it, and the resumed run redoes it (probe_history says so)."""
         with run.measurement():
-            result = probe_plasticity(args, q_network, images, replay, obs_shape, step)
+            result, metrics = probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step,
+                                               initial_parameters)
             plasticity = result.plasticity.item()
         probe_history.append((step, result.curves.mean(0).cpu(), plasticity))
         row = run.log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                             "probe/plasticity": plasticity, "probe/plasticity_loss": probe_history[0][2] - plasticity})
+                             "probe/plasticity": plasticity, "probe/plasticity_loss": probe_history[0][2] - plasticity,
+                             **metrics})
+        probes.append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
         print(f"step {step:>8,}  probe: final loss {row['probe/final_loss']:.4f}  P {plasticity:.4f}")
 
     def probe_due():
@@ -346,6 +424,8 @@ def train(args):
 
             if step % args.target_period == 0:
                 target_network.load_state_dict(q_network.state_dict())
+            if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
+                intervene(args, q_network, optimizer, replay, images, obs_shape, generator)
             if step % args.log_every == 0:
                 sps = (step - window_start) * args.num_envs / (time.time() - window_time)
                 mean = (stats / args.log_every).tolist()  # the one host sync per log window
@@ -371,10 +451,9 @@ def train(args):
         torch.save({"steps": [h[0] for h in probe_history], "curves": torch.stack([h[1] for h in probe_history]),
                     "plasticity": [h[2] for h in probe_history]}, os.path.join(run.run_dir, "probe_curves.pt"))
     final = {k: v for k, v in last_metrics.items() if k != "step"}
-    if probe_history:
-        final.update({"probe/plasticity": probe_history[-1][2],
-                      "probe/plasticity_loss": probe_history[0][2] - probe_history[-1][2]})
-    return run.finish(step, done=step >= args.total_steps and not probe_due(), metrics=final)
+    if probes:
+        final.update({k: v for k, v in probes[-1].items() if k != "step"})  # the last probe's plasticity, stats
+    return run.finish(step, done=step >= args.total_steps and not probe_due(), metrics=final, probes=probes)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 (a) the probe: K target fits vectorised with torch.func against K sequential fits (same draws, same result), at
     each width and torch thread count, with the step time the machine's matrix-multiply throughput allows for the
     step's FLOPs (a 1024^3 float32 matmul timed in the same interleaved rounds);
-(b) the agent: environment steps and optimizer steps per second (no probes), with 1 and 8 envs.
+(b) the agent: environment steps and optimizer steps per second (no probes), with 1 and 8 envs;
+(c) what the Sec 5.2 statistics and the TD Hessian's top eigenvalue add to a probe at the default sizes.
 Appends a section to benchmarks/RESULTS.md. About 2-3 minutes on an idle 2-core CPU:
-    python benchmarks/bench_dqn_classification.py [--no-agent] [--no-write]
+    python benchmarks/bench_dqn_classification.py [--no-agent] [--no-write] [--stats-only]
 """
 import json
 import os
@@ -48,6 +49,10 @@ class Args:
     """optimizer steps timed for the agent"""
     repeats: int = 3
     """timed repeats, alternating between the contenders; the median is reported"""
+    stats_archs: tuple[str, ...] = ("mlp",)
+    """architectures for (c); the CNN's probe at 28x28 takes hours on a 2-core CPU"""
+    stats_only: bool = False
+    """run only (c), the cost of the statistics and the top eigenvalue"""
     write: bool = True
     """append the results to benchmarks/RESULTS.md"""
 
@@ -112,10 +117,56 @@ def bench_agent(args, num_envs):
     return {f"agent_env_steps_per_s_{num_envs}env": sps, f"agent_updates_per_s_{num_envs}env": sps / num_envs}
 
 
+def bench_statistics(args, device, images, arch):
+    """(c): one probe's network_statistics (stats on 2,048 probe inputs, TD gradient norm and 20 Lanczos steps on
+    512 transitions) against the probe itself at the defaults. The probe is timed for ``probe_steps`` fit steps
+    plus its target construction and extrapolated linearly to the default 2,000 steps."""
+    run_args = dqn.Args(arch=arch, cuda=args.cuda)
+    obs_shape = tuple(images.shape[1:])
+    q_network = dqn.build_q_network(run_args, obs_shape).to(device)
+    target_network = dqn.build_q_network(run_args, obs_shape).to(device)
+    initial = [p.detach().clone() for p in q_network.parameters()]
+    replay = dqn.IndexReplay(10_000, device)
+    generator = torch.Generator(device).manual_seed(0)
+    n = 10_000
+    replay.add(torch.randint(len(images), (n,), device=device), torch.randint(10, (n,), device=device),
+               torch.rand(n, device=device), torch.randint(len(images), (n,), device=device))
+    inputs = images[replay.obs[:run_args.probe_inputs]]
+    batch = replay.sample(run_args.hessian_batch_size, generator)
+    statistics = lambda: dqn.network_statistics(run_args, q_network, target_network, images, inputs, batch,  # noqa
+                                                initial)
+    statistics()  # warm-up
+    stats_time = min(timed(statistics, device) for _ in range(args.repeats))
+    run_args.probe_steps, run_args.stats, run_args.hessian = args.probe_steps, False, False  # the probe alone
+    probe = lambda: dqn.probe_plasticity(run_args, q_network, target_network, images, replay, obs_shape, 0,  # noqa
+                                         initial)
+    short = timed(probe, device)
+    run_args.probe_steps = 2 * args.probe_steps
+    long = timed(probe, device)
+    per_step = (long - short) / args.probe_steps
+    probe_time = short + per_step * (2_000 - args.probe_steps)
+    return stats_time, probe_time
+
+
 def main(args):
     device = select_device(args.cuda)
     images, _ = load_dataset("mnist", args.data_dir, device=device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
+    stats_lines = [f"\n## Probe statistics cost ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, load average {' '.join(load)})\n"]
+    for arch in args.stats_archs:
+        stats_time, probe_time = bench_statistics(args, device, images, arch)
+        stats_lines.append(f"- {arch} (defaults: 2,048 probe inputs, Hessian batch 512, 20 Lanczos steps): statistics "
+                           f"and top eigenvalue {stats_time:.2f} s; probe (K=10, 2,000 steps, extrapolated from "
+                           f"{args.probe_steps} and {2 * args.probe_steps}) {probe_time:.1f} s: "
+                           f"**+{100 * stats_time / probe_time:.1f}%**")
+    print("\n".join(stats_lines))
+    if args.stats_only:  # (c) alone
+        if args.write:
+            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
+                f.write("\n".join(stats_lines) + "\n")
+        return
     lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__})\n",
              f"Probe: MLP 784-w-w-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, 2,048 "
              f"inputs, Adam; median of {args.repeats} alternating repeats (`python benchmarks/bench_dqn_classification.py "
@@ -141,6 +192,7 @@ def main(args):
                      f"= {results['agent_updates_per_s_1env']:,.0f} updates/s; 8 envs "
                      f"{results['agent_env_steps_per_s_8env']:,.0f} env steps/s = {results['agent_updates_per_s_8env']:,.0f} updates/s")
         print(lines[-1])
+    lines += stats_lines
     if args.write:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
             f.write("\n".join(lines) + "\n")

@@ -46,12 +46,19 @@ class Network(nn.Module):
 
 def build_network(arch, obs_shape, num_outputs, *, width=512, layer_norm=False, spectral_norm=False,
                   two_hot=None, vit_heads=8):
-    """Build one of ``mlp``, ``cnn``, ``resnet18``, ``vit`` for ``obs_shape = (C, H, W)`` images."""
+    """Build one of ``mlp``, ``cnn``, ``resnet18``, ``vit`` for ``obs_shape = (C, H, W)`` images.
+
+    ``width`` is in MLP units (A.2: 512). The MLP's two hidden layers have ``width`` units. The CNN scales A.2's
+    sizes by ``width / 512``: both convolutions get ``round(64 * width / 512)`` channels and both dense layers
+    ``round(256 * width / 512)`` units (at least 1), so 512 is A.2's CNN and Fig 5's widths scale it alike.
+    ResNet-18 and the ViT ignore ``width`` (A.2 sweeps only the MLP and the CNN).
+    """
     channels, height, width_px = obs_shape
     if arch == "mlp":
         torso, feature_dim = mlp_torso(channels * height * width_px, width, layer_norm), width
     elif arch == "cnn":
-        torso, feature_dim = cnn_torso(obs_shape, layer_norm), 256
+        conv_channels, feature_dim = (max(1, round(size * width / 512)) for size in (64, 256))
+        torso = cnn_torso(obs_shape, layer_norm, conv_channels, feature_dim)
     elif arch == "resnet18":
         torso, feature_dim = resnet18_torso(channels, layer_norm), 512
     elif arch == "vit":
@@ -76,15 +83,16 @@ def mlp_torso(num_inputs, width=512, layer_norm=False):
     return nn.Sequential(nn.Flatten(), *_dense(num_inputs, width, layer_norm), *_dense(width, width, layer_norm))
 
 
-def cnn_torso(obs_shape, layer_norm=False):
+def cnn_torso(obs_shape, layer_norm=False, conv_channels=64, dense_width=256):
     """A.2: 5x5 then 3x3 convolutions with 64 channels, then two dense layers of 256.
 
     Stride 1 and no padding or pooling: A.2 names none. On 28x28 inputs the first dense layer sees 64x22x22.
     """
     channels, height, width = obs_shape
-    flat = 64 * (height - 6) * (width - 6)
-    return nn.Sequential(*_conv(channels, 64, 5, layer_norm), *_conv(64, 64, 3, layer_norm), nn.Flatten(),
-                         *_dense(flat, 256, layer_norm), *_dense(256, 256, layer_norm))
+    flat = conv_channels * (height - 6) * (width - 6)
+    return nn.Sequential(*_conv(channels, conv_channels, 5, layer_norm),
+                         *_conv(conv_channels, conv_channels, 3, layer_norm), nn.Flatten(),
+                         *_dense(flat, dense_width, layer_norm), *_dense(dense_width, dense_width, layer_norm))
 
 
 def resnet18_torso(channels, layer_norm=False):

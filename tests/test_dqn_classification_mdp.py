@@ -117,15 +117,19 @@ def test_probing_does_not_change_the_agent(tmp_path, data_dir):
 
 def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone():
     """The ViT's dropout in the probe's fits draws from the global RNG, which the agent's dropout uses too."""
-    args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4)
+    args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4,
+                    hessian_batch_size=4, hessian_iters=3)
     images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     replay = dqn.IndexReplay(16, "cpu")
     replay.add(torch.arange(16), torch.zeros(16, dtype=torch.long), torch.zeros(16), torch.arange(16))
     network = dqn.build_q_network(args, (1, 9, 9))
     rng = torch.get_rng_state()
-    first, again, later = (dqn.probe_plasticity(args, network, images, replay, (1, 9, 9), step) for step in (5, 5, 6))
+    initial = [p.detach().clone() for p in network.parameters()]
+    (first, stats), (again, stats_again), (later, _) = (
+        dqn.probe_plasticity(args, network, network, images, replay, (1, 9, 9), step, initial) for step in (5, 5, 6))
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(first.curves, again.curves) and not torch.equal(first.curves, later.curves)
+    assert "curvature/hessian_top" in stats and all(torch.equal(stats[k], stats_again[k]) for k in stats)
 
 
 def _check_run_directory(run_dir, steps):
@@ -219,3 +223,37 @@ def test_divergence_is_recorded_and_the_run_exits_cleanly(tmp_path, data_dir):
     summary = dqn.train(args)
     assert summary["status"] == "diverged" and summary["steps"] < 200
     assert json.load(open(tmp_path / "run" / "summary.json"))["status"] == "diverged"
+
+
+@pytest.mark.parametrize("intervention", [dict(reset_last_layer=True), dict(shrink_perturb=True),
+                                          dict(reset_optimizer=True), dict(redo=True, arch="cnn", width=32)])
+def test_each_intervention_runs_and_logs_the_statistics(tmp_path, data_dir, intervention):
+    run_dir = tmp_path / "run"
+    args = dqn.Args(data_dir=data_dir, run_dir=str(run_dir), hessian_batch_size=16, hessian_iters=5,
+                    **{**TINY, "num_images": 100, **intervention})
+    summary = dqn.train(args)
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    probe_rows = [r for r in rows if "probe/plasticity" in r]
+    keys = {"stats/weight_norm", "stats/weight_rank", "stats/feature_rank", "stats/feature_effective_rank",
+            "stats/feature_sparsity", "stats/dead_units", "stats/dormant_units", "stats/distance_from_init",
+            "stats/grad_norm", "curvature/hessian_top"}
+    assert all(keys <= set(r) for r in probe_rows) and len(probe_rows) == 3
+    assert probe_rows[0]["stats/distance_from_init"] == 0 < probe_rows[-1]["stats/distance_from_init"]
+    assert [p["step"] for p in summary["probes"]] == [0, 20, 40]
+    assert summary["probes"] == probe_rows  # the trajectories, without TensorBoard
+    assert keys | {"probe/plasticity_loss"} <= set(summary["metrics"])
+    assert summary["metrics"]["stats/weight_norm"] == probe_rows[-1]["stats/weight_norm"]
+
+
+def test_interventions_change_the_agent_at_each_period(monkeypatch, tmp_path, data_dir):
+    calls = []
+    monkeypatch.setattr(dqn, "reset_last_layer", lambda net, opt: calls.append(("reset", net.head.weight.clone())))
+    monkeypatch.setattr(dqn, "shrink_perturb", lambda net, fresh, a, b: calls.append(("sp", a, b)))
+    args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), reset_last_layer=True, shrink_perturb=True,
+                    shrink=0.5, perturb=0.2, intervention_period=15, stats=False, hessian=False,
+                    **{**TINY, "num_images": 100})
+    summary = dqn.train(args)
+    assert [c[0] for c in calls] == ["reset", "sp", "reset", "sp"]  # at steps 15 and 30 of 40
+    assert calls[1][1:] == (0.5, 0.2)
+    assert not any(k.startswith(("stats/", "curvature/")) for k in summary["metrics"])

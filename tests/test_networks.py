@@ -70,3 +70,11 @@ def test_two_hot_network_outputs_logits_and_values():
     out = net(torch.rand(3, 1, 8, 8))
     assert out.shape == (3, 10, 21) and net.values(out).shape == (3, 10)
     assert net.loss(out, torch.zeros(3, 10)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("width, channels, dense", [(512, 64, 256), (16, 2, 8), (1024, 128, 512), (200, 25, 100)])
+def test_cnn_width_scales_channels_and_dense_layers(width, channels, dense):
+    cnn = build_network("cnn", (1, 10, 10), 10, width=width)
+    assert [m.out_channels for m in cnn.modules() if isinstance(m, nn.Conv2d)] == [channels, channels]
+    assert [m.out_features for m in cnn.modules() if isinstance(m, nn.Linear)] == [dense, dense, 10]
+    assert cnn.torso[5].in_features == channels * 4 * 4 and cnn(torch.rand(2, 1, 10, 10)).shape == (2, 10)
