@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -106,11 +107,9 @@ def parse_tasks(spec, num_cells):
     """Slurm-style task ranges ``0-15,32`` -> a sorted list of cell indices, each checked against the grid."""
     indices = set()
     for part in spec.split(","):
-        try:
-            lo, _, hi = part.partition("-")
-            indices.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise UsageError(f"--tasks {spec!r}: give ranges like 0-15,32") from None
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        check(match, f"--tasks {spec!r}: give ranges like 0-15,32")
+        indices.update(range(int(match[1]), int(match[2] or match[1]) + 1))
     for i in sorted(indices):
         check(0 <= i < num_cells, f"task {i} is outside the grid's cells 0-{num_cells - 1} (see --list)")
     return sorted(indices)
