@@ -2,6 +2,7 @@
 ranking), and real tiny cells end to end."""
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ def test_interventions_grid_lists_every_arch_and_intervention(capsys):
         assert cell.overrides["two_hot"] == two_hot
         assert cell.overrides.get("learning_rate") == (2.5e-4 if two_hot else None)
         assert cell.overrides.get("weight_decay") == (1e-5 if cell.labels["intervention"] == "weight_decay" else None)
-    assert len(listed(capsys, "--preset", "cpu")) == 2 * 2 * 2 * 8 * 2
+    assert len(listed(capsys, "--preset", "cpu")) == 2 * 2 * 8 * 2
 
 
 def test_width_grid_follows_a2(capsys):
@@ -204,3 +205,13 @@ def test_tiny_cells_run_and_analyze(tmp_path, data_dir, capsys):
     assert "4 completed runs, none left out" in out and "1 completed runs, none left out" in out
     for stem in ("fig5_width", "fig6_interventions", "fig17_18_probe_curves_mnist"):
         assert os.path.exists(os.path.join(root, f"{stem}.png"))
+
+
+@pytest.mark.parametrize("script, grid", [("interventions.sbatch", "interventions"), ("width_sweep.sbatch", "width")])
+def test_sbatch_array_covers_the_grid(script, grid, capsys):
+    """The array's range is the paper grid's cells; the script hands its grid to the sweep's shared task body."""
+    with open(os.path.join(os.path.dirname(iv.__file__), "slurm", script)) as f:
+        text = f.read()
+    last = int(re.search(r"^#SBATCH --array=0-(\d+)$", text, re.M)[1])
+    assert last + 1 == len(listed(capsys, "--grid", grid))
+    assert f'sweep_task.sh" interventions_sweep.py --grid {grid} "$@"' in text
