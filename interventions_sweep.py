@@ -4,7 +4,7 @@
     python interventions_sweep.py --grid width --list                   # Fig 5: widths x target periods x datasets
     python interventions_sweep.py --grid interventions --list           # Sec 6.2: archs x interventions x outputs ...
     python interventions_sweep.py --grid interventions --task-id 0      # one cell (Slurm: slurm/interventions.sbatch)
-    python interventions_sweep.py --grid interventions --tasks 0-127 --preset cpu   # the reduced CPU grid
+    python interventions_sweep.py --grid interventions --tasks 0-63 --preset cpu    # the reduced CPU grid
     python interventions_sweep.py analyze --runs-dir runs               # every figure, its numbers, a ranking
 
 ``analyze`` reads the completed runs of both grids under ``--runs-dir`` and writes each figure as a PNG with its
@@ -79,9 +79,10 @@ AXES = {"width": ("dataset", "variant", "arch_width", "target_period", "seed"),
 # Run sizes: Args values for every cell (cells set the fields above).
 PRESETS = {
     "paper": {},  # Args' defaults: Sec 5.1 / 6.2, 100 iterations of 1,000 steps, target every 1,000, probe every 5,000
-    "cpu": {  # either grid in about an hour on 2 CPU cores (two processes of one thread), far from converged:
-        # the falsification study's cpu sizes (3,000 steps, probes at 0, 1k, 2k, 3k) at width 64, where the CNN is
-        # 1/8 of A.2's (8 channels, 32 units): A.2's CNN costs about 0.2 s a step on one core.
+    "cpu": {  # the falsification study's cpu sizes (3,000 steps, probes at 0, 1k, 2k, 3k) at width 64, where the
+        # CNN is 1/8 of A.2's (8 channels, 32 units; A.2's costs about 0.2 s a step on one core). Measured at load
+        # average 4-6 on 2 shared cores: 54 s an MLP cell (two-hot 99 s), 309 s a CNN cell (two-hot 360 s), so the
+        # 64 intervention cells take about 2 hours in two processes of one thread there; far from converged.
         "cuda": False, "width": 64, "total_steps": 3_000, "learning_starts": 500, "target_period": 250,
         "log_every": 100, "probe_every": 1_000, "probe_steps": 200, "probe_targets": 4, "probe_inputs": 512,
     },
@@ -218,6 +219,11 @@ FIG6_COLUMNS = ("none", "reset_last_layer", "layer_norm", "shrink_perturb", "two
                 "weight_decay", "reset_optimizer", "redo")  # Fig 6's interventions, then ReDo
 
 
+def fig6_runs(table):
+    """The runs of Fig 6's columns: every regression run, and the two-hot output without other interventions."""
+    return table[(table["output"] == "regression") | (table["intervention"] == "none")]
+
+
 def plot_fig5(table, runs_dir):
     """Fig 5: plasticity loss (eq. 5: P at the first probe less P at the last) against width, a line per target
     period and dataset, with 95% intervals over seeds; the CNN's width relative to A.2's."""
@@ -245,7 +251,7 @@ def heatmap(ax, data, rows, columns, title):
     grid = np.full((len(rows), len(columns)), np.nan)
     for r in data.itertuples():
         grid[rows.index(r.arch), columns.index(r.column)] = r.mean
-    lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+    lim = (np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 0.0) or 1.0
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         ax.text(j, i, "-" if np.isnan(value) else f"{value:+.3f}", ha="center", va="center", fontsize=7)
@@ -260,7 +266,7 @@ def plot_heatmaps(table, runs_dir):
     import matplotlib.pyplot as plt
 
     archs = order(table["arch"], ARCHS)
-    fig6 = table[(table["output"] == "regression") | (table["intervention"] == "none")]
+    fig6 = fig6_runs(table)
     data = over_seeds(fig6.assign(column=fig6["treatment"]), ("arch", "column"), "probe_change")
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(archs)))
     columns = order(data["column"], FIG6_COLUMNS)
@@ -302,11 +308,6 @@ def plot_probe_losses(table, runs_dir):
             ax.set(title=f"{dataset}: {arch}, {output} output", ylabel="final probe loss")
             ax.legend(fontsize=8)
         save(fig, data, runs_dir, f"fig10_11_probe_losses_{dataset}")
-
-
-def fig6_runs(table):
-    """The runs of Fig 6's columns: every regression run, and the two-hot output without other interventions."""
-    return table[(table["output"] == "regression") | (table["intervention"] == "none")]
 
 
 def plot_accuracy(table, runs_dir):
