@@ -26,8 +26,9 @@ DATASETS = {
 }
 MLP_WIDTHS = tuple(("mlp", 16 * k) for k in (1, 2, 4, 8, 12, 16))  # A.2: "a base width of 16 ... factors 1 ... 16"
 # The agent's --width is in MLP units and scales A.2's CNN by width / 512 (64 channels, 256 dense units at 512).
-# Sec 6.1 scales the CNN "to the limit of a single GPU's memory" without naming factors: 1/8 to 4x A.2's CNN; at 4x
-# (256 channels, 127M parameters) the probe's 10 vmapped copies with Adam state take about 20 GB.
+# Sec 6.1 scales the CNN "to the limit of a single GPU's memory" without naming factors: 1/8 to 4x A.2's CNN. At 4x
+# (256 channels, 1,024 units: 128M parameters on MNIST, 178M on CIFAR-10) the probe's 10 vmapped copies with their
+# gradients and Adam moments need about 21 GB (29 GB) by our arithmetic; not measured.
 CNN_WIDTHS = tuple(("cnn", int(512 * f)) for f in (0.125, 0.25, 0.5, 1, 2, 4))
 ARCHS = ("mlp", "cnn", "resnet18", "vit")  # Sec 6.2, A.2
 VARIANTS = ("true_label", "random_label", "sparse_reward")  # Sec 3.2; B.1's 'easy' and 'hard' are the first/last
