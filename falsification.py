@@ -43,9 +43,9 @@ EXCLUDE = ({"optimizer": "sgd", "variant": "sparse_reward"},)
 PRESETS = {
     "paper": {},  # Args' defaults follow Sec 5.1 / A.2: 100k steps, probe every 5k (2,000 steps, 10 targets)
     "cpu": {  # the grid on 2 CPU cores (two processes of one thread), far from converged: 3,000 steps, target
-        # every 250, probes at 0, 1k, 2k, 3k (200 steps, 4 targets). Width 128 (A.2: 512) makes an MLP cell about
-        # 30 s; the CNN needs --width to scale it too (the statistics issue) to fit the hour: A.2's CNN costs about
-        # 0.2 s a step on one core, and a cell of it at these sizes about 15 minutes.
+        # every 250, probes at 0, 1k, 2k, 3k (200 steps, 4 targets), MLP width 128 (A.2: 512). Measured at load 5
+        # on 2 shared cores: an MLP cell 78 s. The hour needs the CNN scaled by --width too (the statistics
+        # issue): A.2's CNN (8M parameters) took 1.2 s per step and 5.3 s per 4-target probe step there.
         "cuda": False, "width": 128, "total_steps": 3_000, "learning_starts": 500, "target_period": 250,
         "log_every": 250, "probe_every": 1_000, "probe_steps": 200, "probe_targets": 4, "probe_inputs": 512,
     },
