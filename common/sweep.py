@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from common import cli
-from common.cli import Preemption, UsageError, check
+from common.cli import UsageError, check
 
 # The run contract's exit statuses (common.cli will hold them; these are the same numbers).
 EXIT_COMPLETED = getattr(cli, "EXIT_COMPLETED", 0)
@@ -180,23 +181,37 @@ def run_cell(sweep, args, cell):
     return EXIT_STATUS[summary["status"]]
 
 
+class StopRequests:
+    """Slurm's SIGTERM / SIGUSR1 between cells: start no new cell. While a cell runs, train's own handlers take
+    over (and restore these when the cell ends)."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def run_tasks(sweep, grid, indices, options):
-    """Run cells one after another. A preemption stops after the current cell with status 75; otherwise 3 when
-    any cell diverged, else 0."""
+    """Run cells one after another. An interruption stops the range with status 75; otherwise 3 when any cell
+    diverged, else 0."""
     cells = grid.cells()
     all_args = [cell_args(sweep, grid, cells[i], options) for i in indices]  # usage errors before any work
-    preemption = Preemption()  # train installs its own while it runs; this one covers the gaps between cells
     codes = []
-    try:
+    with StopRequests() as stop:
         for i, args in zip(indices, all_args):
-            if preemption.requested:
-                print(f"preempted before cell {i}: stopping; the requeued task continues from here")
+            if stop.requested:
+                print(f"signalled before cell {i}: stopping; the requeued task continues from here")
                 return EXIT_INTERRUPTED
             codes.append(run_cell(sweep, args, cells[i]))
             if codes[-1] == EXIT_INTERRUPTED:
                 return EXIT_INTERRUPTED
-    finally:
-        preemption.restore()
     return EXIT_DIVERGED if EXIT_DIVERGED in codes else EXIT_COMPLETED
 
 
@@ -245,6 +260,9 @@ def run(sweep, argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handlers (between cells, or while one starts)
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def main(sweep, argv=None):

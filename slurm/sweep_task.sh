@@ -15,12 +15,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "task ${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-} (job ${SLURM_JOB_ID:-}) on $(hostname -s)," \
      "restart ${SLURM_RESTART_COUNT:-0}, $(date -Is): $PYTHON $*"
 
-signalled=
-forward() { signalled=$1; echo "got SIG$1: the run checkpoints and stops"; kill -s "$1" "$child" 2>/dev/null; }
+signalled= child=
+forward() { signalled=$1; echo "got SIG$1: the run checkpoints and stops"; [ -z "$child" ] || kill -s "$1" "$child"; }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 "$PYTHON" "$@" &
 child=$!
+[ -z "$signalled" ] || kill -s "$signalled" "$child"  # a signal that came before the run started
 while kill -0 "$child" 2>/dev/null; do wait "$child"; done  # a trapped signal interrupts `wait`: wait again
 wait "$child"; status=$?  # bash keeps the status of a finished child
 echo "run exited with status $status, $(date -Is)"

@@ -63,7 +63,8 @@ def plant_runs(root, seeds=8):
                                    "stats/weight_norm": (1 - 2 * d) * (loss + noise[0, v]),
                                    "stats/feature_rank": (1 - 2 * v) * (loss + noise[1, d]),
                                    "stats/dead_units": loss + noise[2, d],
-                                   "stats/dormant_units": -loss + noise[3, v]}
+                                   "stats/dormant_units": -loss + noise[3, v],
+                                   "stats/weight_norm/head": (1 - 2 * v) * loss}  # per layer: not analysed
                         args = {"dataset": dataset, "variant": variant, "arch": arch, "optimizer": optimizer}
                         write_run(root, f"{dataset}__{variant}__{arch}__{optimizer}__seed{seed}", args,
                                   "completed", metrics)

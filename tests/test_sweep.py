@@ -1,6 +1,7 @@
 """common/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
 import json
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,8 +26,8 @@ class ToyArgs:
 class ToyTrain:
     """Stands in for an agent's train(): records its calls and writes the run directory it is told to."""
 
-    def __init__(self, status="completed"):
-        self.calls, self.status = [], status
+    def __init__(self, status="completed", signal_after=None):
+        self.calls, self.status, self.signal_after = [], status, signal_after
 
     def __call__(self, args):
         self.calls.append(args)
@@ -38,6 +39,8 @@ class ToyTrain:
         summary = {"status": self.status, "steps": args.total_steps, "metrics": {"probe/plasticity_loss": 0.5}}
         with open(os.path.join(args.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
+        if self.signal_after is not None:  # a signal that arrives once the cell is done
+            os.kill(os.getpid(), self.signal_after)
         return summary
 
 
@@ -144,3 +147,15 @@ def test_collect_runs_keeps_completed_runs_of_the_experiment(tmp_path):
                        "another experiment (exp_name is not e)": 1, "no readable args.json": 1}
     assert "1 completed runs; left out 4" in sweep.describe_skipped(len(table), skipped)
     assert len(sweep.collect_runs(str(tmp_path))[0]) == 2  # without the filter, the other experiment counts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_signal_between_cells_stops_the_range_with_75(tmp_path, signum):
+    previous = signal.getsignal(signum)
+    train = ToyTrain(signal_after=signum)
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--tasks", "0-4"]) == 75
+    assert len(train.calls) == 1  # the finished cell is kept, no new one started
+    assert signal.getsignal(signum) is previous
+    train.signal_after = None
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--tasks", "0-4"]) == 0
+    assert len(train.calls) == 5  # the requeued range skips cell 0 and runs the other four
