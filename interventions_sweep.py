@@ -246,14 +246,16 @@ def plot_fig5(table, runs_dir):
 
 
 def heatmap(ax, data, rows, columns, title):
-    """Rows arch x columns, coloured by the change in final probe loss (red: plasticity lost); blank: no runs."""
+    """Rows arch x columns, coloured by the change in final probe loss (red: plasticity lost); grey: no runs."""
+    import matplotlib
     import numpy as np
 
     grid = np.full((len(rows), len(columns)), np.nan)
     for r in data.itertuples():
         grid[rows.index(r.arch), columns.index(r.column)] = r.mean
     lim = (np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 0.0) or 1.0
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         ax.text(j, i, "-" if np.isnan(value) else f"{value:+.3f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right", fontsize=8)
