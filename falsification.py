@@ -49,6 +49,7 @@ PRESETS = {
         # a CNN cell 141 s, so 128 cells take 1.5 h there and about an hour on an idle machine.
         "cuda": False, "width": 64, "total_steps": 2_000, "learning_starts": 500, "target_period": 250,
         "log_every": 250, "probe_every": 1_000, "probe_steps": 200, "probe_targets": 2, "probe_inputs": 512,
+        "hessian": False,  # curvature/hessian_top is not one of the analysed statistics; it was half a CNN cell's time
     },
     "test": {  # seconds per cell, for the tests
         "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
