@@ -10,7 +10,6 @@ eps_root = 1e-3, eq. 6) keeps memorising new labellings for much longer.
 batches, so the comparison is paired.
 """
 import copy
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,8 +21,8 @@ import torch.nn.functional as F
 
 from common.cli import check, main, seed_everything, select_device
 from common.data import NUM_CLASSES, load_dataset, random_relabel
-from common.logger import RunLogger, default_run_name
 from common.optim import Adam
+from common.run import Run
 
 # A.1: both share lr 1e-3, b1 0.9, eps 1e-9; the tuned one decays v faster and adds eps_root inside the root.
 ADAM_CONFIGS = {
@@ -44,6 +43,8 @@ class Args:
     """log to Weights and Biases as well (CleanRL)"""
     run_dir: Optional[str] = None
     """where the run directory goes (default: runs/<exp_name>__<seed>__<time>)"""
+    resume: bool = False
+    """continue the run in --run-dir from its checkpoint.pt (written after every iteration)"""
     data_dir: str = os.environ.get("PLASTICITY_DATA_DIR", "data")
     """folder holding MNIST in torchvision's layout (MNIST/raw)"""
     optimizer: str = "both"
@@ -199,9 +200,11 @@ def zip_histories(learners):
 
 def train(args):
     check_args(args)
+    run = Run(args, total="num_iterations")
+    if run.finished:
+        return run.finished
     seed_everything(args.seed)
     device = select_device(args.cuda)
-    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
 
     images, labels = load_dataset("mnist", args.data_dir, train=True, device=device)
     subset = torch.randperm(len(images), device=device)[: args.num_images]
@@ -212,47 +215,66 @@ def train(args):
     model = make_mlp(args.width).to(device)
     names = ["default", "tuned"] if args.optimizer == "both" else [args.optimizer]
     learners = [Learner(name, copy.deepcopy(model), args.learning_rate) for name in names]  # same initial params
-    logger = RunLogger(run_dir, args, track=args.track)
     batch_generator = torch.Generator(device=device).manual_seed(args.seed)
+    iteration, row = 0, {}
+    ckpt = run.load_checkpoint(device)
+    if ckpt:
+        for learner, saved in zip(learners, ckpt["learners"]):
+            learner.model.load_state_dict(saved["model"])
+            learner.optimizer.load_state_dict(saved["optimizer"])
+            learner.history = saved["history"]
+        batch_generator.set_state(ckpt["batch_generator"].cpu())
+        iteration, row = ckpt["iteration"], ckpt["row"]
+    run.start(iteration * args.steps_per_iteration)
 
     def log_iteration(iteration, steps, **extra):
         row = {"charts/iteration": iteration, **extra}
         for learner in learners:
             row.update(learner.end_iteration(inputs[eval_rows], labels[eval_rows], steps))
-        logger.log(iteration * args.steps_per_iteration, row)
+        run.log(iteration * args.steps_per_iteration, row)
         return row
 
-    row = log_iteration(0, steps=0)  # the initial network, before any training
-    status, steps_done, start = "completed", 0, time.time()
-    try:
-        for iteration in range(1, args.num_iterations + 1):
-            # a fresh labelling per iteration, reproducible from (seed, iteration); the inputs stay fixed
-            inputs, labels = relabel(inputs, labels, seed=args.seed * 100_003 + iteration)
-            batches = torch.randint(args.num_images, (args.steps_per_iteration, args.batch_size), device=device,
-                                    generator=batch_generator)
-            for learner in learners:
-                learner.start_iteration(device)
-            for step, batch in enumerate(batches):
-                x, y = inputs[batch], labels[batch]
-                for learner in learners:  # lockstep: every optimizer sees the same batch
-                    learner.train_step(x, y, measure_after_reset=step < args.stats_window,
-                                       measure_final=step == args.steps_per_iteration - 1)
-            steps_done += args.steps_per_iteration
-            sps = steps_done / (time.time() - start)  # steps of each optimizer per second
-            row = log_iteration(iteration, args.steps_per_iteration, **{"charts/SPS": sps})
-            print(f"iteration {iteration}/{args.num_iterations} ({sps:.0f} steps/s): " + ", ".join(
-                f"{n}: acc {row[f'charts/accuracy/{n}']:.3f} loss {row[f'losses/loss/{n}']:.3f} dead "
-                f"{row[f'stats/dead_fraction_layer1/{n}']:.2f}/{row[f'stats/dead_fraction_layer2/{n}']:.2f}"
-                for n in names), flush=True)
-            if not all(math.isfinite(row[f"losses/loss/{n}"]) for n in names):
-                status = "diverged"
-                print("non-finite loss: stopping")
-                break
-    except KeyboardInterrupt:
-        status = "interrupted"
+    def save_checkpoint():
+        """After a whole iteration: a signal abandons the iteration under way, which is redone after resume."""
+        learner_states = [{"model": l.model.state_dict(), "optimizer": l.optimizer.state_dict(),
+                           "history": l.history} for l in learners]
+        run.save_checkpoint({"learners": learner_states, "batch_generator": batch_generator.get_state(),
+                             "iteration": iteration, "row": row}, iteration * args.steps_per_iteration)
 
-    logger.save_figure(plot_fig1(learners), "fig1_adam_instability.png")
-    return logger.finish(status, steps_done, row, run_dir=run_dir, iterations=zip_histories(learners))
+    if not ckpt:
+        row = log_iteration(0, steps=0)  # the initial network, before any training
+        save_checkpoint()
+    segment_start, segment_steps = time.time(), 0
+    while iteration < args.num_iterations and not run.stopping:
+        # a fresh labelling per iteration, reproducible from (seed, iteration); the inputs stay fixed
+        inputs, labels = relabel(inputs, labels, seed=args.seed * 100_003 + iteration + 1)
+        batches = torch.randint(args.num_images, (args.steps_per_iteration, args.batch_size), device=device,
+                                generator=batch_generator)
+        for learner in learners:
+            learner.start_iteration(device)
+        for step, batch in enumerate(batches):
+            if run.interrupted:
+                break
+            x, y = inputs[batch], labels[batch]
+            for learner in learners:  # lockstep: every optimizer sees the same batch
+                learner.train_step(x, y, measure_after_reset=step < args.stats_window,
+                                   measure_final=step == args.steps_per_iteration - 1)
+        if run.interrupted:
+            break  # the checkpoint of the last whole iteration stays
+        iteration += 1
+        segment_steps += args.steps_per_iteration
+        sps = segment_steps / (time.time() - segment_start)  # steps of each optimizer per second
+        row = log_iteration(iteration, args.steps_per_iteration, **{"charts/SPS": sps})
+        print(f"iteration {iteration}/{args.num_iterations} ({sps:.0f} steps/s): " + ", ".join(
+            f"{n}: acc {row[f'charts/accuracy/{n}']:.3f} loss {row[f'losses/loss/{n}']:.3f} dead "
+            f"{row[f'stats/dead_fraction_layer1/{n}']:.2f}/{row[f'stats/dead_fraction_layer2/{n}']:.2f}"
+            for n in names), flush=True)
+        if not run.diverged:
+            save_checkpoint()
+
+    run.save_figure(lambda: plot_fig1(learners), "fig1_adam_instability.png")
+    return run.finish(iteration * args.steps_per_iteration, done=iteration >= args.num_iterations, metrics=row,
+                      iterations=zip_histories(learners))
 
 if __name__ == "__main__":
     main(train, Args)

@@ -9,7 +9,6 @@ Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brow
 """
 import copy
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -21,8 +20,8 @@ from common.data import load_dataset
 from common.envs import ClassificationMDP
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.hessian import eval_mode, hessian_matvec, lanczos, spectral_density
-from common.logger import RunLogger, default_run_name
 from common.networks import build_network
+from common.run import Interrupted, Run
 
 NUM_ACTIONS = 10
 
@@ -39,6 +38,8 @@ class Args:
     """log to Weights & Biases as well (needs wandb installed)"""
     run_dir: Optional[str] = None
     """the run directory; default runs/<exp_name>__<seed>__<time>"""
+    resume: bool = False
+    """continue the run in --run-dir from its checkpoint.pt (written after every curvature measurement)"""
     data_dir: str = os.environ.get("PLASTICITY_DATA_DIR", "data")
     """where MNIST is (torchvision's layout); downloaded there when missing and online"""
     num_images: int = 0
@@ -79,6 +80,9 @@ def validate(args):
     for name in ("width", "total_steps", "batch_size", "target_period", "eval_every", "hessian_inputs",
                  "lanczos_iters", "num_grad_samples", "num_clusters", "log_every", "learning_rate", "density_sigma2"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    check(args.lanczos_iters <= 1_000, f"--lanczos-iters must be at most 1,000, got {args.lanczos_iters}: the "
+          "density settles within about 100 steps (PyHessian's default) and each step re-orthogonalises against all "
+          "earlier ones, so thousands take hours")
     check(args.num_images >= 0, f"--num-images must be non-negative, got {args.num_images}")
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
     check(args.num_grad_samples <= args.hessian_inputs,
@@ -170,9 +174,11 @@ def plot_fig2(records, steps, args):
 
 def train(args):
     validate(args)
+    run = Run(args, total="total_steps")
+    if run.finished:
+        return run.finished
     seed_everything(args.seed)
     device = select_device(args.cuda)
-    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
     images, labels = load_dataset("mnist", args.data_dir, train=True, device=device)
     if args.num_images:
         images, labels = images[:args.num_images], labels[:args.num_images]
@@ -199,19 +205,40 @@ def train(args):
     probe_eps = torch.randn(1 if args.shared_eps else args.hessian_inputs, NUM_ACTIONS, generator=generator,
                             device=device).expand(args.hessian_inputs, NUM_ACTIONS).contiguous()
 
-    logger = RunLogger(run_dir, args, track=args.track)
-    print(f"run directory {run_dir}, device {device}, {sum(p.numel() for p in gd_params):,} parameters")
     records, checkpoint_steps, final = {"gd": [], "walk": []}, [], {}
+    step, stats = 0, torch.zeros(3, device=device)
+    obs = env.reset()
+    ckpt = run.load_checkpoint(device)
+    if ckpt:
+        for net, key in ((gd_net, "gd_net"), (walk_net, "walk_net"), (target_net, "target_net")):
+            net.load_state_dict(ckpt[key])
+        start_params, obs = ckpt["start_params"], ckpt["obs"]
+        env.load_state_dict(ckpt["env"])
+        generator.set_state(ckpt["generator"].cpu())
+        step, stats, records, checkpoint_steps, final = (ckpt[k] for k in ("step", "stats", "records",
+                                                                           "checkpoint_steps", "final"))
+    run.start(step)
+    print(f"device {device}, {sum(p.numel() for p in gd_params):,} parameters")
 
-    def checkpoint(step):
-        metrics = {}
-        for name, net, params in (("gd", gd_net, gd_params), ("walk", walk_net, walk_params)):
-            record, scalars = measure_curvature(net, probe_x, probe_eps, args)
+    def save_checkpoint():
+        run.save_checkpoint({"gd_net": gd_net.state_dict(), "walk_net": walk_net.state_dict(),
+                             "target_net": target_net.state_dict(), "start_params": start_params,
+                             "env": env.state_dict(), "obs": obs, "generator": generator.get_state(), "step": step,
+                             "stats": stats, "records": records, "checkpoint_steps": checkpoint_steps,
+                             "final": final}, step)
+
+    def measure_and_log(step):
+        """The curvature of both processes at ``step``; a signal abandons it, and the resumed run redoes it."""
+        metrics, new_records = {}, {}
+        with run.measurement(generator):
+            for name, net, params in (("gd", gd_net, gd_params), ("walk", walk_net, walk_params)):
+                new_records[name], scalars = measure_curvature(net, probe_x, probe_eps, args)
+                scalars["distance_from_init"] = distance(params, start_params)
+                metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
+        for name, record in new_records.items():
             records[name].append(record)
-            scalars["distance_from_init"] = distance(params, start_params)
-            metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
         checkpoint_steps.append(step)
-        row = logger.log(step, metrics)
+        row = run.log(step, metrics)
         gd, walk = ({k.split("/")[-1]: v for k, v in row.items() if k.startswith(f"curvature/{n}/")}
                     for n in ("gd", "walk"))
         print(f"step {step:>8,}  top eigenvalue: gd {gd['top_eigenvalue']:.4g} walk {walk['top_eigenvalue']:.4g}  "
@@ -220,13 +247,14 @@ def train(args):
               flush=True)
         final.update({k: v for k, v in row.items() if k != "step"})
 
-    status, step, stats = "completed", 0, torch.zeros(3, device=device)
+    def curvature_due():
+        return (step % args.eval_every == 0 or step == args.total_steps) and checkpoint_steps[-1:] != [step]
+
     window_time = time.time()
-    obs = env.reset()
-    checkpoint(0)
-    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # Slurm preemption: stop as on Ctrl-C
     try:
-        while step < args.total_steps:
+        if curvature_due():  # step 0, or a measurement that a signal abandoned before the checkpoint
+            measure_and_log(step)
+        while step < args.total_steps and not run.stopping:
             actions = torch.randint(NUM_ACTIONS, obs.shape, generator=generator, device=device)
             next_obs, rewards = env.step(actions)
             loss, q_mean = td_loss(gd_net, target_net, images, obs, actions, rewards, next_obs, args.gamma)
@@ -241,28 +269,25 @@ def train(args):
             if step % args.log_every == 0:
                 sps = args.log_every / (time.time() - window_time)
                 mean = (stats / args.log_every).tolist()  # the one host sync per log window
-                final.update({k: v for k, v in logger.log(step, {
+                final.update({k: v for k, v in run.log(step, {
                     "losses/td_loss": mean[0], "losses/q_values": mean[1], "curvature/step_norm": mean[2],
                     "charts/SPS": sps}).items() if k != "step"})
                 stats.zero_()
-                if not all(map(torch.isfinite, torch.tensor(mean))):
-                    status = "diverged"
-                    break
                 window_time = time.time()
-            if step % args.eval_every == 0 or step == args.total_steps:
-                checkpoint(step)
-                window_time = time.time()  # SPS measures training, not the curvature checkpoints
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    if checkpoint_steps[-1] != step and status != "diverged":
-        checkpoint(step)
+            if curvature_due() and not run.stopping:
+                measure_and_log(step)
+                if not run.diverged:
+                    save_checkpoint()
+                window_time = time.time()  # SPS measures training, not the curvature measurements
+    except Interrupted:
+        pass  # the measurement at `step` was abandoned: the checkpoint below says it is still due
+    if not run.diverged:
+        save_checkpoint()
 
-    logger.save_figure(plot_fig2(records, checkpoint_steps, args), "fig2_brownian_vs_gd.png")
+    run.save_figure(lambda: plot_fig2(records, checkpoint_steps, args), "fig2_brownian_vs_gd.png")
     torch.save({"steps": checkpoint_steps, "gd": records["gd"], "walk": records["walk"]},
-               os.path.join(run_dir, "curvature.pt"))
-    return logger.finish(status, step, final, run_dir=run_dir)
+               os.path.join(run.run_dir, "curvature.pt"))
+    return run.finish(step, done=step >= args.total_steps and not curvature_due(), metrics=final)
 
 
 if __name__ == "__main__":

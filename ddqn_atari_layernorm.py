@@ -12,11 +12,9 @@ Step counts are agent steps (4 frames each) unless the name says frames. SIGTERM
 writes `checkpoint.pt` and exits; `--resume` continues exactly where the run stopped.
 """
 import collections
-import dataclasses
 import glob
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -29,11 +27,11 @@ import torch.nn.functional as F
 
 from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized, load_atari_scores,
                           make_env, restore_env_state, write_video)
-from common.cli import Preemption, check, main, select_device, seed_everything
+from common.cli import check, main, select_device, seed_everything
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.hessian import hessian_matvec, lanczos, spectral_density
-from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.optim import RMSProp
+from common.run import Interrupted, Run
 
 
 @dataclass
@@ -119,7 +117,7 @@ class Args:
     log_every: int = 1_000
     """agent steps between metric logs (each log syncs with the device once)"""
     checkpoint_every: int = 0
-    """agent steps between checkpoints; 0 writes one only on SIGTERM/SIGUSR1"""
+    """agent steps between checkpoints; 0 writes one only at the end and on SIGTERM/SIGUSR1/SIGINT"""
     resume: bool = False
     """continue the run in --run-dir from its checkpoint.pt"""
 
@@ -325,16 +323,16 @@ def check_args(args):
           "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
-    check(not args.resume or args.run_dir is not None, "--resume needs --run-dir (the run to continue)")
-    if args.resume:
-        check(os.path.exists(os.path.join(args.run_dir, "checkpoint.pt")),
-              f"nothing to resume: {args.run_dir}/checkpoint.pt does not exist")
+    check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
+    check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000, got {args.hessian_iters}: Lanczos "
+          "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
 def train(args):
     check_args(args)
-    run_dir = args.run_dir or os.path.join("runs", default_run_name(args.exp_name, args.seed))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    run = Run(args, total="total_frames", may_change=("capture_video", "save_model"))
+    if run.finished:
+        return run.finished
     device = select_device(args.cuda)
     seed_everything(args.seed)
     total_steps = args.total_frames // 4
@@ -356,17 +354,15 @@ def train(args):
 
     # Counters and everything else a checkpoint must restore.
     state = {"step": 0, "episode_return": 0.0, "episode_length": 0, "lives": 0, "grad_cov": [], "hessian": [],
-             "last": {}}
-    if args.resume:
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+             "eval_step": 0, "last": {}}
+    ckpt = run.load_checkpoint(device)
+    if ckpt:
         q_net.load_state_dict(ckpt["q_net"])
         target_net.load_state_dict(ckpt["target_net"])
         optimizer.load_state_dict(ckpt["optimizer"])
         replay.load_state_dict(ckpt["replay"])
         rng.bit_generator.state = ckpt["rng"]
         sampler.set_state(ckpt["sampler"].cpu())
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        random.setstate(ckpt["python_rng"])
         env.reset(seed=args.seed)
         restore_env_state(env, ckpt["env"])
         state = ckpt["state"]
@@ -376,33 +372,68 @@ def train(args):
         state["lives"] = info["lives"]
 
     def save_checkpoint():
-        atomic_torch_save({"q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
-                           "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
-                           "rng": rng.bit_generator.state, "sampler": sampler.get_state(),
-                           "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                           "env": env_state(env), "state": state, "args": dataclasses.asdict(args)},
-                          checkpoint_path)
+        run.save_checkpoint({"q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
+                             "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
+                             "rng": rng.bit_generator.state, "sampler": sampler.get_state(), "env": env_state(env),
+                             "state": state}, state["step"])
 
-    logger = RunLogger(run_dir, args, track=args.track, resume=args.resume)
+    run.start(state["step"])
 
     def record(step, metrics):
         """Log metrics and keep their latest values for summary.json."""
-        row = logger.log(step, metrics)
+        row = run.log(step, metrics)
         state["last"].update({key: value for key, value in row.items() if key != "step"})
         return row
 
-    preemption = Preemption()  # SIGTERM / SIGUSR1: finish the current step, then checkpoint and exit
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    def due(step):
+        """The measurements and the evaluation due at ``step`` and not yet made (a signal abandons them)."""
+        learning = step >= args.learning_starts
+        return [name for name, every, done in (
+            ("grad_cov", args.grad_cov_every, state["grad_cov"][-1][0] if state["grad_cov"] else -1),
+            ("hessian", args.hessian_every, state["hessian"][-1][0] if state["hessian"] else -1),
+            ("eval", args.eval_every, state["eval_step"]))
+            if step > done and ((every and step % every == 0 and (learning or name == "eval"))
+                                or (name == "eval" and step == total_steps))]
+
+    def grad_cov_snapshot(step):
+        with run.measurement(sampler):
+            batch = replay.sample(args.grad_cov_samples, sampler)
+            cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
+        state["grad_cov"].append((step, cov.cpu().numpy()))
+        record(step, grad_cov_summary(cov))
+
+    def hessian_snapshot(step):
+        with run.measurement(sampler):
+            batch = replay.sample(args.hessian_samples, sampler)
+            nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta, args.hessian_iters)
+        state["hessian"].append((step, nodes, weights))
+        record(step, {"curvature/hessian_top_eigenvalue": nodes[-1], "curvature/hessian_bottom_eigenvalue": nodes[0]})
+
+    def evaluation(step):
+        with run.measurement():
+            video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
+            eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
+        state["eval_step"] = step
+        if episodes:
+            record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
+                          "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
+            print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
+        else:  # the return of an unfinished episode is no score
+            record(step, {"eval/episodes": 0})
+            print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
+                  f"no score logged", flush=True)
+
+    def measure(step):
+        """What is due at ``step``; a signal abandons it at once (Interrupted), and the resumed run redoes it."""
+        for name in due(step):
+            {"grad_cov": grad_cov_snapshot, "hessian": hessian_snapshot, "eval": evaluation}[name](step)
+
     loss = q_values = None
-    start_time, start_step = time.time(), state["step"]
-    status = "completed"
+    start_time, start_step, last_print = time.time(), state["step"], time.time()
     try:
-        while state["step"] < total_steps:
-            if preemption.requested:
-                save_checkpoint()
-                print(f"signal {preemption.signal}: checkpoint written at step {state['step']}, exiting", flush=True)
-                status = "interrupted"
-                break
+        if state["step"] > 0:
+            measure(state["step"])  # what a signal abandoned before the checkpoint
+        while state["step"] < total_steps and not run.stopping:
             step = state["step"]
 
             # Act: one host sync per step (the emulator needs the action).
@@ -433,7 +464,6 @@ def train(args):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                nonfinite |= ~torch.isfinite(loss)
             if step % args.target_network_frequency == 0:
                 target_net.load_state_dict(q_net.state_dict())
 
@@ -443,46 +473,29 @@ def train(args):
                 if loss is not None:  # learning has started (in this process)
                     metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
                 record(step, metrics)
-                if nonfinite.item():
-                    status = "diverged"
-                    print(f"non-finite TD loss by step {step}: diverged", flush=True)
-                    break
-                if step % (args.log_every * 10) == 0:
-                    print(f"step {step}/{total_steps}  SPS {sps:.0f}  "
-                          f"return {state['last'].get('charts/episodic_return', float('nan')):.1f}", flush=True)
+            if time.time() - last_print >= 30:  # progress at least every 30 s, whatever the speed
+                last_print = time.time()
+                print(f"step {step:,}/{total_steps:,}  {(step - start_step) / (last_print - start_time):.1f} steps/s  "
+                      f"episode return {state['last'].get('charts/episodic_return', float('nan')):.1f}", flush=True)
 
-            if args.grad_cov_every and step % args.grad_cov_every == 0 and step >= args.learning_starts:
-                batch = replay.sample(args.grad_cov_samples, sampler)
-                cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
-                state["grad_cov"].append((step, cov.cpu().numpy()))
-                record(step, grad_cov_summary(cov))
-            if args.hessian_every and step % args.hessian_every == 0 and step >= args.learning_starts:
-                batch = replay.sample(args.hessian_samples, sampler)
-                nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta,
-                                                 args.hessian_iters)
-                state["hessian"].append((step, nodes, weights))
-                record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
-                              "curvature/hessian_bottom_eigenvalue": nodes[0]})
-
-            if step % args.eval_every == 0 or step == total_steps:
-                video = os.path.join(run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
-                eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
-                record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
-                              "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
-
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
+            if not run.stopping:
+                measure(step)
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and not run.stopping:
                 save_checkpoint()
-    finally:
-        preemption.restore()
+    except Interrupted:
+        pass  # a measurement or evaluation was abandoned: the checkpoint below says it is still due
+    if not run.diverged:
+        save_checkpoint()  # also after completion: a raised --total-frames continues from here
 
     if state["grad_cov"]:
-        logger.save_figure(draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")
+        run.save_figure(lambda: draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")
     if state["hessian"]:
-        logger.save_figure(draw_hessian(state["hessian"], args.env_id, args.layer_norm), "hessian_density.png")
+        run.save_figure(lambda: draw_hessian(state["hessian"], args.env_id, args.layer_norm), "hessian_density.png")
     if args.save_model:
-        torch.save(q_net.state_dict(), os.path.join(run_dir, f"{args.exp_name}.model"))
-    return logger.finish(status, state["step"], state["last"], env_id=args.env_id, layer_norm=args.layer_norm,
-                         seed=args.seed, frames=state["step"] * 4)
+        torch.save(q_net.state_dict(), os.path.join(run.run_dir, f"{args.exp_name}.model"))
+    return run.finish(state["step"], done=state["step"] >= total_steps and not due(state["step"]),
+                      metrics=state["last"], env_id=args.env_id, layer_norm=args.layer_norm, seed=args.seed,
+                      frames=state["step"] * 4)
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation

@@ -5,7 +5,6 @@ Everything lives on the device: images are a uint8 tensor, the env steps all cop
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -14,15 +13,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.cli import Preemption, UsageError, check, main, seed_everything, select_device
+from common.cli import UsageError, check, main, seed_everything, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
 from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
 from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.logger import RunLogger, atomic_torch_save, default_run_name
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probe
+from common.run import Interrupted, Run, share_signals
 from common.seeds import (SeedStack, StackedReplay, global_rng, load_optimizer_states, optimizer_state,
                           optimizer_view, per_seed)
 from common.stats import plasticity_statistics
@@ -174,8 +173,14 @@ def validate(args):
     check(0 <= args.gamma < 1, f"--gamma must be in [0, 1), got {args.gamma}")
     check(0 <= args.rmsprop_decay < 1, f"--rmsprop-decay must be in [0, 1), got {args.rmsprop_decay}")
     check(args.epsilon <= 1, f"--epsilon must be in [0, 1], got {args.epsilon}")
-    check(not args.resume or args.run_dir, "--resume needs --run-dir pointing at the run to continue")
+    check(args.probe_every <= args.total_steps, f"--probe-every ({args.probe_every}) exceeds --total-steps "
+          f"({args.total_steps}): no probe would follow step 0; use a smaller value, or 0 for no probes")
+    check(not args.two_hot or (args.v_min < args.v_max and args.num_bins >= 2),
+          f"two-hot support needs --v-min < --v-max and --num-bins >= 2, got {args.v_min}, {args.v_max}, "
+          f"{args.num_bins}")
     check(not args.redo or args.arch in ("mlp", "cnn"), "--redo supports --arch mlp and cnn only")
+    check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000 (20 suffice for the top eigenvalue), "
+          f"got {args.hessian_iters}")
 
 
 def build_q_network(args, obs_shape):
@@ -347,57 +352,62 @@ def seed_args(args, k):
 
 
 def train(args):
-    """Train ``args.num_seeds`` agents in lockstep (one is the plain single run); returns seed 0's summary for one
-    seed, the list of the seeds' summaries otherwise."""
+    """Train ``args.num_seeds`` agents in lockstep, seed k exactly as its single run ``seed_args(args, k)`` (one
+    seed is the plain single run). Returns the run's summary; with several seeds ``{"status", "runs"}``, the
+    status the worst of theirs (interrupted, then diverged)."""
     validate(args)
-    device = select_device(args.cuda)
-    runs = [seed_args(args, k) for k in range(args.num_seeds)]
-    for run in runs:
-        run.run_dir = run.run_dir or os.path.join("runs", default_run_name(args.exp_name, run.seed))
-        if args.resume:
-            check(os.path.exists(os.path.join(run.run_dir, "checkpoint.pt")),
-                  f"no checkpoint.pt in --run-dir {run.run_dir}: start without --resume")
-
-    images, labels = load_dataset(args.dataset, args.data_dir, train=True, device=device)
-    if args.num_images:
-        images, labels = images[:args.num_images], labels[:args.num_images]
-    obs_shape, n = tuple(images.shape[1:]), args.num_seeds
-    q_networks, target_networks, initial_parameters, envs, rng_states = [], [], [], [], []
-    for run in runs:  # each seed set up exactly as its single run
-        seed_everything(run.seed)
-        try:
-            envs.append(ClassificationMDP(images, labels, args.variant, args.num_envs, seed=run.seed))
-        except ValueError as e:
-            raise UsageError(f"{e}; use more --num-images") from None
-        q_networks.append(build_q_network(args, obs_shape).to(device))
-        target_networks.append(build_q_network(args, obs_shape).to(device))
-        target_networks[-1].load_state_dict(q_networks[-1].state_dict())
-        initial_parameters.append([p.detach().clone() for p in q_networks[-1].parameters()])  # distance_from_init
-        rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+    runs = [Run(seed_args(args, k), total="total_steps") for k in range(args.num_seeds)]
+    if all(run.finished for run in runs):
+        return _combined([run.finished for run in runs])
+    try:
+        device = select_device(args.cuda)
+        images, labels = load_dataset(args.dataset, args.data_dir, train=True, device=device)
+        if args.num_images:
+            images, labels = images[:args.num_images], labels[:args.num_images]
+        obs_shape, n = tuple(images.shape[1:]), args.num_seeds
+        q_networks, target_networks, initial_parameters, envs, rng_states = [], [], [], [], []
+        for run in runs:  # each seed set up exactly as its single run
+            seed_everything(run.args.seed)
+            try:
+                envs.append(ClassificationMDP(images, labels, args.variant, args.num_envs, seed=run.args.seed))
+            except ValueError as e:
+                raise UsageError(f"{e}; use more --num-images") from None
+            q_networks.append(build_q_network(args, obs_shape).to(device))
+            target_networks.append(build_q_network(args, obs_shape).to(device))
+            target_networks[-1].load_state_dict(q_networks[-1].state_dict())
+            initial_parameters.append([p.detach().clone() for p in q_networks[-1].parameters()])  # distance_from_init
+            rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+        ckpts = [None if run.finished else run.load_checkpoint(device) for run in runs]
+    except UsageError:
+        for run in runs:
+            run.abandon()
+        raise
     q_stack, target_stack = SeedStack(q_networks), SeedStack(target_networks)
     optimizer = build_optimizer(args, q_stack.params.values())  # elementwise: N independent optimizers
     replay = StackedReplay(n, args.buffer_size, device)
-    generators = [torch.Generator(device).manual_seed(run.seed) for run in runs]
+    generators = [torch.Generator(device).manual_seed(run.args.seed) for run in runs]
     labels_of = torch.stack([env.labels for env in envs])  # random_label: each seed its own relabelling
     step, stats = 0, torch.zeros(n, 4, device=device)
     probe_history, probes = [[] for _ in runs], [[] for _ in runs]
 
+    active = [k for k, run in enumerate(runs) if not run.finished]  # not diverged: these train, log and save
     if args.resume:
-        ckpts = [torch.load(os.path.join(run.run_dir, "checkpoint.pt"), map_location=device, weights_only=False)
-                 for run in runs]
+        # a seed that diverged before keeps a slot, filled with a live seed's state: its numbers are never read
+        ckpts = [ckpt if k in active else ckpts[active[0]] for k, ckpt in enumerate(ckpts)]
         for k, ckpt in enumerate(ckpts):
             q_stack.modules[k].load_state_dict(ckpt["q_network"])
             target_stack.modules[k].load_state_dict(ckpt["target_network"])
             envs[k].load_state_dict(ckpt["env"])
-            generators[k].set_state(ckpt["generator"])
+            generators[k].set_state(ckpt["generator"].cpu())
             rng_states[k] = ckpt["seed_rng"]
             probe_history[k], probes[k], initial_parameters[k] = (ckpt["probe_history"], ckpt["probes"],
                                                                   ckpt["initial_parameters"])
         load_optimizer_states(optimizer, [ckpt["optimizer"] for ckpt in ckpts])
         replay.load_state_dicts([ckpt["replay"] for ckpt in ckpts])
-        torch.set_rng_state(ckpts[0]["torch_rng"])  # the process's: the vmapped dropout draws from it
-        step = ckpts[0]["step"]
         stats, obs = torch.stack([ckpt["stats"] for ckpt in ckpts]), torch.stack([ckpt["obs"] for ckpt in ckpts])
+        step = ckpts[active[0]]["step"]
+        check(all(ckpts[k]["step"] == step for k in active), "the seeds' checkpoints are at different steps: resume "
+              "each seed's run directory on its own (--num-seeds 1)")
     else:
         obs = torch.stack([env.reset() for env in envs])
         for _ in range(args.learning_starts):  # fill the replay with uniformly random actions
@@ -406,102 +416,113 @@ def train(args):
             replay.add(obs, actions, rewards, next_obs)
             obs = next_obs
 
-    loggers = [RunLogger(run.run_dir, run, track=args.track, resume=args.resume) for run in runs]
-    preemption = Preemption()
-    print(f"run directories {', '.join(run.run_dir for run in runs)}, device {device}, "
-          f"{sum(p[0].numel() for p in q_stack.params.values()):,} parameters per seed")
+    for k in active:
+        runs[k].start(step)
+    share_signals([runs[k] for k in active])
+    print(f"device {device}, {n} seed(s), {sum(p[0].numel() for p in q_stack.params.values()):,} parameters each")
 
     def save_checkpoint(k):
-        atomic_torch_save({"q_network": q_stack.state_dict(k), "target_network": target_stack.state_dict(k),
-                           "optimizer": optimizer_state(optimizer, q_stack, k), "replay": replay.state_dict(k),
-                           "env": envs[k].state_dict(), "generator": generators[k].get_state(),
-                           "seed_rng": rng_states[k], "torch_rng": torch.get_rng_state(), "step": step,
-                           "probe_history": probe_history[k], "stats": stats[k], "obs": obs[k],
-                           "probes": probes[k], "initial_parameters": initial_parameters[k]},
-                          os.path.join(runs[k].run_dir, "checkpoint.pt"))
+        runs[k].save_checkpoint({
+            "q_network": q_stack.state_dict(k), "target_network": target_stack.state_dict(k),
+            "optimizer": optimizer_state(optimizer, q_stack, k), "replay": replay.state_dict(k),
+            "env": envs[k].state_dict(), "generator": generators[k].get_state(), "seed_rng": rng_states[k],
+            "step": step, "probe_history": probe_history[k], "stats": stats[k], "obs": obs[k], "probes": probes[k],
+            "initial_parameters": initial_parameters[k]}, step)
 
     def probe_and_log(k):
-        with global_rng(rng_states, k, device):
-            result, metrics = probe_plasticity(runs[k], q_stack.modules[k], target_stack.modules[k], images,
+        """Seed k's probe due at ``step``; a signal abandons it, and the resumed run redoes it."""
+        with runs[k].measurement(), global_rng(rng_states, k, device):
+            result, metrics = probe_plasticity(runs[k].args, q_stack.modules[k], target_stack.modules[k], images,
                                                replay.view(k), obs_shape, step, initial_parameters[k])
-        plasticity = result.plasticity.item()
+            plasticity = result.plasticity.item()
         probe_history[k].append((step, result.curves.mean(0).cpu(), plasticity))
-        row = loggers[k].log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                                    "probe/plasticity": plasticity,
-                                    "probe/plasticity_loss": probe_history[k][0][2] - plasticity, **metrics})
+        row = runs[k].log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
+                                 "probe/plasticity": plasticity,
+                                 "probe/plasticity_loss": probe_history[k][0][2] - plasticity, **metrics})
         probes[k].append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
-        print(f"step {step:>8,}  seed {runs[k].seed}  probe: final loss {row['probe/final_loss']:.4f}  "
+        print(f"step {step:>8,}  seed {runs[k].args.seed}  probe: final loss {row['probe/final_loss']:.4f}  "
               f"P {plasticity:.4f}")
 
-    status, last_metrics, window_start, window_time = ["completed"] * n, [{}] * n, step, time.time()
-    steps_done = [args.total_steps] * n  # a diverged seed stops counting where it diverged
-    active = list(range(n))  # the seeds that have not diverged
-    if args.probe_every and step == 0:
-        for k in active:
-            probe_and_log(k)
-    while step < args.total_steps and active:
-        if preemption.requested:
-            for k in active:
-                status[k] = "interrupted"
-            break
-        actions = act(q_stack, images, obs, args.epsilon, generators)
-        next_obs, rewards = step_envs(envs, actions)
-        accuracy = (actions == labels_of.gather(1, obs)).float().mean(1)  # the state that emitted obs is its class
-        replay.add(obs, actions, rewards, next_obs)
-        obs = next_obs
+    def probe_due(k):
+        return args.probe_every and step % args.probe_every == 0 and (
+            not probe_history[k] or probe_history[k][-1][0] < step)
 
-        loss, q_values = stacked_td_loss(q_stack, target_stack, images, replay.sample(args.batch_size, generators),
-                                         args.gamma, args.double_q)
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()  # the seeds share nothing, so each gets exactly its own gradient
-        optimizer.step()
-        step += 1
-        stats += torch.stack([loss.detach(), q_values, accuracy, rewards.mean(1)], dim=1)
+    def live():
+        return [k for k in active if not runs[k].diverged]
 
-        if step % args.target_period == 0:
-            target_stack.copy_from(q_stack)
-        if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
-            intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states)
-        if step % args.log_every == 0:
-            sps = (step - window_start) * args.num_envs / (time.time() - window_time)
-            means = (stats / args.log_every).tolist()  # the one host sync per log window
-            for k in list(active):
-                mean = means[k]
-                last_metrics[k] = loggers[k].log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
-                                                        "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
-                                                        "charts/SPS": sps})
-                print(f"step {step:>8,}/{args.total_steps:,}  seed {runs[k].seed}  td loss {mean[0]:.4f}  "
-                      f"Q {mean[1]:.3f}  accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
-                if not all(map(math.isfinite, mean)):
-                    status[k], steps_done[k] = "diverged", step
-                    active.remove(k)  # it keeps its slot in the stack; nothing of it is logged or saved again
-            stats.zero_()
-            window_start, window_time = step, time.time()
-        if args.probe_every and step % args.probe_every == 0:
-            for k in active:
+    last_metrics, window_start, window_time = [{} for _ in runs], step, time.time()
+    steps_done = [step] * n  # a diverged seed's count stops where it diverged
+    try:
+        for k in live():
+            if probe_due(k):  # step 0, or a probe that a signal abandoned before the checkpoint
                 probe_and_log(k)
-            window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
-        if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
-            for k in active:
-                save_checkpoint(k)
+        while step < args.total_steps and live() and not runs[active[0]].interrupted:
+            actions = act(q_stack, images, obs, args.epsilon, generators)
+            next_obs, rewards = step_envs(envs, actions)
+            accuracy = (actions == labels_of.gather(1, obs)).float().mean(1)  # the state that emitted obs is its class
+            replay.add(obs, actions, rewards, next_obs)
+            obs = next_obs
 
-    preemption.restore()
-    summaries = []
-    for k, run in enumerate(runs):
-        if status[k] == "interrupted":
-            save_checkpoint(k)
-            print(f"interrupted at step {step:,}: checkpoint written; continue with --resume --run-dir {run.run_dir}")
-        if probe_history[k]:
-            fig = plot_probe_curves(probe_history[k], f"{args.arch} on {args.dataset} {args.variant} (seed {run.seed})")
-            loggers[k].save_figure(fig, "fig4_probe_curves.png")
-            torch.save({"steps": [h[0] for h in probe_history[k]],
-                        "curves": torch.stack([h[1] for h in probe_history[k]]),
-                        "plasticity": [h[2] for h in probe_history[k]]}, os.path.join(run.run_dir, "probe_curves.pt"))
+            loss, q_values = stacked_td_loss(q_stack, target_stack, images, replay.sample(args.batch_size, generators),
+                                             args.gamma, args.double_q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # the seeds share nothing, so each gets exactly its own gradient
+            optimizer.step()
+            step += 1
+            stats += torch.stack([loss.detach(), q_values, accuracy, rewards.mean(1)], dim=1)
+
+            if step % args.target_period == 0:
+                target_stack.copy_from(q_stack)
+            if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
+                intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states)
+            if step % args.log_every == 0:
+                sps = (step - window_start) * args.num_envs / (time.time() - window_time)
+                means = (stats / args.log_every).tolist()  # the one host sync per log window
+                for k in live():
+                    mean, steps_done[k] = means[k], step
+                    last_metrics[k] = runs[k].log(step, {"losses/td_loss": mean[0], "losses/q_values": mean[1],
+                                                         "charts/accuracy": mean[2], "charts/reward_rate": mean[3],
+                                                         "charts/SPS": sps})
+                    print(f"step {step:>8,}/{args.total_steps:,}  seed {runs[k].args.seed}  td loss {mean[0]:.4f}  "
+                          f"Q {mean[1]:.3f}  accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
+                stats.zero_()
+                window_start, window_time = step, time.time()
+            for k in live():
+                if probe_due(k) and not runs[k].stopping:
+                    probe_and_log(k)
+                    window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
+            if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
+                for k in live():
+                    if not runs[k].stopping:
+                        save_checkpoint(k)
+    except Interrupted:
+        pass  # a probe at `step` was abandoned: the checkpoints below say it is still due
+    summaries = [run.finished for run in runs]
+    for k in reversed(active):  # reversed: each run puts back the signal handler it found
+        run, history = runs[k], probe_history[k]
+        if not run.diverged:
+            steps_done[k] = step
+            save_checkpoint(k)  # also after completion: a raised --total-steps continues from here
+        if history:
+            run.save_figure(lambda: plot_probe_curves(history, f"{args.arch} on {args.dataset} {args.variant} "
+                                                               f"(seed {run.args.seed})"), "fig4_probe_curves.png")
+            torch.save({"steps": [h[0] for h in history], "curves": torch.stack([h[1] for h in history]),
+                        "plasticity": [h[2] for h in history]}, os.path.join(run.run_dir, "probe_curves.pt"))
         final = {key: v for key, v in last_metrics[k].items() if key != "step"}
         if probes[k]:
             final.update({key: v for key, v in probes[k][-1].items() if key != "step"})  # last probe's P, stats
-        summaries.append(loggers[k].finish(status[k], min(step, steps_done[k]), final, run_dir=run.run_dir, probes=probes[k]))
-    return summaries[0] if n == 1 else summaries
+        done = steps_done[k] >= args.total_steps and not probe_due(k)
+        summaries[k] = run.finish(steps_done[k], done=done, metrics=final, probes=probes[k])
+    return _combined(summaries)
+
+
+def _combined(summaries):
+    """One seed's summary, or several seeds' under the worst status: interrupted (requeue), diverged, completed."""
+    if len(summaries) == 1:
+        return summaries[0]
+    statuses = {s["status"] for s in summaries}
+    status = next(s for s in ("interrupted", "diverged", "completed") if s in statuses)
+    return {"status": status, "runs": summaries}
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Benchmark of dqn_classification_mdp.py's hot paths, each against the plain version in the same run.
 
-(a) the probe: K target fits vectorised with torch.func against K sequential fits (same draws, same result);
+(a) the probe: K target fits vectorised with torch.func against K sequential fits (same draws, same result), at
+    each width and torch thread count, with the step time the machine's matrix-multiply throughput allows for the
+    step's FLOPs (a 1024^3 float32 matmul timed in the same interleaved rounds);
 (b) the agent: environment steps and optimizer steps per second (no probes), with 1 and 8 envs;
 (c) what the Sec 5.2 statistics and the TD Hessian's top eigenvalue add to a probe at the default sizes.
-Appends a section to benchmarks/RESULTS.md. Run: ``python benchmarks/bench_dqn_classification.py``.
+Appends a section to benchmarks/RESULTS.md. About 2-3 minutes on an idle 2-core CPU:
+    python benchmarks/bench_dqn_classification.py [--no-agent] [--no-write] [--stats-only]
 """
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +26,7 @@ from common.cli import select_device  # noqa: E402
 from common.data import load_dataset  # noqa: E402
 from common.networks import build_network  # noqa: E402
 from common.optim import make_optimizer  # noqa: E402
-from common.probe import fit_sequential, fit_vectorized, make_targets  # noqa: E402
+from common.probe import _final_losses_vectorized, fit_sequential, fit_vectorized, make_targets  # noqa: E402
 
 
 @dataclass
@@ -33,14 +37,18 @@ class Args:
     """use the GPU when there is one"""
     probe_targets: int = 10
     """K, the paper's 10"""
-    probe_steps: int = 100
+    probe_steps: int = 30
     """fit steps timed (the paper runs 2,000; the per-step cost is what matters)"""
     probe_widths: tuple[int, ...] = (512, 128)
     """MLP widths probed: A.2's 512, and a narrow one where per-operation overhead dominates"""
+    threads: tuple[int, ...] = (1, 2)
+    """torch CPU thread counts for the probe"""
+    agent: bool = True
+    """also time the agent"""
     agent_steps: int = 1_000
     """optimizer steps timed for the agent"""
     repeats: int = 3
-    """timed repeats; the best is reported"""
+    """timed repeats, alternating between the contenders; the median is reported"""
     stats_archs: tuple[str, ...] = ("mlp",)
     """architectures for (c); the CNN's probe at 28x28 takes hours on a 2-core CPU"""
     stats_only: bool = False
@@ -49,17 +57,22 @@ class Args:
     """append the results to benchmarks/RESULTS.md"""
 
 
-def best_time(fn, repeats, device):
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def step_flops(network, batch_size):
+    """Matrix-multiply FLOPs of one fit step of one copy: forward, weight gradients, and input gradients of every
+    Linear layer but the first (the inputs need none)."""
+    layers = [m for m in network.modules() if isinstance(m, torch.nn.Linear)]
+    forward = [2 * batch_size * m.in_features * m.out_features for m in layers]
+    return 2 * sum(forward) + sum(forward[1:])
 
 
 def bench_probe(args, device, images, width):
@@ -67,11 +80,32 @@ def bench_probe(args, device, images, width):
     network, inputs = make(), images[:2048]
     targets = make_targets(network, make, inputs, args.probe_targets)
     adam = lambda params: make_optimizer("adam", params, 1e-3)  # noqa: E731
-    run = lambda fit: fit(network, inputs, targets, adam, args.probe_steps, 32)  # noqa: E731
-    run(fit_vectorized), run(fit_sequential)  # warm-up
-    vectorised = best_time(lambda: run(fit_vectorized), args.repeats, device)
-    sequential = best_time(lambda: run(fit_sequential), args.repeats, device)
-    return vectorised, sequential
+    a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
+
+    fit_seconds = []  # the fit alone, for the step time
+
+    def vectorised():  # with the final losses on all inputs, as fit_sequential computes them
+        start = time.perf_counter()
+        model, params, buffers, _ = fit_vectorized(network, inputs, targets, adam, args.probe_steps, 32)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        fit_seconds.append(time.perf_counter() - start)
+        return _final_losses_vectorized(model, params, buffers, inputs, targets)
+
+    contenders = {"vectorised": vectorised,
+                  "sequential": lambda: fit_sequential(network, inputs, targets, adam, args.probe_steps, 32),
+                  "matmul": lambda: [a @ b for _ in range(10)]}
+    for fn in contenders.values():  # warm-up
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn, device))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    gflops = 10 * 2 * 1024**3 / seconds["matmul"] / 1e9
+    flops = args.probe_targets * step_flops(network, 32)
+    return dict(vectorised=seconds["vectorised"], sequential=seconds["sequential"], gflops=gflops,
+                step_ms=statistics.median(fit_seconds[1:]) / args.probe_steps * 1e3, bound_ms=flops / gflops / 1e6)
 
 
 def bench_agent(args, num_envs):
@@ -102,13 +136,13 @@ def bench_statistics(args, device, images, arch):
     statistics = lambda: dqn.network_statistics(run_args, q_network, target_network, images, inputs, batch,  # noqa
                                                 initial)
     statistics()  # warm-up
-    stats_time = best_time(statistics, args.repeats, device)
+    stats_time = min(timed(statistics, device) for _ in range(args.repeats))
     run_args.probe_steps, run_args.stats, run_args.hessian = args.probe_steps, False, False  # the probe alone
     probe = lambda: dqn.probe_plasticity(run_args, q_network, target_network, images, replay, obs_shape, 0,  # noqa
                                          initial)
-    short = best_time(probe, 1, device)
+    short = timed(probe, device)
     run_args.probe_steps = 2 * args.probe_steps
-    long = best_time(probe, 1, device)
+    long = timed(probe, device)
     per_step = (long - short) / args.probe_steps
     probe_time = short + per_step * (2_000 - args.probe_steps)
     return stats_time, probe_time
@@ -128,24 +162,37 @@ def main(args):
                            f"{args.probe_steps} and {2 * args.probe_steps}) {probe_time:.1f} s: "
                            f"**+{100 * stats_time / probe_time:.1f}%**")
     print("\n".join(stats_lines))
-    if args.stats_only:
+    if args.stats_only:  # (c) alone
         if args.write:
             with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
                 f.write("\n".join(stats_lines) + "\n")
         return
-    probe = {width: bench_probe(args, device, images, width) for width in args.probe_widths}
-    results = {}
-    for num_envs in (1, 8):
-        results.update(bench_agent(args, num_envs))
-    lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__})\n",
-             *[f"- probe, MLP 784-{w}-{w}-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, "
-               f"2,048 inputs: vectorised {v:.2f} s, sequential {q:.2f} s: **{q / v:.2f}x**"
-               for w, (v, q) in probe.items()],
-             f"- agent (MLP 512, batch 32, no probes): 1 env {results['agent_env_steps_per_s_1env']:,.0f} env steps/s "
-             f"= {results['agent_updates_per_s_1env']:,.0f} updates/s; 8 envs "
-             f"{results['agent_env_steps_per_s_8env']:,.0f} env steps/s = {results['agent_updates_per_s_8env']:,.0f} updates/s",
-             *stats_lines]
-    print("\n".join(lines))
+    lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__})\n",
+             f"Probe: MLP 784-w-w-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, 2,048 "
+             f"inputs, Adam; median of {args.repeats} alternating repeats (`python benchmarks/bench_dqn_classification.py "
+             f"--probe-steps {args.probe_steps} --repeats {args.repeats}{'' if args.agent else ' --no-agent'}`). "
+             "Both include the final losses on all inputs (a forward pass of the K copies over the 2,048 inputs, about 20 steps' worth of FLOPs). Step: the vectorised fit alone / steps. Bound: the step's matmul FLOPs at the 1024^3 matmul rate measured in the same rounds.\n",
+             "| width | threads | load avg | vectorised s | sequential s | speed-up | matmul GFLOP/s | step ms | bound ms | step / bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for threads in (args.threads if device.type == "cpu" else (torch.get_num_threads(),)):
+        torch.set_num_threads(threads)
+        for width in args.probe_widths:
+            load = os.getloadavg()[0]
+            r = bench_probe(args, device, images, width)
+            lines.append(f"| {width} | {threads} | {load:.1f} | {r['vectorised']:.2f} | {r['sequential']:.2f} | "
+                         f"**{r['sequential'] / r['vectorised']:.2f}x** | {r['gflops']:.0f} | {r['step_ms']:.1f} | "
+                         f"{r['bound_ms']:.1f} | {r['step_ms'] / r['bound_ms']:.2f} |")
+            print(lines[-1], flush=True)
+    if args.agent:
+        results = {}
+        for num_envs in (1, 8):
+            results.update(bench_agent(args, num_envs))
+        lines.append(f"\n- agent (MLP 512, batch 32, no probes, {torch.get_num_threads()} threads, load average "
+                     f"{os.getloadavg()[0]:.1f}): 1 env {results['agent_env_steps_per_s_1env']:,.0f} env steps/s "
+                     f"= {results['agent_updates_per_s_1env']:,.0f} updates/s; 8 envs "
+                     f"{results['agent_env_steps_per_s_8env']:,.0f} env steps/s = {results['agent_updates_per_s_8env']:,.0f} updates/s")
+        print(lines[-1])
+    lines += stats_lines
     if args.write:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
             f.write("\n".join(lines) + "\n")

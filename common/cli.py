@@ -1,8 +1,15 @@
-"""Command-line entry point shared by every script: tyro parsing, and one-line errors instead of tracebacks."""
-import signal
+"""Command-line entry point shared by every script: tyro parsing, one-line errors instead of tracebacks, and the
+exit status of a run (for Slurm arrays and shell loops: requeue only on EXIT_INTERRUPTED)."""
 import sys
 
 import tyro
+
+EXIT_COMPLETED = 0
+EXIT_CRASH = 1  # an uncaught exception: Python's own status, with its traceback
+EXIT_USAGE = 2  # a bad argument or missing input (tyro uses 2 as well)
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a signal stopped the run after a checkpoint; requeue with --resume
+EXIT_STATUS = {"completed": EXIT_COMPLETED, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
 
 
 class UsageError(ValueError):
@@ -16,13 +23,25 @@ def check(condition, message):
 
 
 def main(train, args_cls):
-    """``train(tyro.cli(args_cls))``; a ``UsageError`` prints one line to stderr and exits with status 2."""
+    """``train(tyro.cli(args_cls))`` and exit with the status of the returned summary (``EXIT_STATUS``).
+
+    A ``UsageError`` prints one line to stderr and exits with ``EXIT_USAGE``; a run directory created for the run
+    and still empty is removed. Ctrl-C before the run has started exits with ``EXIT_INTERRUPTED``.
+    """
+    from common import run
+
     args = tyro.cli(args_cls)
     try:
-        return train(args)
+        summary = train(args)
     except UsageError as e:
+        run.abandon_active()
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        run.abandon_active()
+        print("interrupted before the run started: nothing to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_STATUS[summary["status"]] if isinstance(summary, dict) and "status" in summary else EXIT_COMPLETED)
 
 
 def select_device(cuda=True):
@@ -41,18 +60,3 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class Preemption:
-    """Turns SIGTERM / SIGUSR1 (Slurm preemption) into a flag the loop checks between iterations."""
-
-    def __init__(self):
-        self.requested, self.signal = False, None
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def _handle(self, signum, frame):
-        self.requested, self.signal = True, signum
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)

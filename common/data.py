@@ -8,6 +8,7 @@ Fashion-MNIST also loads from Debian's ``dataset-fashion-mnist`` package when it
 import gzip
 import os
 import pickle
+import shutil
 
 import numpy as np
 import torch
@@ -28,18 +29,55 @@ def load_dataset(name, data_dir, train=True, device="cpu", download=True):
     """Return ``(images, labels)``: uint8 ``(N, C, H, W)`` and int64 ``(N,)`` tensors on ``device``."""
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    files = _local_files(name, data_dir, train)
+    if files:  # on disk: a read error means a damaged file, not a missing one
+        try:
+            return tuple(t.to(device) for t in _load(name, data_dir, train, download=False))
+        except Exception as e:  # a truncated or empty file fails in numpy, torch or torchvision's parser
+            raise UsageError(f"{name} in --data-dir {data_dir!r} is corrupt or truncated ({_reason(e)}); delete "
+                             f"{' / '.join(files)} to download it again, or copy a good one there") from None
+    created = _outermost_missing(data_dir)
     try:
-        if name == "cifar10":
-            images, labels = _load_cifar10(data_dir, train, download)
-        elif name == "fashion_mnist" and _debian_fashion_mnist_only(data_dir):
-            images, labels = _load_idx_gz(FASHION_MNIST_DEBIAN_DIR, train)
-        else:
-            images, labels = _load_torchvision_mnist(name, data_dir, train, download)
+        images, labels = _load(name, data_dir, train, download)
     except (OSError, RuntimeError) as e:  # torchvision's download errors are RuntimeErrors, URLError is an OSError
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{name} is not in --data-dir {data_dir!r} and could not be downloaded ({reason}); "
+        if created:  # a mistyped --data-dir is not left behind on disk
+            shutil.rmtree(created, ignore_errors=True)
+        raise UsageError(f"{name} is not in --data-dir {data_dir!r} and could not be downloaded ({_reason(e)}); "
                          f"pass --data-dir pointing at {_HOW_TO_GET[name]}") from None
     return images.to(device), labels.to(device)
+
+
+def _load(name, data_dir, train, download):
+    if name == "cifar10":
+        return _load_cifar10(data_dir, train, download)
+    if name == "fashion_mnist" and _debian_fashion_mnist_only(data_dir):
+        return _load_idx_gz(FASHION_MNIST_DEBIAN_DIR, train)
+    return _load_torchvision_mnist(name, data_dir, train, download)
+
+
+def _local_files(name, data_dir, train):
+    """The dataset's files in ``data_dir`` when all of them are there, else []."""
+    if name == "cifar10":
+        folder = os.path.join(data_dir, "cifar-10-batches-py")
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    else:
+        folder = os.path.join(data_dir, "MNIST" if name == "mnist" else "FashionMNIST", "raw")
+        prefix = "train" if train else "t10k"
+        names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    paths = [os.path.join(folder, n) for n in names]
+    return paths if all(os.path.isfile(p) for p in paths) else []
+
+
+def _outermost_missing(path):
+    """The outermost of ``path`` and its ancestors that does not exist yet (None when ``path`` exists)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
+
+
+def _reason(e):
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def random_relabel(labels, num_classes=NUM_CLASSES, seed=0):

@@ -32,9 +32,20 @@ def atomic_torch_save(obj, path):
 def _to_python(value):
     if isinstance(value, torch.Tensor):
         value = value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no nan/inf; keep them readable
     return value
+
+
+def is_finite(value):
+    """False for a non-finite float (or such a string, as metrics.jsonl stores it); True for everything else."""
+    if isinstance(value, str):
+        return value not in ("nan", "inf", "-inf")
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def default_run_name(exp_name, seed):
@@ -43,20 +54,33 @@ def default_run_name(exp_name, seed):
 
 
 class RunLogger:
-    """Owns one run directory: ``RunLogger(run_dir, args)`` then ``log(step, {...})`` and ``finish(...)``."""
+    """Owns one run directory: ``RunLogger(run_dir, args)`` then ``log(step, {...})`` and ``finish(...)``.
 
-    def __init__(self, run_dir, args, track=False, project="plasticity", resume=False):
+    ``resume_step``: continue a run whose checkpoint is at that step. args.json keeps the original arguments, and
+    the rows logged after the checkpoint (by a segment that was killed) are dropped from metrics.jsonl and
+    TensorBoard, so the resumed segment does not log them twice.
+    """
+
+    def __init__(self, run_dir, args, track=False, project="plasticity", resume_step=None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
         self.start_time = time.time()
         os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
         args_dict = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
-        atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(args_dict, indent=2, default=str))
-        self.writer = SummaryWriter(run_dir)
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
-                             "\n".join(f"|{k}|{v}|" for k, v in args_dict.items()))
-        self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a" if resume else "w")
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        if resume_step is None:
+            atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(args_dict, indent=2, default=str))
+            open(metrics_path, "w").close()
+        else:
+            with open(metrics_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(metrics_path, "".join(kept))
+        self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
+        if resume_step is None:
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                                 "\n".join(f"|{k}|{v}|" for k, v in args_dict.items()))
+        self.metrics_file = open(metrics_path, "a")
         self.wandb = None
         if track:  # optional, as in CleanRL; imported lazily so that wandb is not a dependency
             import wandb
@@ -65,14 +89,17 @@ class RunLogger:
                                     sync_tensorboard=True, resume="allow")
 
     def log(self, step, metrics):
-        """Write scalar metrics (floats or one-element tensors) at ``step`` to TensorBoard and metrics.jsonl."""
+        """Write scalar metrics (floats or one-element tensors) at ``step`` to TensorBoard and metrics.jsonl.
+
+        Returns the row with Python numbers (non-finite floats stay floats; only the file spells them as strings).
+        """
         row = {"step": int(step)}
         for key, value in metrics.items():
             value = _to_python(value)
             row[key] = value
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, int(step))
-        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
         return row
 
@@ -88,11 +115,12 @@ class RunLogger:
         plt.close(fig)
         return path
 
-    def finish(self, status, steps, metrics=None, **extra):
+    def finish(self, status, steps, metrics=None, wall_time_s=None, **extra):
         """Write summary.json atomically: status (completed/diverged/interrupted), steps, final metrics, wall time."""
         assert status in ("completed", "diverged", "interrupted"), status
-        summary = {"status": status, "steps": int(steps), "wall_time_s": time.time() - self.start_time,
-                   "metrics": {k: _to_python(v) for k, v in (metrics or {}).items()}, **extra}
+        summary = {"status": status, "steps": int(steps),
+                   "wall_time_s": time.time() - self.start_time if wall_time_s is None else wall_time_s,
+                   "metrics": {k: _jsonable(_to_python(v)) for k, v in (metrics or {}).items()}, **extra}
         atomic_write_text(os.path.join(self.run_dir, "summary.json"), json.dumps(summary, indent=2))
         self.writer.close()
         self.metrics_file.close()

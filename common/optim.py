@@ -22,24 +22,56 @@ class Adam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = None if closure is None else torch.enable_grad()(closure)()
+        scratch = self.__dict__.setdefault("_scratch", {})  # not in self.state, so checkpoints do not carry it
         for group in self.param_groups:
             (b1, b2), lr, eps, eps_root = group["betas"], group["lr"], group["eps"], group["eps_root"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
                 state = self.state[p]
                 if not state:
                     state["step"] = 0  # a Python int: bias correction needs no host sync
-                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg"] = torch.zeros_like(p)  # in p's memory layout (see _contiguous_views)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                fused = eps_root == 0 and _contiguous_views(p, p.grad, m, v)
+                if fused:
+                    # torch's fused kernel: one pass over p, grad, m and v instead of seven; the update is memory-
+                    # bound, so this is about 3x faster on large tensors. Same formula (eq. 6 with eps_root = 0).
+                    step = torch.full((), t, dtype=torch.float32, device=p.device)
+                    torch._fused_adam_(*([x] for x in fused), [], [step], lr=lr, beta1=b1, beta2=b2,
+                                       weight_decay=group["weight_decay"], eps=eps, amsgrad=False, maximize=False)
+                    continue
+                # One preallocated scratch tensor for the decayed gradient and then the denominator: a fresh one
+                # per step cost a page-faulting allocation as large as the parameter.
+                buffer = scratch.get(p)
+                if buffer is None or buffer.shape != p.shape:
+                    buffer = scratch[p] = torch.empty_like(p)
+                grad = p.grad
+                if group["weight_decay"] != 0:
+                    grad = torch.add(grad, p, alpha=group["weight_decay"], out=buffer)
                 m.lerp_(grad, 1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                denom = (v / (1 - b2**t)).add_(eps_root).sqrt_().add_(eps)
+                denom = torch.div(v, 1 - b2**t, out=buffer).add_(eps_root).sqrt_().add_(eps)
                 p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
         return loss
+
+
+def _contiguous_views(p, grad, m, v):
+    """Contiguous views of the four tensors for ``torch._fused_adam_``, or None where it does not apply.
+
+    The kernel copies non-contiguous tensors to contiguous ones and back. An elementwise update does not care
+    about the logical shape, so tensors sharing one dense layout (the probe stores stacked weights in their
+    gradients' transposed layout; ``zeros_like`` keeps it for m and v) are permuted into contiguous views instead.
+    """
+    if not (hasattr(torch, "_fused_adam_") and p.device.type in ("cpu", "cuda")
+            and p.dtype in (torch.float32, torch.float64) and grad.dtype == p.dtype
+            and p.stride() == grad.stride() == m.stride() == v.stride()):
+        return None
+    order = sorted(range(p.dim()), key=lambda d: -p.stride(d))
+    views = [x.permute(order) for x in (p, grad, m, v)]
+    return views if views[0].is_contiguous() else None
 
 
 class RMSProp(torch.optim.Optimizer):

@@ -30,7 +30,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state, vmap
+from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
 
 
 @dataclass
@@ -73,26 +73,35 @@ def _draw_batches(num_inputs, num_targets, steps, batch_size, seed, device):
 
 
 def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
-    """Fit the K targets together; returns ``(stacked final model state, curves)``."""
+    """Fit the K targets together; returns ``(model, stacked params, stacked buffers, curves)``."""
     num_targets = targets.shape[0]
     model = _probe_copy(network)
     params, buffers = stack_module_state([model] * num_targets)
-    optimizer = make_optimizer(list(params.values()))
+    params = {name: p.detach() for name, p in params.items()}  # gradients come from torch.func, not .backward()
     batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
     rows = torch.arange(num_targets, device=inputs.device).unsqueeze(1)
 
-    def loss_of_one(p, b, x, y):
-        return model.loss(functional_call(model, (p, b), (x,)), y).mean()
+    def summed_loss(p, b, x, y):
+        losses = vmap(lambda p, b, x, y: model.loss(functional_call(model, (p, b), (x,)), y).mean(),
+                      randomness="different")(p, b, x, y)
+        return losses.sum(), losses  # the copies share nothing, so each gets exactly its own gradient
 
-    batched_loss = vmap(loss_of_one, randomness="different")
+    grads_and_losses = grad(summed_loss, has_aux=True)
     curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
+    optimizer = None
     for step in range(steps):
         idx = batches[step]  # (K, B)
-        losses = batched_loss(params, buffers, inputs[idx], targets[rows, idx])
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # the copies share nothing, so each gets exactly its own gradient
+        grads, losses = grads_and_losses(params, buffers, inputs[idx], targets[rows, idx])
+        if optimizer is None:
+            # Keep each stacked parameter in the memory layout its gradient comes in (a stacked Linear weight's
+            # gradient is the transpose of a contiguous batched matmul's output), so that the optimizer's
+            # elementwise updates, the largest memory traffic of a step, read matching layouts and nothing is copied.
+            params = {name: torch.empty_like(grads[name]).copy_(p) for name, p in params.items()}
+            optimizer = make_optimizer(list(params.values()))
+        for name, p in params.items():
+            p.grad = grads[name]
         optimizer.step()
-        curves[:, step] = losses.detach()
+        curves[:, step] = losses
     return model, params, buffers, curves
 
 

@@ -259,10 +259,10 @@ def test_dqn_zoo_preprocessing_matches_a_hand_computation_on_two_emulator_frames
 
 
 def tiny_args(run_dir, **overrides):
-    """A few hundred agent steps of Breakout on the CPU: episodes capped at 400 frames, small batches."""
+    """A few hundred agent steps of Breakout on the CPU: episodes capped at 80 frames so that evaluations finish one, small batches."""
     args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, batch_size=8, buffer_size=120,
-                min_replay_capacity_fraction=1 / 3, target_network_frequency=50, max_episode_frames=400, eval_every=80,
-                eval_frames=80, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
+                min_replay_capacity_fraction=1 / 3, target_network_frequency=50, max_episode_frames=80, eval_every=80,
+                eval_frames=120, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
                 hessian_iters=6, log_every=10, checkpoint_every=160)
     return dataclasses.replace(args, **overrides)
 
@@ -379,8 +379,11 @@ def test_bad_arguments_give_usage_errors(tmp_path):
         train(Args(min_replay_capacity_fraction=0.0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="total-frames"):
         train(Args(total_frames=0, run_dir=str(tmp_path)))
-    with pytest.raises(UsageError, match="nothing to resume"):
+    with pytest.raises(UsageError, match="to resume"):
         train(Args(resume=True, run_dir=str(tmp_path)))
+    for learning_rate in (-1e-4, float("nan")):
+        with pytest.raises(UsageError, match="--learning-rate must be positive"):
+            train(Args(learning_rate=learning_rate, run_dir=str(tmp_path)))
 
 
 def test_diverging_run_records_diverged(tmp_path):

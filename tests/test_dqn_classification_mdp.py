@@ -11,6 +11,7 @@ import torch
 
 import dqn_classification_mdp as dqn
 from common.seeds import SeedStack, StackedReplay
+from common.cli import EXIT_INTERRUPTED
 from test_data import write_tiny_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +215,7 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path, data_dir):
     while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert process.wait(timeout=60) == EXIT_INTERRUPTED, process.stderr.read()
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
     assert summary["status"] == "interrupted" and checkpoint["step"] == summary["steps"] > 0

@@ -4,7 +4,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from common.hessian import eval_mode, hessian_matvec, hvp, lanczos, spectral_density, top_eigenvalue
+import common.hessian
+from common.hessian import (eval_mode, hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density,
+                            top_eigenvalue)
 
 
 def tiny_mlp(sizes=(5, 8, 5), seed=0, batch_norm=False):
@@ -149,3 +151,59 @@ def test_spectral_density_integrates_to_one():
     # a single node of weight 1 is the normal density itself
     single = spectral_density(torch.tensor([0.5]), torch.tensor([1.0]), torch.tensor([0.5]), 0.04)
     assert abs(single.item() - 1 / (0.2 * (2 * torch.pi) ** 0.5)) < 1e-12
+
+
+def test_batched_lanczos_equals_single_runs():
+    A = random_symmetric(80, seed=6)
+    nodes, weights = lanczos_batched(lambda V: V @ A, 80, 50, num_runs=3, seed=4)
+    assert nodes.shape == weights.shape == (3, 50)
+    for r in range(3):
+        single_nodes, single_weights = lanczos(lambda v: A @ v, 80, 50, seed=4 + r)
+        assert torch.allclose(nodes[r], single_nodes, rtol=0, atol=1e-10 * 60)
+        assert torch.allclose(weights[r], single_weights, rtol=0, atol=1e-10)
+    assert not torch.allclose(nodes[0], nodes[1])  # different start vectors
+
+
+def test_batched_lanczos_pads_an_early_breakdown_with_zero_weights():
+    nodes, weights = lanczos_batched(lambda V: 2 * V, 10, 6, num_runs=2)
+    assert torch.allclose(nodes, torch.full((2, 6), 2.0, dtype=torch.float64))
+    assert torch.allclose(weights.sum(1), torch.ones(2, dtype=torch.float64))
+    assert (weights[:, 1:] == 0).all()
+
+
+def test_batched_hessian_products_equal_single_products():
+    model = tiny_mlp()
+    x, y = regression_batch(model)
+    matvec, dim = mlp_matvec(model, x, y)
+    V = torch.randn(4, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    H = exact_hessian(model, x, y)
+    assert torch.allclose(matvec(V), V @ H, atol=1e-12)
+    assert torch.allclose(matvec(V)[2], matvec(V[2]), atol=1e-14)
+
+
+def test_partial_reorthogonalisation_skips_steps_and_leaves_no_ghosts(monkeypatch):
+    """Outliers converge fast and make plain Lanczos lose orthogonality (ghost copies of the top eigenvalue);
+    the estimated loss triggers reorthogonalisation at some steps only, and the nodes match a run that
+    reorthogonalises at every step and the exact extremes."""
+    dim = 400
+    g = torch.Generator().manual_seed(9)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    eigenvalues = torch.cat([torch.linspace(-1, 1, dim - 3, dtype=torch.float64),
+                             torch.tensor([30.0, 60.0, 100.0], dtype=torch.float64)])
+    A = (q * eigenvalues) @ q.T
+    decisions = []
+    lost = common.hessian._Orthogonality.lost
+
+    def recording(self, *args):
+        decisions.append(lost(self, *args))
+        return decisions[-1]
+
+    monkeypatch.setattr(common.hessian._Orthogonality, "lost", recording)
+    nodes, weights = lanczos(lambda v: A @ v, dim, 90, seed=1)
+    assert 0 < sum(map(len, decisions)) < 90
+    monkeypatch.setattr(common.hessian._Orthogonality, "lost", lambda self, *args: [0])
+    full_nodes, full_weights = lanczos(lambda v: A @ v, dim, 90, seed=1)
+    assert torch.allclose(nodes, full_nodes, rtol=0, atol=1e-8 * 100)
+    assert torch.allclose(weights, full_weights, rtol=0, atol=1e-8)
+    assert abs(nodes[-1] - 100) < 1e-8 * 100 and abs(nodes[-2] - 60) < 1e-8 * 100
+    assert ((nodes - 100).abs() < 1).sum() == 1  # one copy of the top eigenvalue, not ghosts

@@ -112,3 +112,29 @@ def test_invalid_hyperparameters_raise():
         Adam(p, lr=-1)
     with pytest.raises(ValueError):
         RMSProp(p, decay=1.5)
+
+
+def _transposed(t):
+    """The same values stored in the transposed layout (non-contiguous, dense), as the probe's stacked weights."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@pytest.mark.parametrize("param_layout,grad_layout", [(_transposed, _transposed), (_transposed, torch.clone),
+                                                      (torch.clone, _transposed)])
+@pytest.mark.parametrize("eps_root,weight_decay", [(0.0, 0.0), (0.0, 0.1), (1e-3, 0.1)])
+def test_adam_is_independent_of_memory_layout(param_layout, grad_layout, eps_root, weight_decay):
+    """The fused path (eps_root = 0, one shared dense layout) and the elementwise path give the hand-written
+    update whatever the strides; mismatched layouts must not be fed to the fused kernel, which would mix up
+    elements."""
+    grads = _quadratic_grads(6, (3, 5, 7), seed=2)
+    start = np.random.default_rng(3).normal(size=(3, 5, 7))
+    p = torch.nn.Parameter(param_layout(torch.tensor(start)))
+    opt = Adam([p], lr=1e-2, eps_root=eps_root, weight_decay=weight_decay)
+    for g in grads:
+        p.grad = grad_layout(torch.tensor(g))
+        opt.step()
+    if weight_decay == 0:
+        expected = optax_adam(grads, start, 1e-2, 0.9, 0.999, 1e-8, eps_root)
+    else:  # the L2 term depends on the running parameters: compare with the contiguous run
+        expected = _run(Adam, grads, start, lr=1e-2, eps_root=eps_root, weight_decay=weight_decay)
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12, atol=1e-14)

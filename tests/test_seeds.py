@@ -1,6 +1,7 @@
 """--num-seeds N trains N agents in lockstep that equal N single runs (issue 13), and common/seeds.py's pieces."""
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -48,7 +49,9 @@ def _assert_same_run(multi_dir, single_dir, exact=True):
 
 
 def _train_and_compare(tmp_path, exact=True, **kwargs):
-    summaries = dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=len(SEEDS), **kwargs))
+    combined = dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=len(SEEDS), **kwargs))
+    summaries = combined["runs"]
+    assert combined["status"] == "completed"
     assert [s["run_dir"] for s in summaries] == [str(tmp_path / f"multi__seed{seed}") for seed in SEEDS]
     for seed in SEEDS:
         dqn.train(dqn.Args(run_dir=str(tmp_path / f"single{seed}"), **{**kwargs, "seed": seed}))
@@ -116,11 +119,25 @@ def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time():
         torch.set_default_dtype(default)
 
 
-def test_resumed_seeds_equal_single_runs(tmp_path, data_dir):
-    """Stopped at step 10 and resumed to 20, three seeds still equal three uninterrupted single runs."""
+def test_sigterm_during_a_seeds_probe_and_resume_equal_single_runs(tmp_path, data_dir, monkeypatch):
+    """SIGTERM arrives in seed 4's probe at step 10, after seed 3's: the run stops (interrupted), and the resumed
+    run redoes the probes of seeds 4 and 5 only; all three then equal uninterrupted single runs."""
     common = dict(data_dir=data_dir, redo=True, **INTERVENTIONS, **TINY)
-    dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, **{**common, "total_steps": 10}))
-    dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, resume=True, **common))
+    probe = dqn.probe_plasticity
+    signalled = []
+
+    def probe_with_a_signal(args, *rest):
+        if args.seed == 4 and rest[5] == 10 and not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # the shared handler abandons this probe at once
+        return probe(args, *rest)
+
+    monkeypatch.setattr(dqn, "probe_plasticity", probe_with_a_signal)
+    interrupted = dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, **common))
+    assert interrupted["status"] == "interrupted" and [s["steps"] for s in interrupted["runs"]] == [10, 10, 10]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # every run put its handler back
+    resumed = dqn.train(dqn.Args(run_dir=str(tmp_path / "multi"), num_seeds=3, resume=True, **common))
+    assert resumed["status"] == "completed"
     for seed in SEEDS:
         dqn.train(dqn.Args(run_dir=str(tmp_path / f"single{seed}"), **{**common, "seed": seed}))
         _assert_same_run(tmp_path / f"multi__seed{seed}", tmp_path / f"single{seed}")

@@ -1,0 +1,192 @@
+"""The sweeps' sbatch scripts on a real single-node Slurm (Debian's slurm-wlm and munge, run as root): an array of
+four tiny cells runs and is analysed, and a preempted task is requeued and resumes from its checkpoint.
+
+The cluster is started here (../shared/notes/slurm-single-node.md) on free ports with its state in a temporary
+folder, and its daemons are stopped by their pid files at the end. The tests skip only when slurm-wlm is not
+installed and cannot be (no root or no apt), and say so.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import falsification
+from common import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM_CONF = """\
+ClusterName=plasticitytest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+CredType=cred/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,bf_interval=1,sched_interval=1
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def slurm_installed_or_skip():
+    if os.path.exists("/usr/sbin/slurmctld") and os.path.exists("/usr/sbin/munged"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("slurm-wlm is not installed and cannot be here (needs root and apt-get)")
+    install = subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm"], capture_output=True, text=True,
+                             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
+    if install.returncode or not os.path.exists("/usr/sbin/slurmctld"):
+        pytest.skip(f"slurm-wlm could not be installed: {install.stderr.strip()[-300:]}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def munge_works():
+    probe = subprocess.run("munge -n | unmunge", shell=True, capture_output=True, text=True)
+    return probe.returncode == 0 and "Success" in probe.stdout
+
+
+def stop_by_pid_file(path, timeout=20):
+    try:
+        pid = int(open(path).read().split()[0])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running single-node cluster; yields the environment (SLURM_CONF) its commands need."""
+    slurm_installed_or_skip()
+    folder = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir()
+    memory = int(open("/proc/meminfo").read().split("MemTotal:")[1].split()[0]) // 1024 - 1024
+    conf = SLURM_CONF.format(host=socket.gethostname().split(".")[0], dir=folder, cpus=os.cpu_count(),
+                             memory=memory, ctld_port=free_port(), slurmd_port=free_port())
+    (folder / "slurm.conf").write_text(conf)
+    env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
+    started_munge = not munge_works()
+    if started_munge:  # otherwise a munged is already running and we leave it alone
+        os.makedirs("/run/munge", exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        assert munge_works(), "munged started but does not authenticate"
+    try:
+        subprocess.run(["/usr/sbin/slurmctld"], env=env, check=True)
+        subprocess.run(["/usr/sbin/slurmd"], env=env, check=True)
+        deadline = time.time() + 60
+        while not re.search(r"idle|mixed", squeue_like(["sinfo", "-h", "-o", "%T"], env)):
+            assert time.time() < deadline, (folder / "slurmctld.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
+        deadline = time.time() + 30
+        while squeue_like(["squeue", "-h"], env).strip() and time.time() < deadline:
+            time.sleep(0.5)
+        stop_by_pid_file(folder / "slurmd.pid")
+        stop_by_pid_file(folder / "slurmctld.pid")
+        if started_munge:
+            stop_by_pid_file("/run/munge/munged.pid")
+
+
+def squeue_like(command, env):
+    return subprocess.run(command, env=env, capture_output=True, text=True).stdout
+
+
+def submit(env, tmp_path, data_dir, array, *flags):
+    """sbatch the project's own falsification.sbatch from the repository root, as a user would."""
+    job_env = {**env, "PYTHON": sys.executable, "PLASTICITY_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1"}
+    command = ["sbatch", "--parsable", f"--array={array}", f"--output={tmp_path}/%A_%a.out", "--mem=1G",
+               "slurm/falsification.sbatch", "--preset", "test", "--datasets", "offline",
+               "--runs-dir", str(tmp_path / "runs"), *flags]
+    out = subprocess.run(command, cwd=ROOT, env=job_env, capture_output=True, text=True, check=True).stdout
+    return out.strip().split(";")[0]
+
+
+def wait_for(env, job_id, timeout=300):
+    deadline = time.time() + timeout
+    while squeue_like(["squeue", "-h", "-j", job_id], env).strip():
+        assert time.time() < deadline, f"job {job_id} still queued after {timeout} s"
+        time.sleep(1)
+
+
+def test_array_of_four_cells_runs_and_is_analyzed(slurm, tmp_path, data_dir, capsys):
+    job_id = submit(slurm, tmp_path, data_dir, "0-3")
+    wait_for(slurm, job_id)
+    logs = sorted(tmp_path.glob(f"{job_id}_*.out"))
+    assert len(logs) == 4, list(tmp_path.iterdir())
+    for log in logs:
+        assert "run exited with status 0" in log.read_text(), log.read_text()[-3000:]
+    for cell in falsification.make_grid(argparse.Namespace(datasets="offline")).cells()[:4]:
+        summary = json.loads((tmp_path / "runs" / "falsification" / cell.name / "summary.json").read_text())
+        assert (summary["status"], summary["steps"]) == ("completed", 40)
+    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "4 completed runs, none left out" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs" / "falsification.json").read_text()).keys() == \
+        {"correlations", "sign_reversals"}
+
+
+def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path, data_dir):
+    total = 2_000
+    job_id = submit(slurm, tmp_path, data_dir, "0", "--set", f"total_steps={total}", "--set", "probe_every=0",
+                    "--set", "log_every=50", "--set", "checkpoint_every=50")
+    run_dir = tmp_path / "runs" / "falsification" / "mnist__true_label__mlp__adam__seed1"
+    deadline = time.time() + 180
+    while not ((run_dir / "checkpoint.pt").exists() and (run_dir / "metrics.jsonl").exists()
+               and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2):
+        assert time.time() < deadline, "the task did not reach its first checkpoints"
+        time.sleep(0.2)
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be preempted: raise total"
+    # What --signal=B:USR1@<lead> does near the time limit: signal only the batch shell.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job_id}_0"], env=slurm, check=True)
+    wait_for(slurm, job_id)
+    log = (tmp_path / f"{job_id}_0.out").read_text()
+    assert "got SIGUSR1" in log and "run exited with status 75" in log and "requeueing" in log, log[-3000:]
+    stopped_at = int(re.search(r"interrupted at step ([\d,]+)", log)[1].replace(",", ""))
+    assert 0 < stopped_at < total
+    assert "restart 1" in log and "resuming from" in log and "run exited with status 0" in log, log[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("completed", total)
+    logged = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+              if "losses/td_loss" in row]
+    assert logged == list(range(50, total + 1, 50))  # once each: the second segment went on, it did not restart
+    assert not list(run_dir.parent.glob("*.stale-*"))

@@ -1,0 +1,161 @@
+"""common/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
+import json
+import os
+import signal
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from common import sweep
+from common.cli import UsageError
+
+
+@dataclass
+class ToyArgs:
+    exp_name: str = "toy"
+    seed: int = 1
+    run_dir: Optional[str] = None
+    resume: bool = False
+    total_steps: int = 10
+    learning_rate: float = 0.1
+    cuda: bool = True
+    variant: str = "a"
+
+
+class ToyTrain:
+    """Stands in for an agent's train(): records its calls and writes the run directory it is told to."""
+
+    def __init__(self, status="completed", signal_after=None):
+        self.calls, self.status, self.signal_after = [], status, signal_after
+
+    def __call__(self, args):
+        self.calls.append(args)
+        os.makedirs(args.run_dir, exist_ok=True)
+        with open(os.path.join(args.run_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f)
+        if self.status == "interrupted":
+            open(os.path.join(args.run_dir, "checkpoint.pt"), "w").close()
+        summary = {"status": self.status, "steps": args.total_steps, "metrics": {"probe/plasticity_loss": 0.5}}
+        with open(os.path.join(args.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f)
+        if self.signal_after is not None:  # a signal that arrives once the cell is done
+            os.kill(os.getpid(), self.signal_after)
+        return summary
+
+
+def toy_sweep(train):
+    grid = sweep.Grid("toy", {"variant": sweep.values("variant", ["a", "b"]),
+                              "seed": sweep.values("seed", [1, 2, 3], label=lambda s: f"seed{s}")},
+                      exclude=({"variant": "b", "seed": "seed3"},))
+    return sweep.Sweep(make_grid=lambda options: grid, presets={"default": {}, "short": {"total_steps": 4}},
+                       analyze=lambda runs_dir, options: None, train=train, args_cls=ToyArgs)
+
+
+def test_grid_is_the_product_less_exclusions_last_axis_fastest():
+    grid = sweep.Grid("g", {"x": {"p": {"a": 1}, "q": {"a": 2, "b": 5}}, "y": sweep.values("c", [7, 8, 9])},
+                      exclude=({"x": "q", "y": "8"},))
+    cells = grid.cells()
+    assert [c.name for c in cells] == ["p__7", "p__8", "p__9", "q__7", "q__9"]
+    assert [c.index for c in cells] == list(range(5))
+    assert cells[4].overrides == {"a": 2, "b": 5, "c": 9} and cells[4].labels == {"x": "q", "y": "9"}
+    assert grid.varied_fields() == {"a", "b", "c"}
+    with pytest.raises(AssertionError):
+        sweep.Grid("g", {"x": {"p": {}}}, exclude=({"x": "nope"},))
+
+
+def test_parse_tasks_and_set():
+    assert sweep.parse_tasks("0-2,5,2", 6) == [0, 1, 2, 5]
+    for bad in ("6", "0-9", "x", "1-"):
+        with pytest.raises(UsageError):
+            sweep.parse_tasks(bad, 6)
+    assert sweep.parse_set(["total_steps=7", "learning-rate=0.5", "cuda=false"], ToyArgs, {"seed"}) == \
+        {"total_steps": 7, "learning_rate": 0.5, "cuda": False}
+    for bad in (["seed=3"], ["run_dir=x"], ["nope=1"], ["total_steps=1.5"], ["cuda=maybe"], ["total_steps"]):
+        with pytest.raises(UsageError):
+            sweep.parse_set(bad, ToyArgs, {"seed"})
+
+
+def test_list_and_task_selection(tmp_path, capsys, monkeypatch):
+    train = ToyTrain()
+    assert sweep.run(toy_sweep(train), ["--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0 a__seed1", "1 a__seed2", "2 a__seed3", "3 b__seed1",
+                                                    "4 b__seed2"]
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path)]) == 2  # no task given
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--preset", "short"]) == 0
+    (args,) = train.calls
+    assert (args.variant, args.seed, args.total_steps, args.exp_name, args.resume) == ("b", 1, 4, "toy", False)
+    assert args.run_dir == os.path.join(str(tmp_path), "toy", "b__seed1")
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--task-id", "9"]) == 2
+
+
+def test_completed_cells_are_skipped_and_interrupted_ones_resume(tmp_path):
+    runs = ["--runs-dir", str(tmp_path)]
+    train = ToyTrain("interrupted")
+    assert sweep.run(toy_sweep(train), runs + ["--tasks", "0-4"]) == 75  # stops at the first interruption
+    assert len(train.calls) == 1 and not train.calls[0].resume
+    train.status = "completed"
+    assert sweep.run(toy_sweep(train), runs + ["--tasks", "0-1"]) == 0
+    assert [a.resume for a in train.calls[1:]] == [True, False]  # cell 0 resumed, cell 1 started
+    assert sweep.run(toy_sweep(train), runs + ["--tasks", "0-1"]) == 0
+    assert len(train.calls) == 3  # both completed: skipped
+    assert sweep.run(toy_sweep(train), runs + ["--tasks", "0", "--set", "total_steps=20"]) == 0
+    assert train.calls[-1].resume and train.calls[-1].total_steps == 20  # total raised: continue the run
+
+
+def test_a_cell_without_summary_or_checkpoint_is_moved_aside(tmp_path):
+    cell_dir = tmp_path / "toy" / "a__seed2"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "metrics.jsonl").write_text('{"step": 3}\n')
+    train = ToyTrain()
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--task-id", "1"]) == 0
+    assert not train.calls[0].resume
+    (stale,) = [p for p in os.listdir(tmp_path / "toy") if p.startswith("a__seed2.stale-")]
+    assert (tmp_path / "toy" / stale / "metrics.jsonl").read_text() == '{"step": 3}\n'
+    assert json.loads((cell_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_diverged_cells_exit_3_and_are_not_rerun(tmp_path):
+    train = ToyTrain("diverged")
+    runs = ["--runs-dir", str(tmp_path), "--tasks", "0-1"]
+    assert sweep.run(toy_sweep(train), runs) == 3
+    assert sweep.run(toy_sweep(train), runs) == 3
+    assert len(train.calls) == 2
+
+
+def test_collect_runs_keeps_completed_runs_of_the_experiment(tmp_path):
+    def write(name, args, summary):
+        path = tmp_path / name
+        (path / "figures").mkdir(parents=True)
+        if args is not None:
+            (path / "args.json").write_text(json.dumps(args))
+        if summary is not None:
+            (path / "summary.json").write_text(json.dumps(summary))
+
+    write("sweep/a", {"exp_name": "e", "seed": 1},
+          {"status": "completed", "steps": 5, "metrics": {"stats/x": 1.5, "probe/plasticity_loss": "nan"}})
+    write("sweep/b", {"exp_name": "e", "seed": 2}, {"status": "interrupted", "steps": 2, "metrics": {}})
+    write("sweep/c", {"exp_name": "e", "seed": 3}, None)
+    write("sweep/d", {"exp_name": "other", "seed": 4}, {"status": "completed", "steps": 5, "metrics": {}})
+    write("e", None, {"status": "completed"})
+    table, skipped = sweep.collect_runs(str(tmp_path), exp_name="e")
+    assert list(table["run"]) == [os.path.join("sweep", "a")]
+    assert table["stats/x"].iloc[0] == 1.5 and table["probe/plasticity_loss"].isna().all()
+    assert skipped == {"status interrupted": 1, "no summary.json (running, or killed before it finished)": 1,
+                       "another experiment (exp_name is not e)": 1, "no readable args.json": 1}
+    assert "1 completed runs; left out 4" in sweep.describe_skipped(len(table), skipped)
+    assert len(sweep.collect_runs(str(tmp_path))[0]) == 2  # without the filter, the other experiment counts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_signal_between_cells_stops_the_range_with_75(tmp_path, signum):
+    previous = signal.getsignal(signum)
+    train = ToyTrain(signal_after=signum)
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--tasks", "0-4"]) == 75
+    assert len(train.calls) == 1  # the finished cell is kept, no new one started
+    assert signal.getsignal(signum) is previous
+    train.signal_after = None
+    assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--tasks", "0-4"]) == 0
+    assert len(train.calls) == 5  # the requeued range skips cell 0 and runs the other four
