@@ -46,8 +46,14 @@ class SeedStack:
         return len(self.modules)
 
     def call(self, x, train):
-        """The vmapped forward on ``x`` of shape ``(N, batch, ...)``; train or eval mode."""
+        """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode: one vmapped call,
+        or for one seed a plain call (vmap's batched matrix products cost twice a plain one's on the CPU, and a
+        single run should not pay for the stacking; the two round differently, so seeds in lockstep equal single
+        runs to float64 rounding rather than bit for bit)."""
         self.template.train(train)
+        if len(self) == 1:
+            params, buffers = ({name: v[0] for name, v in d.items()} for d in (self.params, self.buffers))
+            return functional_call(self.template, (params, buffers), (x[0],)).unsqueeze(0)
         return vmap(lambda p, b, x: functional_call(self.template, (p, b), (x,)),
                     randomness="different")(self.params, self.buffers, x)
 
