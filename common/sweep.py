@@ -7,12 +7,16 @@ A sweep script describes itself with a ``Sweep`` (its grid, size presets, an ``a
     python <sweep>.py --list                          # one line per cell: index, name
     python <sweep>.py --task-id N [--preset cpu]      # run cell N (default: $SLURM_ARRAY_TASK_ID)
     python <sweep>.py --tasks 0-15,32 [--preset cpu]  # run several cells one after another in one process
+    python <sweep>.py --seeds-per-task 4 --task-id N  # task N trains a cell's next 4 seeds in lockstep (--num-seeds)
     python <sweep>.py analyze --runs-dir DIR          # read the finished runs, write numbers and figures
 
 Cell N lives in ``<runs-dir>/<grid name>/<cell name>``. Running a cell whose ``summary.json`` says ``completed``
 does nothing; one with a ``checkpoint.pt`` continues from it (``train(args)`` with ``resume=True``); a directory
 with neither (a run killed before its first checkpoint) is moved aside to ``<cell>.stale-<time>`` and restarted.
-The exit status follows the run contract: 0 completed, 3 diverged, 75 interrupted (the sbatch script requeues
+With ``--seeds-per-task K`` a task is a pack of up to K cells that differ only in their seed (the last axis,
+labelled ``seed<N>``, consecutive seeds): one ``train`` with ``num_seeds`` K writes each seed's own cell directory,
+so skipping, resuming and collecting are unchanged; ``--list`` then shows the packs. The exit status follows the
+run contract: 0 completed, 3 diverged, 75 interrupted (the sbatch script requeues
 the task), 2 usage error.
 """
 import argparse
@@ -97,6 +101,29 @@ class Sweep:
     description: str = ""
 
 
+def tasks(grid, seeds_per_task=1):
+    """The grid's cells in tasks: one cell each, or packs of up to ``seeds_per_task`` cells that differ only in their
+    consecutive seeds (the seed axis must be the last, labelled ``seed<N>``: the run directories of
+    ``--num-seeds``)."""
+    cells = grid.cells()
+    if seeds_per_task == 1:
+        return [[cell] for cell in cells]
+    check(list(grid.axes)[-1:] == ["seed"], "--seeds-per-task needs a grid whose last axis is the seed")
+    groups = {}
+    for cell in cells:
+        groups.setdefault(tuple(v for k, v in cell.labels.items() if k != "seed"), []).append(cell)
+    packs = []
+    for group in groups.values():
+        for i in range(0, len(group), seeds_per_task):
+            pack = group[i:i + seeds_per_task]
+            seeds = [cell.overrides["seed"] for cell in pack]
+            check(seeds == list(range(seeds[0], seeds[0] + len(pack))) and
+                  all(cell.name.endswith(f"__seed{seed}") for cell, seed in zip(pack, seeds)),
+                  f"--seeds-per-task needs consecutive seeds labelled seed<N>; got {[c.name for c in pack]}")
+            packs.append(pack)
+    return packs
+
+
 def parse_tasks(spec, num_cells):
     """Slurm-style task ranges ``0-15,32`` -> a sorted list of cell indices, each checked against the grid."""
     indices = set()
@@ -174,6 +201,31 @@ def run_cell(sweep, args, cell):
     return EXIT_STATUS[summary["status"]]
 
 
+def run_pack(sweep, all_args, cells):
+    """Run (or skip, or resume) a pack of cells that differ only in their consecutive seeds, in lockstep: one
+    ``train`` with ``num_seeds``, whose run directories ``<base>__seed<N>`` are the cells' own."""
+    if len(cells) == 1:
+        return run_cell(sweep, all_args[0], cells[0])
+    summaries = [read_json(os.path.join(args.run_dir, "summary.json")) or {} for args in all_args]
+    done = [s.get("status") == "diverged" or (s.get("status") == "completed" and s.get("steps", 0) >= a.total_steps)
+            for s, a in zip(summaries, all_args)]
+    names = f"cells {cells[0].index}-{cells[-1].index} ({len(cells)} seeds)"
+    if all(done):
+        print(f"{names}: finished, skipped")
+        return EXIT_DIVERGED if any(s.get("status") == "diverged" for s in summaries) else EXIT_COMPLETED
+    resume = any(os.path.exists(os.path.join(a.run_dir, "checkpoint.pt")) for a in all_args)
+    if not resume:
+        for args in all_args:
+            if os.path.isdir(args.run_dir) and os.listdir(args.run_dir):
+                stale = f"{args.run_dir}.stale-{int(time.time())}"
+                os.replace(args.run_dir, stale)
+                print(f"{args.run_dir}: no summary and no checkpoint; moved aside to {stale}")
+    print(f"{names}: {'resuming from their checkpoint.pt' if resume else 'starting'} in lockstep")
+    base = all_args[0].run_dir[:-len(f"__seed{all_args[0].seed}")]
+    summary = sweep.train(dataclasses.replace(all_args[0], run_dir=base, num_seeds=len(cells), resume=resume))
+    return EXIT_STATUS[summary["status"]]
+
+
 class StopRequests:
     """Slurm's SIGTERM / SIGUSR1 between cells: start no new cell. While a cell runs, train's own handlers take
     over (and restore these when the cell ends)."""
@@ -192,17 +244,17 @@ class StopRequests:
 
 
 def run_tasks(sweep, grid, indices, options):
-    """Run cells one after another. An interruption stops the range with status 75; otherwise 3 when any cell
-    diverged, else 0."""
-    cells = grid.cells()
-    all_args = [cell_args(sweep, grid, cells[i], options) for i in indices]  # usage errors before any work
+    """Run tasks (cells, or packs of seeds) one after another. An interruption stops the range with status 75;
+    otherwise 3 when any cell diverged, else 0."""
+    packs = tasks(grid, options.seeds_per_task)
+    all_args = [[cell_args(sweep, grid, cell, options) for cell in packs[i]] for i in indices]  # usage errors first
     codes = []
     with StopRequests() as stop:
         for i, args in zip(indices, all_args):
             if stop.requested:
-                print(f"signalled before cell {i}: stopping; the requeued task continues from here")
+                print(f"signalled before task {i}: stopping; the requeued task continues from here")
                 return EXIT_INTERRUPTED
-            codes.append(run_cell(sweep, args, cells[i]))
+            codes.append(run_pack(sweep, args, packs[i]))
             if codes[-1] == EXIT_INTERRUPTED:
                 return EXIT_INTERRUPTED
     return EXIT_DIVERGED if EXIT_DIVERGED in codes else EXIT_COMPLETED
@@ -222,6 +274,9 @@ def build_parser(sweep):
                         help="run sizes (Args values) for every cell")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one Args field for every cell, e.g. --set total_steps=20000 (repeatable)")
+    parser.add_argument("--seeds-per-task", type=int, default=1, metavar="K",
+                        help="train up to K consecutive seeds of a cell in one process, in lockstep (the agent's "
+                             "--num-seeds); task N is then the N-th pack (--list shows them)")
     if sweep.add_arguments:
         sweep.add_arguments(parser)
     return parser
@@ -236,10 +291,11 @@ def run(sweep, argv=None):
             sweep.analyze(options.runs_dir, options)
             return EXIT_COMPLETED
         grid = sweep.make_grid(options)
-        cells = grid.cells()
+        check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
+        cells = tasks(grid, options.seeds_per_task)
         if options.list:
-            for cell in cells:
-                print(cell.index, cell.name)
+            for index, pack in enumerate(cells):
+                print(index, " ".join(cell.name for cell in pack))
             return EXIT_COMPLETED
         if options.tasks is not None:
             indices = parse_tasks(options.tasks, len(cells))

@@ -209,9 +209,10 @@ def test_tiny_cells_run_and_analyze(tmp_path, data_dir, capsys):
 
 @pytest.mark.parametrize("script, grid", [("interventions.sbatch", "interventions"), ("width_sweep.sbatch", "width")])
 def test_sbatch_array_covers_the_grid(script, grid, capsys):
-    """The array's range is the paper grid's cells; the script hands its grid to the sweep's shared task body."""
+    """The array's range is the paper grid's tasks (a cell's three seeds each); the script hands its grid to the
+    sweep's shared task body."""
     with open(os.path.join(os.path.dirname(iv.__file__), "slurm", script)) as f:
         text = f.read()
     last = int(re.search(r"^#SBATCH --array=0-(\d+)$", text, re.M)[1])
-    assert last + 1 == len(listed(capsys, "--grid", grid))
-    assert f'sweep_task.sh" interventions_sweep.py --grid {grid} "$@"' in text
+    assert last + 1 == len(listed(capsys, "--grid", grid, "--seeds-per-task", "3"))
+    assert f'sweep_task.sh" interventions_sweep.py --grid {grid} --seeds-per-task 3 "$@"' in text

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
+from common import sweep
 from common.optim import Adam
 from common.seeds import SeedStack, load_optimizer_states, optimizer_state
 
@@ -167,3 +168,26 @@ def test_seed_modules_view_the_stack_and_optimizer_state_round_trips():
     load_optimizer_states(fresh, states)
     for p in stack.params.values():
         assert all(torch.equal(fresh.state[p][key], optimizer.state[p][key]) for key in ("exp_avg", "exp_avg_sq"))
+
+
+def test_a_sweep_packs_a_cells_seeds_into_one_task(tmp_path, data_dir, capsys):
+    """--seeds-per-task 2 over seeds 1-3: task 0 trains seeds 1 and 2 in lockstep into their own cell directories
+    (then skipped when run again), task 1 seed 3 alone."""
+    grid = sweep.Grid("g", {"variant": sweep.values("variant", ["true_label"]),
+                            "seed": sweep.values("seed", [1, 2, 3], label=lambda s: f"seed{s}")})
+    preset = {**TINY, "data_dir": data_dir, "total_steps": 10, "probe_every": 0}
+    toy = sweep.Sweep(make_grid=lambda options: grid, presets={"tiny": preset}, analyze=None, train=dqn.train,
+                      args_cls=dqn.Args)
+    argv = ["--seeds-per-task", "2", "--runs-dir", str(tmp_path)]
+    assert sweep.run(toy, ["--list", *argv]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0 true_label__seed1 true_label__seed2", "1 true_label__seed3"]
+    assert sweep.run(toy, ["--task-id", "0", *argv]) == 0
+    for seed in (1, 2):
+        run_dir = tmp_path / "g" / f"true_label__seed{seed}"
+        assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
+        assert json.load(open(run_dir / "args.json"))["seed"] == seed
+    assert not (tmp_path / "g" / "true_label__seed3").exists()
+    assert "in lockstep" in capsys.readouterr().out
+    assert sweep.run(toy, ["--task-id", "0", *argv]) == 0 and "skipped" in capsys.readouterr().out
+    assert sweep.run(toy, ["--task-id", "1", *argv]) == 0
+    assert json.load(open(tmp_path / "g" / "true_label__seed3" / "summary.json"))["status"] == "completed"

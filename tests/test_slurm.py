@@ -149,18 +149,19 @@ def wait_for(env, job_id, timeout=300):
         time.sleep(1)
 
 
-def test_array_of_four_cells_runs_and_is_analyzed(slurm, tmp_path, data_dir, capsys):
+def test_array_of_four_tasks_runs_and_is_analyzed(slurm, tmp_path, data_dir, capsys):
+    """Four tasks of four seeds each (falsification.sbatch packs a cell's seeds: --seeds-per-task 4)."""
     job_id = submit(slurm, tmp_path, data_dir, "0-3")
     wait_for(slurm, job_id)
     logs = sorted(tmp_path.glob(f"{job_id}_*.out"))
     assert len(logs) == 4, list(tmp_path.iterdir())
     for log in logs:
         assert "run exited with status 0" in log.read_text(), log.read_text()[-3000:]
-    for cell in falsification.make_grid(argparse.Namespace(datasets="offline")).cells()[:4]:
+    for cell in falsification.make_grid(argparse.Namespace(datasets="offline")).cells()[:16]:
         summary = json.loads((tmp_path / "runs" / "falsification" / cell.name / "summary.json").read_text())
         assert (summary["status"], summary["steps"]) == ("completed", 40)
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path / "runs")]) == 0
-    assert "4 completed runs, none left out" in capsys.readouterr().out
+    assert "16 completed runs, none left out" in capsys.readouterr().out
     assert json.loads((tmp_path / "runs" / "falsification.json").read_text()).keys() == \
         {"correlations", "sign_reversals"}
 
