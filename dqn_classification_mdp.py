@@ -160,7 +160,8 @@ def validate(args):
     check(args.variant in VARIANTS, f"unknown --variant {args.variant!r}: choose one of {', '.join(VARIANTS)}")
     check(args.arch in ARCHITECTURES, f"unknown --arch {args.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every", "width",
+    for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every",
+                 "width",
                  "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
                  "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -376,7 +377,8 @@ def train(args):
             target_networks.append(build_q_network(args, obs_shape).to(device))
             target_networks[-1].load_state_dict(q_networks[-1].state_dict())
             initial_parameters.append([p.detach().clone() for p in q_networks[-1].parameters()])  # distance_from_init
-            rng_states.append((torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None))
+            cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            rng_states.append((torch.get_rng_state(), cuda_rng))
         ckpts = [None if run.finished else run.load_checkpoint(device) for run in runs]
     except UsageError:
         for run in runs:
