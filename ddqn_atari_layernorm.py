@@ -11,9 +11,6 @@ sampled batch (eq. 3; Fig 7 bottom, 19-20).
 Step counts are agent steps (4 frames each) unless the name says frames. SIGTERM or SIGUSR1 (Slurm preemption)
 writes `checkpoint.pt` and exits; `--resume` continues exactly where the run stopped.
 """
-import collections
-import glob
-import json
 import os
 import sys
 import time
@@ -25,12 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized, load_atari_scores,
-                          make_env, restore_env_state, write_video)
+from common.atari import (FrameReplay, check_env_id, completed_finals, env_state, game_name, human_normalized,
+                          load_atari_scores, make_env, restore_env_state, write_video)
 from common.cli import check, main, select_device, seed_everything
-from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
-from common.hessian import hessian_matvec, lanczos, spectral_density
+from common.grad_cov import gradient_covariance, interference, per_example_grads
+from common.hessian import hessian_matvec, lanczos
 from common.optim import RMSProp
+from common.plots import draw_grad_cov, draw_spectral_densities
 from common.run import Interrupted, Run
 
 
@@ -266,49 +264,6 @@ def evaluate(q_net, env, args, seed, device, video_path=None):
     return float(np.mean(returns)) if returns else episode_return, len(returns)
 
 
-def draw_grad_cov(snapshots, env_id, layer_norm):
-    """A row of C_k heat maps over training (Fig 19-20), rows and columns in k-means order (A.1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
-    fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
-    for ax, (step, cov) in zip(axes[0], picks):
-        cov = torch.as_tensor(cov)
-        order = kmeans_order(cov, k=min(10, len(cov)))
-        image = ax.imshow(cov[order][:, order], vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(f"{step * 4 / 1e6:.2f}M frames", fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(f"{game_name(env_id)}, {'LayerNorm' if layer_norm else 'baseline'}: gradient covariance C_k")
-    return fig
-
-
-def draw_hessian(snapshots, env_id, layer_norm):
-    """Gaussian-smoothed Hessian spectral densities over training (Fig 21-22), one curve per snapshot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    low = min(float(nodes[0]) for _, nodes, _ in snapshots)
-    high = max(float(nodes[-1]) for _, nodes, _ in snapshots)
-    margin = 0.05 * (high - low) + 1e-6
-    grid = torch.linspace(low - margin, high + margin, 1000, dtype=torch.float64)
-    sigma2 = 1e-5 * (high - low + 2 * margin) ** 2  # a kernel width relative to the spectrum's range
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colours = plt.cm.viridis(np.linspace(0, 1, len(snapshots)))
-    for (step, nodes, weights), colour in zip(snapshots, colours):
-        density = spectral_density(nodes, weights, grid, sigma2).clamp_min(1e-12)
-        ax.plot(grid, density, color=colour, lw=1, label=f"{step * 4:,} frames")
-    ax.set(yscale="log", xlabel="eigenvalue", ylabel="density",
-           title=f"{game_name(env_id)}, {'LayerNorm' if layer_norm else 'baseline'}: TD-loss Hessian spectrum")
-    ax.legend(fontsize=7)
-    return fig
-
-
 # ---------------------------------------------------------------------------------------------------- training
 def check_args(args):
     check_env_id(args.env_id)
@@ -487,10 +442,12 @@ def train(args):
     if not run.diverged:
         save_checkpoint()  # also after completion: a raised --total-frames continues from here
 
+    title = f"{game}, {'LayerNorm' if args.layer_norm else 'baseline'}"
     if state["grad_cov"]:
-        run.save_figure(lambda: draw_grad_cov(state["grad_cov"], args.env_id, args.layer_norm), "grad_cov.png")
+        run.save_figure(lambda: draw_grad_cov(state["grad_cov"], f"{title}: gradient covariance C_k"), "grad_cov.png")
     if state["hessian"]:
-        run.save_figure(lambda: draw_hessian(state["hessian"], args.env_id, args.layer_norm), "hessian_density.png")
+        run.save_figure(lambda: draw_spectral_densities(state["hessian"], f"{title}: TD-loss Hessian spectrum"),
+                        "hessian_density.png")
     if args.save_model:
         torch.save(q_net.state_dict(), os.path.join(run.run_dir, f"{args.exp_name}.model"))
     return run.finish(state["step"], done=state["step"] >= total_steps and not due(state["step"]),
@@ -499,30 +456,6 @@ def train(args):
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
-def completed_finals(runs_dir):
-    """{(game, layer_norm): final eval returns} of the completed runs in runs_dir. Prints how many runs it skipped
-    and why (interrupted, diverged, no final evaluation), and warns when one game's runs differ in frames."""
-    finals, frames, skipped = {}, {}, collections.Counter()
-    for summary_path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
-        with open(summary_path) as f:
-            summary = json.load(f)
-        final = summary.get("metrics", {}).get("eval/episodic_return")
-        if summary.get("status") != "completed":
-            skipped[f"status {summary.get('status')}"] += 1
-        elif "env_id" not in summary or not isinstance(final, (int, float)):
-            skipped["no final evaluation"] += 1
-        else:
-            game = game_name(summary["env_id"])
-            finals.setdefault((game, summary["layer_norm"]), []).append(final)
-            frames.setdefault(game, set()).add(summary.get("frames"))
-    if skipped:
-        print(f"skipped {sum(skipped.values())} runs: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
-    for game, lengths in sorted(frames.items()):
-        if len(lengths) > 1:
-            print(f"warning: {game} runs differ in length: {sorted(lengths, key=str)} frames", file=sys.stderr)
-    return finals
-
-
 def aggregate(args):
     """Per game, the human-normalised improvement of LayerNorm over the baseline (Wang et al. 2016):
     (LN - baseline) / (max(human, baseline) - random), each the seed-mean of the final evaluation score; prints
