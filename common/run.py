@@ -236,9 +236,16 @@ class Run:
     def _restore_handlers(self):
         global _active
         _active = None
-        for s, handler in self._previous_handlers.items():
+        previous, self._previous_handlers = self._previous_handlers, {}
+        for s, handler in previous.items():
             signal.signal(s, handler)
-        self._previous_handlers = {}
+        # A signal that came after the last step (during the final checkpoint or figures) ends nothing early, but
+        # whoever listened before this run (a sweep between cells) must still hear it. Python's own Ctrl-C handler
+        # is left out: it would raise KeyboardInterrupt in the middle of writing the summary.
+        signum = signal.Signals[self.signal] if self.signal else None
+        handler = previous.get(signum)
+        if self.interrupted and callable(handler) and handler is not signal.default_int_handler:
+            handler(signum, None)
 
     def finish(self, step, done, metrics=None, **extra):
         """Write summary.json: status diverged, else completed when ``done``, else interrupted."""

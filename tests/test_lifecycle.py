@@ -381,3 +381,33 @@ def test_docs_use_the_readme_interpreter():
         for number, line in enumerate(open(os.path.join(ROOT, name)), 1):
             bare = re.search(r"(?<![/\w.-])python3? (?!-m venv)", line)
             assert not bare, f"{name}:{number}: use .venv/bin/python, as the README's set-up: {line.strip()}"
+
+
+def test_a_signal_after_the_last_step_still_reaches_the_handler_before_the_run(tmp_path):
+    """A sweep listens for SIGTERM between cells; a signal during a cell's final checkpoint or figures completes that
+    cell but must still stop the range (it was dropped before)."""
+    import dataclasses
+
+    from common.run import Run
+
+    @dataclasses.dataclass
+    class Args:
+        exp_name: str = "t"
+        seed: int = 0
+        track: bool = False
+        resume: bool = False
+        run_dir: str = ""
+        total_steps: int = 1
+
+    heard = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: heard.append(signum))
+    try:
+        run = Run(Args(run_dir=str(tmp_path / "run")), total="total_steps")
+        run.start(0)
+        os.kill(os.getpid(), signal.SIGTERM)  # taken by the run's handler
+        assert heard == [] and run.interrupted
+        summary = run.finish(1, done=True)
+        assert summary["status"] == "completed"
+        assert heard == [signal.SIGTERM]  # passed on when the run gave the handler back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
