@@ -4,6 +4,7 @@ Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
 """
+import contextlib
 import dataclasses
 import os
 import time
@@ -20,7 +21,7 @@ from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
 from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
-from common.probe import run_probe
+from common.probe import run_probes
 from common.run import Interrupted, Run, share_signals
 from common.seeds import (SeedStack, StackedReplay, global_rng, load_optimizer_states, optimizer_state,
                           optimizer_view, per_seed)
@@ -122,6 +123,9 @@ class Args:
     """inputs X drawn from the replay for the probe (not given)"""
     probe_batch_size: int = 32
     """minibatch size of the probe fits (not given; the agent's)"""
+    probe_seed_batch: int = 0
+    """with --num-seeds: seeds whose probes run in one lockstep (0: all); each adds --probe-targets copies of the
+    network with gradients and optimizer moments, so lower it when those do not fit in memory"""
     stats: bool = True
     """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
     hessian: bool = True
@@ -165,8 +169,8 @@ def validate(args):
                  "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
                  "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("probe_every", "checkpoint_every", "num_images", "learning_starts", "epsilon", "weight_decay",
-                 "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb", "redo_tau"):
+    for name in ("probe_every", "probe_seed_batch", "checkpoint_every", "num_images", "learning_starts", "epsilon",
+                 "weight_decay", "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb", "redo_tau"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
     check(args.learning_starts * args.num_envs >= args.batch_size,
           "--learning-starts x --num-envs must fill the replay with at least --batch-size transitions")
@@ -261,26 +265,33 @@ def step_envs(envs, actions):
     return torch.stack([obs for obs, _ in steps]), torch.stack([rewards for _, rewards in steps])
 
 
-def probe_plasticity(args, q_network, target_network, images, replay, obs_shape, step, initial_parameters):
-    """Sec 3.1: fit fresh random targets from a copy of the current parameters; before that, the statistics of
-    Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``). Returns
-    ``(ProbeResult, metrics)``. The probe draws from its own generator and a forked global RNG, seeded from the
-    run seed and ``step``, so the agent is untouched: its weights after N steps are bit-identical whatever the
-    probe settings."""
-    inputs_seed, dropout_seed, fit_seed = np.random.SeedSequence([args.seed, step]).generate_state(3).tolist()
-    generator = torch.Generator(images.device).manual_seed(inputs_seed)
-    pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
-    inputs = images[replay.obs[pick]]
-    metrics = {}
-    if args.stats or args.hessian:
-        batch = replay.sample(args.hessian_batch_size, generator)
-        metrics = network_statistics(args, q_network, target_network, images, inputs, batch, initial_parameters)
+def probe_plasticity(seed_args, q_networks, target_networks, images, replays, obs_shape, step, initial_parameters):
+    """Sec 3.1 for one or more seeds at once (lists, one entry per seed): fit fresh random targets from a copy of
+    each seed's current parameters, all seeds' fits in one lockstep (``run_probes``); before that, each seed's
+    statistics of Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``). Returns
+    ``[(ProbeResult, metrics)]``, one per seed. Each seed's probe draws from its own generators, seeded from its run
+    seed and ``step``, and from a forked global RNG, so the agents are untouched: their weights after N steps are
+    bit-identical whatever the probe settings. Dropout in the fits (the ViT) draws from that forked RNG, seeded as
+    the first seed's probe: one seed's is its single run's, several seeds' draw one mask tensor between them."""
+    args, inputs, metrics, fit_seeds, dropout_seeds = seed_args[0], [], [], [], []
+    for run_args, q_network, target_network, replay, initial in zip(seed_args, q_networks, target_networks, replays,
+                                                                    initial_parameters, strict=True):
+        inputs_seed, dropout_seed, fit_seed = np.random.SeedSequence([run_args.seed, step]).generate_state(3).tolist()
+        generator = torch.Generator(images.device).manual_seed(inputs_seed)
+        pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
+        inputs.append(images[replay.obs[pick]])
+        metrics.append({})
+        if args.stats or args.hessian:
+            batch = replay.sample(args.hessian_batch_size, generator)
+            metrics[-1] = network_statistics(args, q_network, target_network, images, inputs[-1], batch, initial)
+        fit_seeds.append(fit_seed)
+        dropout_seeds.append(dropout_seed)
     with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-        torch.manual_seed(dropout_seed)  # dropout in the fits draws from the global RNG, as the agent's dropout does
-        result = run_probe(q_network, lambda: build_q_network(args, obs_shape), inputs,
-                           lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
-                           steps=args.probe_steps, batch_size=args.probe_batch_size, seed=fit_seed)
-    return result, metrics
+        torch.manual_seed(dropout_seeds[0])  # dropout in the fits draws from the global RNG, as the agent's does
+        results = run_probes(q_networks, lambda: build_q_network(args, obs_shape), torch.stack(inputs),
+                             lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
+                             steps=args.probe_steps, batch_size=args.probe_batch_size, seeds=fit_seeds)
+    return list(zip(results, metrics))
 
 
 def intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states):
@@ -431,19 +442,27 @@ def train(args):
             "step": step, "probe_history": probe_history[k], "stats": stats[k], "obs": obs[k], "probes": probes[k],
             "initial_parameters": initial_parameters[k]}, step)
 
-    def probe_and_log(k):
-        """Seed k's probe due at ``step``; a signal abandons it, and the resumed run redoes it."""
-        with runs[k].measurement(), global_rng(rng_states, k, device):
-            result, metrics = probe_plasticity(runs[k].args, q_stack.modules[k], target_stack.modules[k], images,
-                                               replay.view(k), obs_shape, step, initial_parameters[k])
-            plasticity = result.plasticity.item()
-        probe_history[k].append((step, result.curves.mean(0).cpu(), plasticity))
-        row = runs[k].log(step, {"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                                 "probe/plasticity": plasticity,
-                                 "probe/plasticity_loss": probe_history[k][0][2] - plasticity, **metrics})
-        probes[k].append(row)  # summary.json's per-probe trajectories: step, plasticity, final loss, statistics
-        print(f"step {step:>8,}  seed {runs[k].args.seed}  probe: final loss {row['probe/final_loss']:.4f}  "
-              f"P {plasticity:.4f}")
+    def probe_and_log(due):
+        """The probes of seeds ``due`` at ``step``, in lockstep (--probe-seed-batch seeds at a time); a signal
+        abandons them, and the resumed run redoes them."""
+        chunk = args.probe_seed_batch or len(due)
+        for group in (due[i:i + chunk] for i in range(0, len(due), chunk)):
+            with contextlib.ExitStack() as measuring:
+                for k in group:
+                    measuring.enter_context(runs[k].measurement())
+                results = probe_plasticity([runs[k].args for k in group], [q_stack.modules[k] for k in group],
+                                           [target_stack.modules[k] for k in group], images,
+                                           [replay.view(k) for k in group], obs_shape, step,
+                                           [initial_parameters[k] for k in group])
+                plasticities = [result.plasticity.item() for result, _ in results]
+            for k, (result, metrics), plasticity in zip(group, results, plasticities):
+                probe_history[k].append((step, result.curves.mean(0).cpu(), plasticity))
+                row = runs[k].log(step, {"probe/final_loss": result.final_losses.mean(),
+                                         "probe/baseline": result.baseline, "probe/plasticity": plasticity,
+                                         "probe/plasticity_loss": probe_history[k][0][2] - plasticity, **metrics})
+                probes[k].append(row)  # summary.json's per-probe trajectories: step, P, final loss, statistics
+                print(f"step {step:>8,}  seed {runs[k].args.seed}  probe: final loss {row['probe/final_loss']:.4f}  "
+                      f"P {plasticity:.4f}")
 
     def probe_due(k):
         return args.probe_every and step % args.probe_every == 0 and (
@@ -455,9 +474,8 @@ def train(args):
     last_metrics, window_start, window_time = [{} for _ in runs], step, time.time()
     steps_done = [step] * n  # a diverged seed's count stops where it diverged
     try:
-        for k in live():
-            if probe_due(k):  # step 0, or a probe that a signal abandoned before the checkpoint
-                probe_and_log(k)
+        if [k for k in live() if probe_due(k)]:  # step 0, or probes that a signal abandoned before the checkpoint
+            probe_and_log([k for k in live() if probe_due(k)])
         while step < args.total_steps and live() and not runs[active[0]].interrupted:
             actions = act(q_stack, images, obs, args.epsilon, generators)
             next_obs, rewards = step_envs(envs, actions)
@@ -489,10 +507,10 @@ def train(args):
                           f"Q {mean[1]:.3f}  accuracy {mean[2]:.3f}  SPS {sps:,.0f}")
                 stats.zero_()
                 window_start, window_time = step, time.time()
-            for k in live():
-                if probe_due(k) and not runs[k].stopping:
-                    probe_and_log(k)
-                    window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
+            due = [k for k in live() if probe_due(k) and not runs[k].stopping]
+            if due:
+                probe_and_log(due)
+                window_start, window_time = step, time.time()  # SPS measures the agent, not the probe
             if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
                 for k in live():
                     if not runs[k].stopping:

@@ -27,6 +27,7 @@ from common.data import load_dataset  # noqa: E402
 from common.networks import build_network  # noqa: E402
 from common.optim import make_optimizer  # noqa: E402
 from common.probe import _final_losses_vectorized, fit_sequential, fit_vectorized, make_targets  # noqa: E402
+from common.seeds import StackedReplay  # noqa: E402
 
 
 @dataclass
@@ -86,11 +87,12 @@ def bench_probe(args, device, images, width):
 
     def vectorised():  # with the final losses on all inputs, as fit_sequential computes them
         start = time.perf_counter()
-        model, params, buffers, _ = fit_vectorized(network, inputs, targets, adam, args.probe_steps, 32)
+        model, params, buffers, _ = fit_vectorized([network], inputs[None], targets[None], adam, args.probe_steps,
+                                                   32, seeds=[0])
         if device.type == "cuda":
             torch.cuda.synchronize()
         fit_seconds.append(time.perf_counter() - start)
-        return _final_losses_vectorized(model, params, buffers, inputs, targets)
+        return _final_losses_vectorized(model, params, buffers, inputs[None], targets[None])
 
     contenders = {"vectorised": vectorised,
                   "sequential": lambda: fit_sequential(network, inputs, targets, adam, args.probe_steps, 32),
@@ -126,11 +128,12 @@ def bench_statistics(args, device, images, arch):
     q_network = dqn.build_q_network(run_args, obs_shape).to(device)
     target_network = dqn.build_q_network(run_args, obs_shape).to(device)
     initial = [p.detach().clone() for p in q_network.parameters()]
-    replay = dqn.IndexReplay(10_000, device)
-    generator = torch.Generator(device).manual_seed(0)
     n = 10_000
-    replay.add(torch.randint(len(images), (n,), device=device), torch.randint(10, (n,), device=device),
-               torch.rand(n, device=device), torch.randint(len(images), (n,), device=device))
+    replay = StackedReplay(1, n, device)
+    generator = torch.Generator(device).manual_seed(0)
+    replay.add(torch.randint(len(images), (1, n), device=device), torch.randint(10, (1, n), device=device),
+               torch.rand(1, n, device=device), torch.randint(len(images), (1, n), device=device))
+    replay = replay.view(0)
     inputs = images[replay.obs[:run_args.probe_inputs]]
     batch = replay.sample(run_args.hessian_batch_size, generator)
     statistics = lambda: dqn.network_statistics(run_args, q_network, target_network, images, inputs, batch,  # noqa
@@ -138,8 +141,8 @@ def bench_statistics(args, device, images, arch):
     statistics()  # warm-up
     stats_time = min(timed(statistics, device) for _ in range(args.repeats))
     run_args.probe_steps, run_args.stats, run_args.hessian = args.probe_steps, False, False  # the probe alone
-    probe = lambda: dqn.probe_plasticity(run_args, q_network, target_network, images, replay, obs_shape, 0,  # noqa
-                                         initial)
+    probe = lambda: dqn.probe_plasticity([run_args], [q_network], [target_network], images, [replay],  # noqa
+                                         obs_shape, 0, [initial])
     short = timed(probe, device)
     run_args.probe_steps = 2 * args.probe_steps
     long = timed(probe, device)

@@ -7,8 +7,9 @@ network's mean prediction on X, with the agent's optimizer (fresh state) for ``s
 
 The K fits are independent copies trained in lockstep: parameters stacked with ``torch.func.stack_module_state``,
 one ``vmap``-ed forward, one backward of the summed losses (each copy's gradient is its own loss's), and one
-elementwise optimizer over the stacked tensors. ``fit_sequential`` is the plain reference: same draws, one fit
-after another.
+elementwise optimizer over the stacked tensors. ``run_probes`` does the same for the N seeds of ``--num-seeds``:
+N x K copies, each seed's from its own network, inputs and seed. ``fit_sequential`` is the plain reference: same
+draws, one fit after another.
 
 Modes (dropout and BatchNorm behave differently in train and eval mode):
 - the offset ``a`` is the network's mean prediction in eval mode, the mode the agent acts and bootstraps in
@@ -72,14 +73,24 @@ def _draw_batches(num_inputs, num_targets, steps, batch_size, seed, device):
     return torch.randint(num_inputs, (steps, num_targets, batch_size), generator=generator, device=device)
 
 
-def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
-    """Fit the K targets together; returns ``(model, stacked params, stacked buffers, curves)``."""
-    num_targets = targets.shape[0]
-    model = _probe_copy(network)
-    params, buffers = stack_module_state([model] * num_targets)
+def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size, seeds):
+    """Fit K targets for each of N networks (the seeds of ``--num-seeds``; one network: N = 1), all N x K copies
+    in lockstep. ``inputs`` is ``(N, num_inputs, ...)``, ``targets`` ``(N, K, num_inputs, outputs)``, and copy
+    ``(n, k)`` starts from ``networks[n]`` and draws its minibatches from ``seeds[n]`` exactly as network n's probe
+    alone would. Returns ``(model, stacked params, stacked buffers, curves (N, K, steps))``; copy ``(n, k)`` is
+    row ``n * K + k`` of the stacked tensors."""
+    num_seeds, num_targets, num_inputs = targets.shape[:3]
+    starts = [_probe_copy(network) for network in networks]
+    model = starts[0]  # the structure vmap calls with stacked tensors
+    params, buffers = stack_module_state([start for start in starts for _ in range(num_targets)])
     params = {name: p.detach() for name, p in params.items()}  # gradients come from torch.func, not .backward()
-    batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
-    rows = torch.arange(num_targets, device=inputs.device).unsqueeze(1)
+    device = inputs.device
+    # Each network's minibatch indices drawn from its own seed, as its probe alone draws them: (steps, N * K, B).
+    batches = torch.cat([_draw_batches(num_inputs, num_targets, steps, batch_size, seed, device) for seed in seeds],
+                        dim=1)
+    inputs, targets = inputs.flatten(0, 1), targets.flatten(0, 1)  # (N * I, ...) and (N * K, I, outputs)
+    rows = torch.arange(num_seeds * num_targets, device=device).unsqueeze(1)
+    offsets = rows // num_targets * num_inputs  # copy (n, k) reads network n's inputs, rows n * I .. n * I + I - 1
 
     def summed_loss(p, b, x, y):
         losses = vmap(lambda p, b, x, y: model.loss(functional_call(model, (p, b), (x,)), y).mean(),
@@ -87,11 +98,11 @@ def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, 
         return losses.sum(), losses  # the copies share nothing, so each gets exactly its own gradient
 
     grads_and_losses = grad(summed_loss, has_aux=True)
-    curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
+    curves = torch.empty(num_seeds * num_targets, steps, dtype=targets.dtype, device=device)
     optimizer = None
     for step in range(steps):
-        idx = batches[step]  # (K, B)
-        grads, losses = grads_and_losses(params, buffers, inputs[idx], targets[rows, idx])
+        idx = batches[step]  # (N * K, B)
+        grads, losses = grads_and_losses(params, buffers, inputs[idx + offsets], targets[rows, idx])
         if optimizer is None:
             # Keep each stacked parameter in the memory layout its gradient comes in (a stacked Linear weight's
             # gradient is the transpose of a contiguous batched matmul's output), so that the optimizer's
@@ -102,16 +113,23 @@ def fit_vectorized(network, inputs, targets, make_optimizer, steps, batch_size, 
             p.grad = grads[name]
         optimizer.step()
         curves[:, step] = losses
-    return model, params, buffers, curves
+    return model, params, buffers, curves.unflatten(0, (num_seeds, num_targets))
 
 
 @torch.no_grad()
 def _final_losses_vectorized(model, params, buffers, inputs, targets, chunk=256):
+    """``(N, K)`` mean squared error of each copy on all of its network's inputs, in eval mode."""
     model.eval()
+    num_seeds, num_targets = targets.shape[:2]
     values = vmap(lambda p, b, x: model.values(functional_call(model, (p, b), (x,))), in_dims=(0, 0, None))
-    errors = [(values(params, buffers, inputs[i:i + chunk]) - targets[:, i:i + chunk]).square()
-              for i in range(0, len(inputs), chunk)]
-    return torch.cat(errors, dim=1).flatten(1).mean(1)
+    final = []
+    for n in range(num_seeds):
+        rows = slice(n * num_targets, (n + 1) * num_targets)
+        p, b = ({name: v[rows] for name, v in d.items()} for d in (params, buffers))
+        errors = [(values(p, b, inputs[n, i:i + chunk]) - targets[n, :, i:i + chunk]).square()
+                  for i in range(0, inputs.shape[1], chunk)]
+        final.append(torch.cat(errors, dim=1).flatten(1).mean(1))
+    return torch.stack(final)
 
 
 def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
@@ -142,12 +160,29 @@ def run_probe(network, make_network, inputs, make_optimizer, *, num_targets=10, 
     ``make_network()`` builds a freshly initialised network of the same architecture (for the targets);
     ``make_optimizer(params)`` builds the agent's optimizer with fresh state.
     """
-    targets = make_targets(network, make_network, inputs, num_targets, seed)
     if vectorized:
-        model, params, buffers, curves = fit_vectorized(network, inputs, targets, make_optimizer, steps,
-                                                        batch_size, seed)
-        final = _final_losses_vectorized(model, params, buffers, inputs, targets)
-    else:
-        final, curves = fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed)
+        return run_probes([network], make_network, inputs[None], make_optimizer, num_targets=num_targets,
+                          steps=steps, batch_size=batch_size, seeds=[seed])[0]
+    targets = make_targets(network, make_network, inputs, num_targets, seed)
+    final, curves = fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed)
+    return _result(final, curves, targets)
+
+
+def run_probes(networks, make_network, inputs, make_optimizer, *, num_targets=10, steps=2000, batch_size=32,
+               seeds=None):
+    """``run_probe`` for N networks of one architecture at once (the seeds of ``--num-seeds``): all N x K fits in
+    one lockstep. ``inputs`` is ``(N, num_inputs, ...)``, network n's probe inputs; ``seeds[n]`` seeds network n's
+    targets and minibatches. Network n's result equals its own ``run_probe`` (to rounding: the vmapped batch is
+    larger). Returns a list of N ``ProbeResult``s."""
+    seeds = list(range(len(networks))) if seeds is None else seeds
+    targets = torch.stack([make_targets(network, make_network, x, num_targets, seed)
+                           for network, x, seed in zip(networks, inputs, seeds, strict=True)])
+    model, params, buffers, curves = fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
+                                                    seeds)
+    final = _final_losses_vectorized(model, params, buffers, inputs, targets)
+    return [_result(*parts) for parts in zip(final, curves, targets)]
+
+
+def _result(final, curves, targets):
     baseline = targets.flatten(1).var(dim=1).mean()
     return ProbeResult(final, curves, baseline, baseline - final.mean())

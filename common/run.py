@@ -293,14 +293,20 @@ def _set_rng_state(state):
 
 def share_signals(runs):
     """One signal handler for several runs in one process (``--num-seeds``): a signal interrupts them all, and
-    abandons the measurement one of them is in. Call after every run's ``start``; ``finish`` them in reverse order,
+    abandons the measurement they are in. Call after every run's ``start``; ``finish`` them in reverse order,
     so that each puts back the handler it found and the last one the process's own."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def on_signal(signum, frame):
-        for run in sorted(runs, key=lambda r: r._measuring):  # the measuring run last: its handler raises
-            run._on_signal(signum, frame)
+        abandon = False
+        for run in runs:  # every run hears it before the measurement under way (one or several runs') is abandoned
+            try:
+                run._on_signal(signum, frame)
+            except Interrupted:
+                abandon = True
+        if abandon:
+            raise Interrupted
 
     for s in SIGNALS:
         signal.signal(s, on_signal)

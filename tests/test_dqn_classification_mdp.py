@@ -133,7 +133,8 @@ def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone(
     rng = torch.get_rng_state()
     initial = [p.detach().clone() for p in network.parameters()]
     (first, stats), (again, stats_again), (later, _) = (
-        dqn.probe_plasticity(args, network, network, images, replay, (1, 9, 9), step, initial) for step in (5, 5, 6))
+        dqn.probe_plasticity([args], [network], [network], images, [replay], (1, 9, 9), step, [initial])[0]
+        for step in (5, 5, 6))
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(first.curves, again.curves) and not torch.equal(first.curves, later.curves)
     assert "curvature/hessian_top" in stats and all(torch.equal(stats[k], stats_again[k]) for k in stats)

@@ -4,7 +4,7 @@ import torch
 from common.interventions import TwoHot
 from common.networks import build_network
 from common.optim import Adam, make_optimizer
-from common.probe import make_targets, predict_values, run_probe
+from common.probe import make_targets, predict_values, run_probe, run_probes
 
 
 def _setup(dtype=torch.float32, **net_kwargs):
@@ -78,3 +78,21 @@ def test_probe_leaves_the_network_unchanged_and_learns():
     assert result.curves.shape == (3, 300)
     assert (result.final_losses < 0.7 * result.baseline).all()  # a fresh network fits much of the random targets
     torch.testing.assert_close(result.plasticity, result.baseline - result.final_losses.mean())
+
+
+@pytest.mark.parametrize("arch,net_kwargs", [("mlp", dict(layer_norm=True)), ("cnn", dict(two_hot=TwoHot(-3, 3, 13)))])
+def test_probes_of_several_networks_at_once_equal_each_networks_own_probe(arch, net_kwargs):
+    """run_probes (the seeds of --num-seeds: N x K fits in one lockstep) gives each network the result of its own
+    run_probe, with its own inputs and seed, in float64 to rounding."""
+    make = lambda: build_network(arch, (1, 8, 8), 4, width=16, **net_kwargs).to(torch.float64)  # noqa: E731
+    torch.manual_seed(0)
+    networks = [make() for _ in range(3)]
+    inputs = torch.rand(3, 40, 1, 8, 8, dtype=torch.float64)
+    kwargs = dict(num_targets=2, steps=15, batch_size=8)
+    together = run_probes(networks, make, inputs, adam, seeds=[11, 12, 13], **kwargs)
+    for network, x, seed, result in zip(networks, inputs, (11, 12, 13), together):
+        alone = run_probe(network, make, x, adam, seed=seed, **kwargs)
+        torch.testing.assert_close(result.curves, alone.curves, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result.final_losses, alone.final_losses, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result.plasticity, alone.plasticity, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(together[0].curves, together[1].curves)

@@ -119,18 +119,22 @@ def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time():
         torch.set_default_dtype(default)
 
 
-def test_sigterm_during_a_seeds_probe_and_resume_equal_single_runs(tmp_path, data_dir, monkeypatch):
-    """SIGTERM arrives in seed 4's probe at step 10, after seed 3's: the run stops (interrupted), and the resumed
-    run redoes the probes of seeds 4 and 5 only; all three then equal uninterrupted single runs."""
-    common = dict(data_dir=data_dir, redo=True, **INTERVENTIONS, **TINY)
+@pytest.mark.parametrize("probe_seed_batch", [0, 1])
+def test_sigterm_during_the_seeds_probes_and_resume_equal_single_runs(tmp_path, data_dir, monkeypatch,
+                                                                      probe_seed_batch):
+    """SIGTERM arrives in the probes at step 10: in the one lockstep of all three seeds' probes, or (one seed at a
+    time) in seed 4's, after seed 3's. The run stops (interrupted) and the resumed run redoes the abandoned probes
+    only; all three seeds then equal uninterrupted single runs."""
+    common = dict(data_dir=data_dir, redo=True, probe_seed_batch=probe_seed_batch, **INTERVENTIONS, **TINY)
     probe = dqn.probe_plasticity
-    signalled = []
+    signalled, sizes = [], []
 
-    def probe_with_a_signal(args, *rest):
-        if args.seed == 4 and rest[5] == 10 and not signalled:
+    def probe_with_a_signal(seed_args, *rest):
+        sizes.append(len(seed_args))
+        if 4 in [a.seed for a in seed_args] and rest[5] == 10 and not signalled:
             signalled.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)  # the shared handler abandons this probe at once
-        return probe(args, *rest)
+            os.kill(os.getpid(), signal.SIGTERM)  # the shared handler abandons these probes at once
+        return probe(seed_args, *rest)
 
     monkeypatch.setattr(dqn, "probe_plasticity", probe_with_a_signal)
     default = torch.get_default_dtype()
@@ -139,6 +143,7 @@ def test_sigterm_during_a_seeds_probe_and_resume_equal_single_runs(tmp_path, dat
         _interrupt_resume_and_compare(tmp_path, common)
     finally:
         torch.set_default_dtype(default)
+    assert set(sizes) == {probe_seed_batch or 3, 1}  # the seeds' probes in lockstep; single runs probe alone
 
 
 def _interrupt_resume_and_compare(tmp_path, common):
