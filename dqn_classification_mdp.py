@@ -269,14 +269,13 @@ def probe_plasticity(seed_args, q_networks, target_networks, images, replays, ob
     """Sec 3.1 for one or more seeds at once (lists, one entry per seed): fit fresh random targets from a copy of
     each seed's current parameters, all seeds' fits in one lockstep (``run_probes``); before that, each seed's
     statistics of Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``). Returns
-    ``[(ProbeResult, metrics)]``, one per seed. Each seed's probe draws from its own generators, seeded from its run
-    seed and ``step``, and from a forked global RNG, so the agents are untouched: their weights after N steps are
-    bit-identical whatever the probe settings. Dropout in the fits (the ViT) draws from that forked RNG, seeded as
-    the first seed's probe: one seed's is its single run's, several seeds' draw one mask tensor between them."""
-    args, inputs, metrics, fit_seeds, dropout_seeds = seed_args[0], [], [], [], []
+    ``[(ProbeResult, metrics)]``, one per seed. Each seed's probe draws only from its own generators (its inputs,
+    minibatches and the fits' dropout), seeded from its run seed and ``step``, so the agents are untouched: their
+    weights after N steps are bit-identical whatever the probe settings."""
+    args, inputs, metrics, fit_seeds = seed_args[0], [], [], []
     for run_args, q_network, target_network, replay, initial in zip(seed_args, q_networks, target_networks, replays,
                                                                     initial_parameters, strict=True):
-        inputs_seed, dropout_seed, fit_seed = np.random.SeedSequence([run_args.seed, step]).generate_state(3).tolist()
+        inputs_seed, _, fit_seed = np.random.SeedSequence([run_args.seed, step]).generate_state(3).tolist()
         generator = torch.Generator(images.device).manual_seed(inputs_seed)
         pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
         inputs.append(images[replay.obs[pick]])
@@ -285,13 +284,15 @@ def probe_plasticity(seed_args, q_networks, target_networks, images, replays, ob
             batch = replay.sample(args.hessian_batch_size, generator)
             metrics[-1] = network_statistics(args, q_network, target_network, images, inputs[-1], batch, initial)
         fit_seeds.append(fit_seed)
-        dropout_seeds.append(dropout_seed)
-    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-        torch.manual_seed(dropout_seeds[0])  # dropout in the fits draws from the global RNG, as the agent's does
-        results = run_probes(q_networks, lambda: build_q_network(args, obs_shape), torch.stack(inputs),
-                             lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
-                             steps=args.probe_steps, batch_size=args.probe_batch_size, seeds=fit_seeds)
+    results = run_probes(q_networks, lambda: build_q_network(args, obs_shape), torch.stack(inputs),
+                         lambda params: build_optimizer(args, params), num_targets=args.probe_targets,
+                         steps=args.probe_steps, batch_size=args.probe_batch_size, seeds=fit_seeds)
     return list(zip(results, metrics))
+
+
+def dropout_generator(seed, device):
+    """Seed ``seed``'s dropout stream for its training forwards (the ViT), apart from its action and replay one."""
+    return torch.Generator(device).manual_seed(int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0]))
 
 
 def intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states):
@@ -399,6 +400,7 @@ def train(args):
     optimizer = build_optimizer(args, q_stack.params.values())  # elementwise: N independent optimizers
     replay = StackedReplay(n, args.buffer_size, device)
     generators = [torch.Generator(device).manual_seed(run.args.seed) for run in runs]
+    q_stack.dropout_generators = [dropout_generator(run.args.seed, device) for run in runs]  # the ViT's masks
     labels_of = torch.stack([env.labels for env in envs])  # random_label: each seed its own relabelling
     step, stats = 0, torch.zeros(n, 4, device=device)
     probe_history, probes = [[] for _ in runs], [[] for _ in runs]
@@ -412,6 +414,7 @@ def train(args):
             target_stack.modules[k].load_state_dict(ckpt["target_network"])
             envs[k].load_state_dict(ckpt["env"])
             generators[k].set_state(ckpt["generator"].cpu())
+            q_stack.dropout_generators[k].set_state(ckpt["dropout_generator"].cpu())
             rng_states[k] = ckpt["seed_rng"]
             probe_history[k], probes[k], initial_parameters[k] = (ckpt["probe_history"], ckpt["probes"],
                                                                   ckpt["initial_parameters"])
@@ -438,7 +441,8 @@ def train(args):
         runs[k].save_checkpoint({
             "q_network": q_stack.state_dict(k), "target_network": target_stack.state_dict(k),
             "optimizer": optimizer_state(optimizer, q_stack, k), "replay": replay.state_dict(k),
-            "env": envs[k].state_dict(), "generator": generators[k].get_state(), "seed_rng": rng_states[k],
+            "env": envs[k].state_dict(), "generator": generators[k].get_state(),
+            "dropout_generator": q_stack.dropout_generators[k].get_state(), "seed_rng": rng_states[k],
             "step": step, "probe_history": probe_history[k], "stats": stats[k], "obs": obs[k], "probes": probes[k],
             "initial_parameters": initial_parameters[k]}, step)
 

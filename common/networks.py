@@ -10,6 +10,8 @@ dense layers; GroupNorm with one group, i.e. LayerNorm over (C, H, W), on conv l
 place of BatchNorm); ``spectral_norm`` wraps the first layer (Gogianu et al., 2021); ``two_hot`` a
 ``common.interventions.TwoHot``.
 """
+import contextlib
+
 import torch
 import torchvision
 from torch import nn
@@ -123,7 +125,7 @@ class ViT(nn.Module):
         self.embed_norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.positions = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.block = TransformerBlock(dim, heads, ff_dim, dropout)
         self.norm = nn.LayerNorm(dim)
 
@@ -143,8 +145,8 @@ class TransformerBlock(nn.Module):
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
-        self.drop, self.attn_drop = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.drop, self.attn_drop = Dropout(dropout), Dropout(dropout)
 
     def forward(self, x):
         q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
@@ -153,6 +155,58 @@ class TransformerBlock(nn.Module):
         attention = self.attn_drop(weights) @ v
         x = x + self.drop(self.proj(attention.transpose(1, 2).flatten(2)))
         return x + self.drop(self.ff(self.norm2(x)))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks can come from the caller (``supplied_masks``). Copies stacked under vmap cannot
+    each draw from their own RNG, so code that trains them (``common.seeds``, ``common.probe``) draws every copy's
+    masks from that copy's own generator (``draw_masks``) and supplies them; a plain call supplied the same masks
+    computes the same thing. Without supplied masks it is ``nn.Dropout``."""
+
+    supply = None  # while set: a function (module, x) -> the mask of this call, already scaled by 1 / (1 - p)
+
+    def forward(self, x):
+        if self.training and self.p > 0 and Dropout.supply is not None:
+            return x * Dropout.supply(self, x)
+        return super().forward(x)
+
+
+@contextlib.contextmanager
+def supplied_masks(masks):
+    """Within the block, the dropout calls of train-mode forwards take ``masks`` in call order (one forward's)."""
+    masks = iter(masks)
+    previous, Dropout.supply = Dropout.supply, lambda module, x: next(masks)
+    try:
+        yield
+    finally:
+        Dropout.supply = previous
+
+
+@torch.no_grad()
+def dropout_calls(network, x):
+    """``[(shape, dtype, p)]`` of each dropout call of ``network``'s train-mode forward on ``x``, in call order
+    ([] without dropout); it draws no random numbers."""
+    calls = []
+
+    def record(module, h):
+        calls.append((tuple(h.shape), h.dtype, module.p))
+        return torch.ones((), dtype=h.dtype, device=h.device)
+
+    if any(isinstance(m, Dropout) and m.p > 0 for m in network.modules()):
+        was_training, Dropout.supply, previous = network.training, record, Dropout.supply
+        try:
+            network.train()(x)
+        finally:
+            Dropout.supply = previous
+            network.train(was_training)
+    return calls
+
+
+def draw_masks(calls, generator, copies=()):
+    """Dropout masks for ``calls`` (``dropout_calls``), scaled by 1 / (1 - p), drawn from ``generator``; with
+    ``copies = (K,)`` each mask gets a leading axis of K copies."""
+    return [torch.empty(copies + shape, dtype=dtype, device=generator.device).bernoulli_(1 - p, generator=generator)
+            .div_(1 - p) for shape, dtype, p in calls]
 
 
 class SpectralNorm(nn.Module):

@@ -17,7 +17,9 @@ Modes (dropout and BatchNorm behave differently in train and eval mode):
 - each target network ``f(x; w0_k)`` is evaluated in eval mode, so that ``g_k`` is a fixed function of ``x``
   alone: no dropout, and BatchNorm on its initial running statistics, the same for every input;
 - the fit trains in train mode, as the agent trains: dropout on, BatchNorm on each minibatch's statistics. The
-  copies' BatchNorm layers keep no running statistics (updating them cannot be vmapped);
+  copies' BatchNorm layers keep no running statistics (updating them cannot be vmapped). Dropout masks come from
+  the generator seeded with the probe's ``seed`` (after its minibatch indices), K copies' at a time, so a seed's
+  probe is the same alone or in lockstep with other seeds';
 - the final loss is measured in eval mode, so that it scores the fitted function rather than a dropout sample.
   With no running statistics left, BatchNorm there normalises each chunk of X (hundreds of inputs) by its own
   statistics, an estimate of X's.
@@ -27,11 +29,14 @@ mean squared error of the predicted values on all of X; with a two-hot head the 
 cross-entropy, and its curves record that loss. The caller draws X and seeds the probe; the classification agent
 gives each probe its own generator so that probing never changes the agent's trajectory.
 """
+import contextlib
 import copy
 from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
+
+from common.networks import draw_masks, dropout_calls, supplied_masks
 
 
 @dataclass
@@ -68,9 +73,8 @@ def _probe_copy(network):
     return model
 
 
-def _draw_batches(num_inputs, num_targets, steps, batch_size, seed, device):
-    generator = torch.Generator(device).manual_seed(seed)
-    return torch.randint(num_inputs, (steps, num_targets, batch_size), generator=generator, device=device)
+def _draw_batches(num_inputs, num_targets, steps, batch_size, generator):
+    return torch.randint(num_inputs, (steps, num_targets, batch_size), generator=generator, device=generator.device)
 
 
 def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size, seeds):
@@ -86,15 +90,19 @@ def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
     params = {name: p.detach() for name, p in params.items()}  # gradients come from torch.func, not .backward()
     device = inputs.device
     # Each network's minibatch indices drawn from its own seed, as its probe alone draws them: (steps, N * K, B).
-    batches = torch.cat([_draw_batches(num_inputs, num_targets, steps, batch_size, seed, device) for seed in seeds],
-                        dim=1)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    batches = torch.cat([_draw_batches(num_inputs, num_targets, steps, batch_size, g) for g in generators], dim=1)
+    calls = dropout_calls(model, inputs[0, :batch_size])  # the ViT's; none for the other networks
     inputs, targets = inputs.flatten(0, 1), targets.flatten(0, 1)  # (N * I, ...) and (N * K, I, outputs)
     rows = torch.arange(num_seeds * num_targets, device=device).unsqueeze(1)
     offsets = rows // num_targets * num_inputs  # copy (n, k) reads network n's inputs, rows n * I .. n * I + I - 1
 
-    def summed_loss(p, b, x, y):
-        losses = vmap(lambda p, b, x, y: model.loss(functional_call(model, (p, b), (x,)), y).mean(),
-                      randomness="different")(p, b, x, y)
+    def copy_loss(p, b, x, y, masks):
+        with supplied_masks(masks) if masks else contextlib.nullcontext():
+            return model.loss(functional_call(model, (p, b), (x,)), y).mean()
+
+    def summed_loss(p, b, x, y, masks):
+        losses = vmap(copy_loss)(p, b, x, y, masks)
         return losses.sum(), losses  # the copies share nothing, so each gets exactly its own gradient
 
     grads_and_losses = grad(summed_loss, has_aux=True)
@@ -102,7 +110,8 @@ def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
     optimizer = None
     for step in range(steps):
         idx = batches[step]  # (N * K, B)
-        grads, losses = grads_and_losses(params, buffers, inputs[idx + offsets], targets[rows, idx])
+        masks = [torch.cat(per_seed) for per_seed in zip(*(draw_masks(calls, g, (num_targets,)) for g in generators))]
+        grads, losses = grads_and_losses(params, buffers, inputs[idx + offsets], targets[rows, idx], masks)
         if optimizer is None:
             # Keep each stacked parameter in the memory layout its gradient comes in (a stacked Linear weight's
             # gradient is the transpose of a contiguous batched matmul's output), so that the optimizer's
@@ -135,7 +144,8 @@ def _final_losses_vectorized(model, params, buffers, inputs, targets, chunk=256)
 def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
     """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``."""
     num_targets = targets.shape[0]
-    batches = _draw_batches(len(inputs), num_targets, steps, batch_size, seed, inputs.device)
+    batches = _draw_batches(len(inputs), num_targets, steps, batch_size,
+                            torch.Generator(inputs.device).manual_seed(seed))
     curves = torch.empty(num_targets, steps, dtype=targets.dtype, device=inputs.device)
     final = torch.empty(num_targets, dtype=targets.dtype, device=inputs.device)
     for k in range(num_targets):

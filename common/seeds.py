@@ -12,9 +12,10 @@ stacked tensors. Code written for one network (interventions, statistics, the pr
 
 Random numbers: whatever a single run draws from its own ``torch.Generator`` (actions, replay minibatches) is
 drawn per seed from that seed's generator, and whatever it draws from the global torch RNG (initialisation,
-interventions) is drawn inside ``stack.rng(k)``, which swaps in seed k's own global-RNG state. Dropout inside the
-vmapped training forward (the ViT) is the exception: vmap draws one mask tensor for all seeds, so a ViT seed is an
-independent agent but not bit-identical to its single run.
+interventions) is drawn inside ``global_rng(states, k, device)``, which swaps in seed k's own global-RNG state.
+Dropout in the training forward (the ViT) draws seed k's masks from ``stack.dropout_generators[k]`` before the
+vmapped call and supplies them (``common.networks.supplied_masks``); a single run draws and supplies its masks the
+same way, so a ViT seed equals its single run too.
 """
 import contextlib
 import copy
@@ -23,6 +24,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from common.networks import draw_masks, dropout_calls, supplied_masks
 
 
 class SeedStack:
@@ -40,7 +43,8 @@ class SeedStack:
             for name, stacked in self.buffers.items():
                 owner, leaf = _owner(network, name)
                 owner._buffers[leaf] = stacked[k]
-        self.rng_states = [None] * len(networks)
+        self.dropout_generators = None  # one per seed, set by the caller: seed k's dropout masks come from its own
+        self._dropout_calls = {}  # input shape -> the dropout calls of one seed's training forward
 
     def __len__(self):
         return len(self.modules)
@@ -51,11 +55,26 @@ class SeedStack:
         single run should not pay for the stacking; the two round differently, so seeds in lockstep equal single
         runs to float64 rounding rather than bit for bit)."""
         self.template.train(train)
+        masks = self._dropout_masks(x) if train else []  # (N, ...) each; none without dropout
+
+        def forward(p, b, x, masks):
+            with supplied_masks(masks) if masks else contextlib.nullcontext():
+                return functional_call(self.template, (p, b), (x,))
+
         if len(self) == 1:
             params, buffers = ({name: v[0] for name, v in d.items()} for d in (self.params, self.buffers))
-            return functional_call(self.template, (params, buffers), (x[0],)).unsqueeze(0)
-        return vmap(lambda p, b, x: functional_call(self.template, (p, b), (x,)),
-                    randomness="different")(self.params, self.buffers, x)
+            return forward(params, buffers, x[0], [m[0] for m in masks]).unsqueeze(0)
+        return vmap(forward, randomness="different")(self.params, self.buffers, x, masks)
+
+    def _dropout_masks(self, x):
+        """Each seed's dropout masks for a training forward on ``x``, from its own generator, stacked per call."""
+        if self.dropout_generators is None:
+            return []
+        key = tuple(x.shape[1:])
+        if key not in self._dropout_calls:
+            self._dropout_calls[key] = dropout_calls(self.template, x[0])
+        calls = self._dropout_calls[key]
+        return [torch.stack(masks) for masks in zip(*(draw_masks(calls, g) for g in self.dropout_generators))]
 
     @torch.no_grad()
     def copy_from(self, other):

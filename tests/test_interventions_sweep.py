@@ -215,4 +215,5 @@ def test_sbatch_array_covers_the_grid(script, grid, capsys):
         text = f.read()
     last = int(re.search(r"^#SBATCH --array=0-(\d+)$", text, re.M)[1])
     assert last + 1 == len(listed(capsys, "--grid", grid, "--seeds-per-task", "3"))
-    assert f'sweep_task.sh" interventions_sweep.py --grid {grid} --seeds-per-task 3 "$@"' in text
+    assert f'sweep_task.sh" interventions_sweep.py --grid {grid} --seeds-per-task 3 ' in text
+    assert ("--set probe_seed_batch=1" in text) == (grid == "width")  # the 4x CNN probes one seed at a time

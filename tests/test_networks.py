@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from common.interventions import TwoHot
-from common.networks import ARCHITECTURES, SpectralNorm, build_network
+from common.networks import ARCHITECTURES, SpectralNorm, build_network, draw_masks, dropout_calls, supplied_masks
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -78,3 +78,25 @@ def test_cnn_width_scales_channels_and_dense_layers(width, channels, dense):
     assert [m.out_channels for m in cnn.modules() if isinstance(m, nn.Conv2d)] == [channels, channels]
     assert [m.out_features for m in cnn.modules() if isinstance(m, nn.Linear)] == [dense, dense, 10]
     assert cnn.torso[5].in_features == channels * 4 * 4 and cnn(torch.rand(2, 1, 10, 10)).shape == (2, 10)
+
+
+def test_vit_dropout_takes_supplied_masks_drawn_from_a_generator():
+    """The ViT's five dropout calls are found without drawing random numbers; masks drawn from a generator and
+    supplied reproduce the forward exactly (the same generator state gives the same output), and p = 0.1 zeroes
+    about a tenth of each mask, scaling the rest by 1 / 0.9."""
+    torch.manual_seed(0)
+    vit, x = build_network("vit", (1, 9, 9), 4), torch.rand(6, 1, 9, 9)
+    rng = torch.get_rng_state()
+    calls = dropout_calls(vit, x)
+    assert torch.equal(torch.get_rng_state(), rng) and len(calls) == 5
+    assert calls[0][0] == (6, 10, 256) and {p for _, _, p in calls} == {0.1}
+    outputs = []
+    for _ in range(2):
+        masks = draw_masks(calls, torch.Generator().manual_seed(3))
+        with supplied_masks(masks):
+            outputs.append(vit.train()(x))
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(torch.get_rng_state(), rng)
+    values = torch.cat([m.flatten() for m in masks])
+    assert values.unique().tolist() == pytest.approx([0.0, 1 / 0.9])
+    assert 0.08 < (values == 0).float().mean() < 0.12
+    assert not torch.equal(outputs[0], vit.eval()(x))  # eval mode: no dropout

@@ -67,11 +67,10 @@ def test_three_seeds_equal_three_single_runs(tmp_path, data_dir, monkeypatch, ar
     """A single run calls its network plainly and seeds in lockstep call it under vmap, whose batched products
     round differently (float32 weights differ by about 1e-9 after 40 steps), so these run in float64 and agree to
     its rounding. Weights, target networks, optimizer moments, replay, every metric (losses, accuracy, probes,
-    statistics, Hessian) and args.json are compared, with interventions on. The ViT's dropout is switched off
-    (vmap draws one mask for all seeds, common/seeds.py), and it trains with SGD: the gradient of its attention's
-    key bias is zero up to rounding (softmax ignores a shift shared by all keys), and Adam would scale that
-    rounding noise up to full-size steps."""
-    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+    statistics, Hessian) and args.json are compared, with interventions on. The ViT keeps its dropout (each
+    seed's masks from its own generator, in training and in the probes), and trains with SGD: the gradient of its
+    attention's key bias is zero up to rounding (softmax ignores a shift shared by all keys), and Adam would scale
+    that rounding noise up to full-size steps."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
