@@ -22,9 +22,10 @@ from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer
 from common.networks import ARCHITECTURES, build_network
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probes
-from common.run import Interrupted, Run, share_signals
-from common.seeds import (SeedStack, StackedReplay, global_rng, load_optimizer_states, optimizer_state,
-                          optimizer_view, per_seed)
+from common.plots import draw_probe_curves
+from common.run import Interrupted, Run, combined_summary, share_signals
+from common.seeds import (SeedStack, StackedReplay, dropout_generator, global_rng, load_optimizer_states,
+                          optimizer_state, optimizer_view, per_seed)
 from common.stats import plasticity_statistics
 
 
@@ -165,12 +166,12 @@ def validate(args):
     check(args.arch in ARCHITECTURES, f"unknown --arch {args.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every",
-                 "width",
-                 "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
+                 "width", "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
                  "hessian_batch_size", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("probe_every", "probe_seed_batch", "checkpoint_every", "num_images", "learning_starts", "epsilon",
-                 "weight_decay", "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb", "redo_tau"):
+                 "weight_decay", "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb",
+                 "redo_tau"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
     check(args.learning_starts * args.num_envs >= args.batch_size,
           "--learning-starts x --num-envs must fill the replay with at least --batch-size transitions")
@@ -290,11 +291,6 @@ def probe_plasticity(seed_args, q_networks, target_networks, images, replays, ob
     return list(zip(results, metrics))
 
 
-def dropout_generator(seed, device):
-    """Seed ``seed``'s dropout stream for its training forwards (the ViT), apart from its action and replay one."""
-    return torch.Generator(device).manual_seed(int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0]))
-
-
 def intervene(args, q_stack, optimizer, replay, images, obs_shape, generators, rng_states):
     """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo to every seed, in place: each seed's
     re-initialisations from its own global-RNG stream, its ReDo batch from its own generator. Optimizer state is
@@ -333,29 +329,6 @@ def network_statistics(args, q_network, target_network, images, inputs, batch, i
     return metrics
 
 
-def plot_probe_curves(probe_history, title):
-    """Fig 4: probe learning curves (mean over targets) from successive checkpoints, and P over training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_curves, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = plt.cm.viridis(torch.linspace(0, 1, len(probe_history)).tolist())
-    for (step, curve, _), colour in zip(probe_history, colours):
-        ax_curves.plot(curve, color=colour, lw=1, label=f"step {step:,}")
-    ax_curves.set(yscale="log", xlabel="probe optimizer step", ylabel="probe loss (mean over targets)",
-                  title="Probe learning curves by checkpoint")
-    if len(probe_history) <= 12:
-        ax_curves.legend(fontsize=7)
-    steps, plasticity = [h[0] for h in probe_history], [h[2] for h in probe_history]
-    ax_p.plot(steps, plasticity, marker="o")
-    ax_p.set(xlabel="agent optimizer step", ylabel="plasticity P = b - final loss", title="Plasticity (eq. 5)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def seed_args(args, k):
     """The Args of seed k's single run: its seed, its run directory, one seed. With --num-seeds N > 1, --run-dir D
     gives D__seed<seed> for each seed (no --run-dir: each seed's own default name)."""
@@ -371,7 +344,7 @@ def train(args):
     validate(args)
     runs = [Run(seed_args(args, k), total="total_steps") for k in range(args.num_seeds)]
     if all(run.finished for run in runs):
-        return _combined([run.finished for run in runs])
+        return combined_summary([run.finished for run in runs])
     try:
         device = select_device(args.cuda)
         images, labels = load_dataset(args.dataset, args.data_dir, train=True, device=device)
@@ -528,7 +501,7 @@ def train(args):
             steps_done[k] = step
             save_checkpoint(k)  # also after completion: a raised --total-steps continues from here
         if history:
-            run.save_figure(lambda: plot_probe_curves(history, f"{args.arch} on {args.dataset} {args.variant} "
+            run.save_figure(lambda: draw_probe_curves(history, f"{args.arch} on {args.dataset} {args.variant} "
                                                                f"(seed {run.args.seed})"), "fig4_probe_curves.png")
             torch.save({"steps": [h[0] for h in history], "curves": torch.stack([h[1] for h in history]),
                         "plasticity": [h[2] for h in history]}, os.path.join(run.run_dir, "probe_curves.pt"))
@@ -537,16 +510,7 @@ def train(args):
             final.update({key: v for key, v in probes[k][-1].items() if key != "step"})  # last probe's P, stats
         done = steps_done[k] >= args.total_steps and not probe_due(k)
         summaries[k] = run.finish(steps_done[k], done=done, metrics=final, probes=probes[k])
-    return _combined(summaries)
-
-
-def _combined(summaries):
-    """One seed's summary, or several seeds' under the worst status: interrupted (requeue), diverged, completed."""
-    if len(summaries) == 1:
-        return summaries[0]
-    statuses = {s["status"] for s in summaries}
-    status = next(s for s in ("interrupted", "diverged", "completed") if s in statuses)
-    return {"status": status, "runs": summaries}
+    return combined_summary(summaries)
 
 
 if __name__ == "__main__":

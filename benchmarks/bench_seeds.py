@@ -21,6 +21,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dqn_classification_mdp as dqn  # noqa: E402
+from bench_dqn_classification import timed  # noqa: E402
 from common.cli import select_device  # noqa: E402
 from common.data import load_dataset  # noqa: E402
 from common.networks import build_network  # noqa: E402
@@ -77,18 +78,9 @@ def probe_fits_per_s(args, width, num_seeds, images, device):
     adam = lambda params: make_optimizer("adam", params, 1e-3)  # noqa: E731
     kwargs = dict(num_targets=args.probe_targets, steps=args.probe_steps, batch_size=32)
 
-    def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    lockstep = timed(lambda: run_probes(networks, make, inputs, adam, seeds=range(num_seeds), **kwargs))
+    lockstep = timed(lambda: run_probes(networks, make, inputs, adam, seeds=range(num_seeds), **kwargs), device)
     sequential = timed(lambda: [run_probe(net, make, x, adam, seed=k, **kwargs)
-                                for k, (net, x) in enumerate(zip(networks, inputs))])
+                                for k, (net, x) in enumerate(zip(networks, inputs))], device)
     fits = num_seeds * args.probe_targets
     return fits / lockstep, fits / sequential
 

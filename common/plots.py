@@ -1,4 +1,4 @@
-"""Figures of the curvature measurements shared by the scripts: C_k heat maps and Hessian spectral densities."""
+"""Figures shared by the scripts: C_k heat maps, Hessian spectral densities, and probe learning curves (Fig 4)."""
 import numpy as np
 import torch
 
@@ -49,4 +49,24 @@ def draw_spectral_densities(snapshots, title, frames_per_step=4):
         ax.plot(grid, density, color=colour, lw=1, label=f"{step * frames_per_step:,} frames")
     ax.set(yscale="log", xlabel="eigenvalue", ylabel="density", title=title)
     ax.legend(fontsize=7)
+    return fig
+
+
+def draw_probe_curves(probe_history, title):
+    """Fig 4: probe learning curves (mean over targets) from successive checkpoints, and P over training;
+    ``probe_history`` is ``[(step, curve, plasticity)]``."""
+    plt = _pyplot()
+    fig, (ax_curves, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(probe_history)))
+    for (step, curve, _), colour in zip(probe_history, colours):
+        ax_curves.plot(curve, color=colour, lw=1, label=f"step {step:,}")
+    ax_curves.set(yscale="log", xlabel="probe optimizer step", ylabel="probe loss (mean over targets)",
+                  title="Probe learning curves by checkpoint")
+    if len(probe_history) <= 12:
+        ax_curves.legend(fontsize=7)
+    steps, plasticity = [h[0] for h in probe_history], [h[2] for h in probe_history]
+    ax_p.plot(steps, plasticity, marker="o")
+    ax_p.set(xlabel="agent optimizer step", ylabel="plasticity P = b - final loss", title="Plasticity (eq. 5)")
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig

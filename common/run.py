@@ -310,3 +310,13 @@ def share_signals(runs):
 
     for s in SIGNALS:
         signal.signal(s, on_signal)
+
+
+def combined_summary(summaries):
+    """One run's summary, or several runs' (``--num-seeds``) under the worst status: interrupted (requeue), then
+    diverged, then completed."""
+    if len(summaries) == 1:
+        return summaries[0]
+    statuses = {s["status"] for s in summaries}
+    status = next(s for s in ("interrupted", "diverged", "completed") if s in statuses)
+    return {"status": status, "runs": summaries}

@@ -21,6 +21,7 @@ import contextlib
 import copy
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -114,6 +115,12 @@ def global_rng(states, k, device):
         torch.set_rng_state(saved[0])
         if cuda:
             torch.cuda.set_rng_state(saved[1], device)
+
+
+def dropout_generator(seed, device):
+    """Seed ``seed``'s dropout stream for its training forwards (the ViT), apart from its action and replay one."""
+    entropy = np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1)[0]
+    return torch.Generator(device).manual_seed(int(entropy))
 
 
 def per_seed(generators, draw):
