@@ -126,7 +126,8 @@ class Args:
     """minibatch size of the probe fits (not given; the agent's)"""
     probe_seed_batch: int = 0
     """with --num-seeds: seeds whose probes run in one lockstep (0: all); each adds --probe-targets copies of the
-    network with gradients and optimizer moments, so lower it when those do not fit in memory"""
+    network with gradients and optimizer moments: lower it when those do not fit in memory (on a 2-core CPU, 16
+    seeds at once ran 0.84x of one at a time, 4 at once 1.14x: benchmarks/RESULTS.md)"""
     stats: bool = True
     """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
     hessian: bool = True
