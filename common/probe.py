@@ -142,7 +142,9 @@ def _final_losses_vectorized(model, params, buffers, inputs, targets, chunk=256)
 
 
 def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
-    """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``."""
+    """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``.
+    Its dropout (the ViT) draws from the global RNG, not the probe's generator: it is the reference for networks
+    without dropout."""
     num_targets = targets.shape[0]
     batches = _draw_batches(len(inputs), num_targets, steps, batch_size,
                             torch.Generator(inputs.device).manual_seed(seed))
