@@ -277,6 +277,8 @@ def probe_plasticity(seed_args, q_networks, target_networks, images, replays, ob
     args, inputs, metrics, fit_seeds = seed_args[0], [], [], []
     for run_args, q_network, target_network, replay, initial in zip(seed_args, q_networks, target_networks, replays,
                                                                     initial_parameters, strict=True):
+        # The middle word once seeded the fits' dropout (now drawn from the fit seed's generator); kept so that
+        # the inputs and minibatches are drawn as before.
         inputs_seed, _, fit_seed = np.random.SeedSequence([run_args.seed, step]).generate_state(3).tolist()
         generator = torch.Generator(images.device).manual_seed(inputs_seed)
         pick = torch.randint(replay.size, (args.probe_inputs,), generator=generator, device=images.device)
@@ -423,7 +425,7 @@ def train(args):
     def probe_and_log(due):
         """The probes of seeds ``due`` at ``step``, in lockstep (--probe-seed-batch seeds at a time); a signal
         abandons them, and the resumed run redoes them."""
-        chunk = args.probe_seed_batch or len(due)
+        chunk = args.probe_seed_batch or max(len(due), 1)  # no seed due: no group
         for group in (due[i:i + chunk] for i in range(0, len(due), chunk)):
             with contextlib.ExitStack() as measuring:
                 for k in group:
@@ -432,7 +434,7 @@ def train(args):
                                            [target_stack.modules[k] for k in group], images,
                                            [replay.view(k) for k in group], obs_shape, step,
                                            [initial_parameters[k] for k in group])
-                plasticities = [result.plasticity.item() for result, _ in results]
+                plasticities = torch.stack([result.plasticity for result, _ in results]).tolist()  # one host sync
             for k, (result, metrics), plasticity in zip(group, results, plasticities):
                 probe_history[k].append((step, result.curves.mean(0).cpu(), plasticity))
                 row = runs[k].log(step, {"probe/final_loss": result.final_losses.mean(),
@@ -452,8 +454,7 @@ def train(args):
     last_metrics, window_start, window_time = [{} for _ in runs], step, time.time()
     steps_done = [step] * n  # a diverged seed's count stops where it diverged
     try:
-        if [k for k in live() if probe_due(k)]:  # step 0, or probes that a signal abandoned before the checkpoint
-            probe_and_log([k for k in live() if probe_due(k)])
+        probe_and_log([k for k in live() if probe_due(k)])  # step 0, or probes a signal abandoned before the checkpoint
         while step < args.total_steps and live() and not runs[active[0]].interrupted:
             actions = act(q_stack, images, obs, args.epsilon, generators)
             next_obs, rewards = step_envs(envs, actions)

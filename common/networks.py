@@ -172,14 +172,18 @@ class Dropout(nn.Dropout):
 
 
 @contextlib.contextmanager
-def supplied_masks(masks):
-    """Within the block, the dropout calls of train-mode forwards take ``masks`` in call order (one forward's)."""
-    masks = iter(masks)
-    previous, Dropout.supply = Dropout.supply, lambda module, x: next(masks)
+def _supplying(supply):
+    previous, Dropout.supply = Dropout.supply, supply
     try:
         yield
     finally:
         Dropout.supply = previous
+
+
+def supplied_masks(masks):
+    """Within the block, the dropout calls of train-mode forwards take ``masks`` in call order (one forward's)."""
+    masks = iter(masks)
+    return _supplying(lambda module, x: next(masks))
 
 
 @torch.no_grad()
@@ -193,11 +197,11 @@ def dropout_calls(network, x):
         return torch.ones((), dtype=h.dtype, device=h.device)
 
     if any(isinstance(m, Dropout) and m.p > 0 for m in network.modules()):
-        was_training, Dropout.supply, previous = network.training, record, Dropout.supply
+        was_training = network.training
         try:
-            network.train()(x)
+            with _supplying(record):
+                network.train()(x)
         finally:
-            Dropout.supply = previous
             network.train(was_training)
     return calls
 

@@ -110,7 +110,8 @@ def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
     optimizer = None
     for step in range(steps):
         idx = batches[step]  # (N * K, B)
-        masks = [torch.cat(per_seed) for per_seed in zip(*(draw_masks(calls, g, (num_targets,)) for g in generators))]
+        masks = [torch.cat(m) for m in zip(*(draw_masks(calls, g, (num_targets,)) for g in generators))] if calls \
+            else []  # (N * K, ...) per dropout call, each seed's K from its own generator
         grads, losses = grads_and_losses(params, buffers, inputs[idx + offsets], targets[rows, idx], masks)
         if optimizer is None:
             # Keep each stacked parameter in the memory layout its gradient comes in (a stacked Linear weight's
