@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from common import results
 from common.cli import UsageError, check
 from common.logger import RunLogger, atomic_torch_save, default_run_name, is_finite
 
@@ -51,13 +52,13 @@ def _as_json(value):
 
 
 def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    """The run's own file for resuming: None when missing; a one-line error when half-written or corrupt."""
+    if not os.path.exists(path):
         return None
-    except ValueError as e:
-        raise UsageError(f"{path} is corrupt ({e}): start afresh with another --run-dir") from None
+    try:
+        return results.read_json(path)
+    except results.Unreadable as e:
+        raise UsageError(f"{os.path.dirname(path)}: {e}: start afresh with another --run-dir") from None
 
 
 def _claim_default_dir(exp_name, seed):

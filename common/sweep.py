@@ -22,16 +22,15 @@ the task), 2 usage error.
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import re
 import signal
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from common import results
 from common.cli import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STATUS, EXIT_USAGE, UsageError,
                         check)
 
@@ -161,13 +160,13 @@ def parse_set(items, args_cls, varied):
     return overrides
 
 
-def read_json(path):
-    """The parsed file, or None when it is missing or unreadable (a half-written file never exists: atomic)."""
+def read_summary(run_dir):
+    """A cell's summary.json, or {} when it has none or it is unreadable (then the cell counts as not finished)."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+        summary = results.read_json(os.path.join(run_dir, "summary.json"))
+    except results.Unreadable:
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def cell_args(sweep, grid, cell, options):
@@ -180,7 +179,7 @@ def cell_args(sweep, grid, cell, options):
 def run_cell(sweep, args, cell):
     """Run (or skip, or resume) one cell; returns its exit status."""
     run_dir = args.run_dir
-    summary = read_json(os.path.join(run_dir, "summary.json")) or {}
+    summary = read_summary(run_dir)
     status, steps = summary.get("status"), summary.get("steps", 0)
     if status == "completed" and steps >= args.total_steps:
         print(f"cell {cell.index} {cell.name}: completed ({steps:,} steps), skipped")
@@ -206,7 +205,7 @@ def run_pack(sweep, all_args, cells):
     ``train`` with ``num_seeds``, whose run directories ``<base>__seed<N>`` are the cells' own."""
     if len(cells) == 1:
         return run_cell(sweep, all_args[0], cells[0])
-    summaries = [read_json(os.path.join(args.run_dir, "summary.json")) or {} for args in all_args]
+    summaries = [read_summary(args.run_dir) for args in all_args]
     done = [s.get("status") == "diverged" or (s.get("status") == "completed" and s.get("steps", 0) >= a.total_steps)
             for s, a in zip(summaries, all_args)]
     names = f"cells {cells[0].index}-{cells[-1].index} ({len(cells)} seeds)"
@@ -319,34 +318,14 @@ def main(sweep, argv=None):
 
 
 def collect_runs(runs_dir, exp_name=None):
-    """Every completed run under ``runs_dir`` as a pandas table, one row per run: ``run`` (its path relative to
-    runs_dir), ``steps``, ``wall_time_s``, the fields of args.json and the final metrics of summary.json (numbers;
-    non-finite values as NaN). Also returns ``{reason: count}`` for the runs left out. With ``exp_name``, runs of
-    other experiments are left out too."""
-    import pandas as pd
-
-    rows, skipped = [], Counter()
-    for path, subdirs, files in os.walk(runs_dir):
-        if "args.json" not in files and "summary.json" not in files:
-            continue
-        subdirs.clear()  # a run directory holds no other runs
-        args, summary = read_json(os.path.join(path, "args.json")), read_json(os.path.join(path, "summary.json"))
-        if args is None:
-            skipped["no readable args.json"] += 1
-        elif exp_name is not None and args.get("exp_name") != exp_name:
-            skipped[f"another experiment (exp_name is not {exp_name})"] += 1
-        elif summary is None:
-            skipped["no summary.json (running, or killed before it finished)"] += 1
-        elif summary.get("status") != "completed":
-            skipped[f"status {summary.get('status')}"] += 1
-        else:
-            rows.append({"run": os.path.relpath(path, runs_dir), "steps": summary.get("steps"),
-                         "wall_time_s": summary.get("wall_time_s"), **args, **summary.get("metrics", {})})
-    table = pd.DataFrame(rows)
-    for column in table.columns:
-        if "/" in column:  # metric keys: group/name
-            table[column] = pd.to_numeric(table[column], errors="coerce")
-    return table, dict(skipped)
+    """``common.results.read_runs`` in the shape the sweep scripts' analyses read: a table whose columns are
+    ``run`` (the path relative to runs_dir), ``steps``, ``wall_time_s``, the args.json fields under their own names
+    and the final metrics; and ``{reason: count}`` of the runs left out."""
+    runs = results.read_runs(runs_dir, exp_name=exp_name)
+    table = runs.table.drop(columns=["run_dir", "status", "probes"])
+    table.columns = [c[len("args."):] if c.startswith("args.") else c for c in table.columns]
+    table.insert(0, "run", [os.path.relpath(d, runs_dir) for d in runs.table["run_dir"]])
+    return table, runs.reasons()
 
 
 def describe_skipped(num_used, skipped):

@@ -143,8 +143,8 @@ def test_collect_runs_keeps_completed_runs_of_the_experiment(tmp_path):
     table, skipped = sweep.collect_runs(str(tmp_path), exp_name="e")
     assert list(table["run"]) == [os.path.join("sweep", "a")]
     assert table["stats/x"].iloc[0] == 1.5 and table["probe/plasticity_loss"].isna().all()
-    assert skipped == {"status interrupted": 1, "no summary.json (running, or killed before it finished)": 1,
-                       "another experiment (exp_name is not e)": 1, "no readable args.json": 1}
+    assert skipped == {"status interrupted": 1, "no summary.json (running, or killed before its first summary)": 1,
+                       "another experiment (exp_name is not e)": 1, "no args.json": 1}
     assert "1 completed runs; left out 4" in sweep.describe_skipped(len(table), skipped)
     assert len(sweep.collect_runs(str(tmp_path))[0]) == 2  # without the filter, the other experiment counts
 

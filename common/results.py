@@ -1,0 +1,197 @@
+"""The one reader of run directories: runs into a pandas table, and every directory it leaves out with its reason.
+
+    from common.results import read_runs
+    runs = read_runs("runs/falsification")                     # completed runs only
+    print(runs.report())                                        # what was read and what was skipped, and why
+    runs.table["probe/plasticity_loss"]                        # one row per run
+    curves = runs.load("probe_curves.pt")                       # {run_dir: object}; unreadable ones become skips
+
+A file that is missing, truncated or corrupt never raises: the run is skipped with a one-line reason. A directory
+that a sweep moved aside (``<cell>.stale-<time>``, see ``common.sweep``) is a stale copy and never read.
+"""
+import json
+import os
+import re
+
+STATUSES = ("completed", "diverged", "interrupted")
+STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a directory it moves aside
+
+
+def is_stale(path):
+    return bool(STALE.search(os.path.basename(os.path.normpath(path))))
+
+
+class Unreadable(Exception):
+    """A run-directory file that is missing, truncated or corrupt; the message is a one-line reason."""
+
+
+def read_json(path):
+    """The parsed JSON file; ``Unreadable`` when it is missing or half-written."""
+    name = os.path.basename(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise Unreadable(f"no {name}") from None
+    except (OSError, ValueError) as e:
+        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
+
+
+def read_metrics(path):
+    """The rows of a metrics.jsonl. A torn last line (a write cut short by a kill) is dropped; a corrupt line
+    before it makes the file ``Unreadable``."""
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except OSError as e:
+        raise Unreadable(f"no {os.path.basename(path)}" if isinstance(e, FileNotFoundError) else
+                         f"{os.path.basename(path)} is unreadable ({e.strerror})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # no newline after it: the last write did not finish
+                break
+            raise Unreadable(f"{os.path.basename(path)} line {number} is corrupt") from None
+    return rows
+
+
+def read_torch(path):
+    """A file written by ``torch.save`` (loaded on the CPU); ``Unreadable`` when missing, truncated or corrupt."""
+    import torch
+
+    name = os.path.basename(path)
+    if not os.path.exists(path):
+        raise Unreadable(f"no {name}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated zip, a pickle error: both mean the file is unusable
+        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
+
+
+def read_file(path):
+    """Any run-directory file by its kind: ``.json``, ``.jsonl`` (metrics rows) or a torch file."""
+    if path.endswith(".jsonl"):
+        return read_metrics(path)
+    if path.endswith(".json"):
+        return read_json(path)
+    return read_torch(path)
+
+
+def _numeric(value):
+    """Final metrics hold numbers, and non-finite floats as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+def read_run(run_dir):
+    """One run directory as a table row; ``Unreadable`` when its args.json or summary.json cannot be read."""
+    args, summary = read_json(os.path.join(run_dir, "args.json")), None
+    try:
+        summary = read_json(os.path.join(run_dir, "summary.json"))
+    except Unreadable as e:
+        if str(e) == "no summary.json":
+            raise Unreadable("no summary.json (running, or killed before its first summary)") from None
+        raise
+    if not isinstance(args, dict) or not isinstance(summary, dict) or summary.get("status") not in STATUSES:
+        raise Unreadable("args.json or summary.json is not a run's (no status)")
+    row = {"run_dir": run_dir, "status": summary["status"], "steps": summary.get("steps"),
+           "wall_time_s": summary.get("wall_time_s")}
+    row.update({f"args.{k}": v for k, v in args.items()})
+    row.update({k: _numeric(v) for k, v in (summary.get("metrics") or {}).items()})
+    row["probes"] = summary.get("probes") or []
+    return row
+
+
+def find_run_dirs(runs_dir):
+    """Every directory under ``runs_dir`` holding args.json or summary.json (a run holds no other runs), sorted."""
+    found = []
+    for path, subdirs, files in os.walk(runs_dir):
+        subdirs.sort()
+        if "args.json" in files or "summary.json" in files or is_stale(path):
+            found.append(path)
+            subdirs.clear()
+    return found
+
+
+class RunTable:
+    """``table``: a pandas DataFrame, one row per run read (columns ``run_dir``, ``status``, ``steps``,
+    ``wall_time_s``, ``args.<field>`` for every args.json field, every final metric of summary.json under its own
+    key, ``probes``: the run's per-probe rows). ``skipped``: ``(run_dir, reason)`` for every directory not read."""
+
+    def __init__(self, runs_dir, rows, skipped, include):
+        import pandas as pd
+
+        self.runs_dir, self.include, self.skipped = runs_dir, tuple(include), list(skipped)
+        self.table = pd.DataFrame(rows, columns=None if rows else ["run_dir", "status", "steps", "wall_time_s",
+                                                                    "probes"])
+        for column in self.table.columns:
+            if "/" in column:  # metric keys: group/name
+                self.table[column] = pd.to_numeric(self.table[column], errors="coerce")
+
+    def __len__(self):
+        return len(self.table)
+
+    def skip(self, run_dirs, reason):
+        """Drop these runs from the table, each as skipped with ``reason`` (``reason`` may be a {run_dir: reason})."""
+        run_dirs = set(run_dirs)
+        if not run_dirs:
+            return
+        self.skipped += [(d, reason[d] if isinstance(reason, dict) else reason) for d in sorted(run_dirs)]
+        self.table = self.table[~self.table["run_dir"].isin(run_dirs)].reset_index(drop=True)
+
+    def load(self, name):
+        """``{run_dir: contents}`` of the file ``name`` in every run of the table (json, jsonl or torch); runs whose
+        file is missing or unreadable are moved from the table to ``skipped``."""
+        loaded, failed = {}, {}
+        for run_dir in self.table["run_dir"]:
+            try:
+                loaded[run_dir] = read_file(os.path.join(run_dir, name))
+            except Unreadable as e:
+                failed[run_dir] = str(e)
+        self.skip(failed, failed)
+        return loaded
+
+    def reasons(self):
+        """{reason: number of runs skipped for it}."""
+        counts = {}
+        for _, reason in self.skipped:
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+    def report(self):
+        """One paragraph: how many runs were read, and how many were skipped for each reason."""
+        read = f"{len(self.table)} {'/'.join(self.include)} runs read under {self.runs_dir}"
+        if not self.skipped:
+            return read + ", none skipped"
+        reasons = "; ".join(f"{n} {reason}" for reason, n in sorted(self.reasons().items(), key=lambda x: -x[1]))
+        return f"{read}; skipped {len(self.skipped)}: {reasons}"
+
+
+def read_runs(runs_dir, *, include=("completed",), exp_name=None):
+    """Every run under ``runs_dir`` whose status is in ``include`` as a ``RunTable``. With ``exp_name``, runs of
+    other experiments are skipped too."""
+    bad = set(include) - set(STATUSES)
+    if bad:
+        raise ValueError(f"include: {sorted(bad)} is not a run status; use some of {STATUSES}")
+    rows, skipped = [], []
+    for run_dir in find_run_dirs(runs_dir):
+        if is_stale(run_dir):
+            skipped.append((run_dir, "a stale copy the sweep moved aside"))
+            continue
+        try:
+            row = read_run(run_dir)
+        except Unreadable as e:
+            skipped.append((run_dir, str(e)))
+            continue
+        if exp_name is not None and row.get("args.exp_name") != exp_name:
+            skipped.append((run_dir, f"another experiment (exp_name is not {exp_name})"))
+        elif row["status"] not in include:
+            skipped.append((run_dir, f"status {row['status']}"))
+        else:
+            rows.append(row)
+    return RunTable(runs_dir, rows, skipped, include)
