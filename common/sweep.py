@@ -20,13 +20,17 @@ run contract: 0 completed, 3 diverged, 75 interrupted (the sbatch script requeue
 the task), 2 usage error.
 """
 import argparse
+import contextlib
 import dataclasses
+import io
 import itertools
 import os
 import re
+import shlex
 import signal
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -135,29 +139,43 @@ def parse_tasks(spec, num_cells):
     return sorted(indices)
 
 
+# Fields the sweep sets itself: per cell, per pack of seeds (--seeds-per-task), or for the cell's run directory.
+SWEEP_OWNS = ("run_dir", "resume", "exp_name", "seed", "num_seeds")
+
+
 def parse_set(items, args_cls, varied):
-    """``--set total_steps=500`` -> {field: value}, typed like the field's default."""
-    fields = {f.name: f for f in dataclasses.fields(args_cls)}
-    overrides = {}
+    """``--set total_steps=500`` -> {field: value}, parsed by tyro as the agent's own command line parses it
+    (``--set cuda=False``, ``--set hidden_sizes="256 256"``)."""
+    import tyro
+
+    fields = {f.name for f in dataclasses.fields(args_cls)}
+    types = typing.get_type_hints(args_cls)
+    argv, keys = [], []
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         check(sep and key in fields, f"--set {item!r}: give FIELD=VALUE with a field of {args_cls.__name__}")
-        check(key not in varied | {"run_dir", "resume", "exp_name"},
-              f"--set {key}: the sweep sets this field itself (per cell or for its run directory)")
-        default = fields[key].default
-        try:
-            if isinstance(default, bool):
-                check(text.lower() in ("true", "false", "1", "0"), f"--set {key}: give true or false")
-                value = text.lower() in ("true", "1")
-            elif isinstance(default, (int, float)):
-                value = type(default)(text)
-            else:
-                value = None if text.lower() == "none" else text
-        except ValueError:
-            raise UsageError(f"--set {item!r}: {text!r} is not a {type(default).__name__}") from None
-        overrides[key] = value
-    return overrides
+        check(key not in set(varied) | set(SWEEP_OWNS),
+              f"--set {key}: the sweep sets this field itself (per cell, per pack of seeds, or for its run "
+              f"directory); use the grid's axes, --seeds-per-task or --runs-dir")
+        sequence = typing.get_origin(types.get(key)) in (tuple, list)  # tyro takes its items as separate words
+        if types.get(key) is bool and text.lower() in ("true", "false"):
+            text = text.capitalize()  # tyro spells them True and False
+        argv += [f"--{key.replace('_', '-')}", *(shlex.split(text) if sequence else [text])]
+        keys.append(key)
+    if not argv:
+        return {}
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            parsed = tyro.cli(args_cls, args=argv, config=(tyro.conf.FlagConversionOff,))
+    except SystemExit:
+        # tyro's box: a title, a rule, the message (wrapped over lines), a rule, help
+        parts = [line.strip() for line in out.getvalue().splitlines()]
+        rules = [i for i, line in enumerate(parts) if line and not line.strip("-")] + [len(parts)] * 2
+        message = " ".join(line for line in parts[rules[0] + 1:rules[1]] if line) or "not a valid value"
+        raise UsageError(f"--set {' '.join(items)}: {message}") from None
+    return {key: getattr(parsed, key) for key in keys}
 
 
 def read_summary(run_dir):

@@ -3,7 +3,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import pytest
 
@@ -21,6 +21,8 @@ class ToyArgs:
     learning_rate: float = 0.1
     cuda: bool = True
     variant: str = "a"
+    num_seeds: int = 1
+    widths: Tuple[int, ...] = (1, 2)
 
 
 class ToyTrain:
@@ -69,11 +71,15 @@ def test_parse_tasks_and_set():
     for bad in ("6", "0-9", "x", "1-"):
         with pytest.raises(UsageError):
             sweep.parse_tasks(bad, 6)
-    assert sweep.parse_set(["total_steps=7", "learning-rate=0.5", "cuda=false"], ToyArgs, {"seed"}) == \
-        {"total_steps": 7, "learning_rate": 0.5, "cuda": False}
-    for bad in (["seed=3"], ["run_dir=x"], ["nope=1"], ["total_steps=1.5"], ["cuda=maybe"], ["total_steps"]):
-        with pytest.raises(UsageError):
-            sweep.parse_set(bad, ToyArgs, {"seed"})
+    assert sweep.parse_set(["total_steps=7", "learning-rate=0.5", "cuda=False", "variant=b c"], ToyArgs, {}) == \
+        {"total_steps": 7, "learning_rate": 0.5, "cuda": False, "variant": "b c"}
+    assert sweep.parse_set(["widths=3 4"], ToyArgs, {}) == {"widths": (3, 4)}  # tyro's own typing of a tuple
+    for bad in (["seed=3"], ["run_dir=x"], ["num_seeds=3"], ["resume=True"], ["exp_name=x"], ["variant=b"],
+                ["nope=1"], ["total_steps=1.5"], ["cuda=maybe"], ["total_steps"], ["widths=1 x"],
+                ["total_steps="]):
+        with pytest.raises(UsageError) as error:
+            sweep.parse_set(bad, ToyArgs, {"variant"})
+        assert "\n" not in str(error.value) and bad[0].split("=")[0] in str(error.value)
 
 
 def test_list_and_task_selection(tmp_path, capsys, monkeypatch):
