@@ -11,22 +11,27 @@ from common.errors import (EXIT_COMPLETED, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTER
 def main(train, args_cls):
     """``train(tyro.cli(args_cls))`` and exit with the status of the returned summary (``EXIT_STATUS``).
 
-    A ``UsageError`` prints one line to stderr and exits with ``EXIT_USAGE``; a run directory created for the run
-    and still empty is removed. Ctrl-C before the run has started exits with ``EXIT_INTERRUPTED``.
+    Signals are honoured from the first line on (``common.run.listening``): one that comes before the run trains
+    stops the process with ``EXIT_INTERRUPTED``, nothing lost, and the same command continues. A ``UsageError``
+    prints one line to stderr and exits with ``EXIT_USAGE`` (``EXIT_LOCKED`` when another process holds the run
+    directory); a run directory created for the run and still empty is removed.
     """
     from common import run
 
-    args = tyro.cli(args_cls)
-    try:
-        summary = train(args)
-    except UsageError as e:
-        run.abandon_active()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        run.abandon_active()
-        print("interrupted before the run started: nothing to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    summary = None
+    with run.listening():
+        try:
+            summary = train(tyro.cli(args_cls))
+        except UsageError as e:
+            run.abandon_unfinished()
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_LOCKED if isinstance(e, run.Locked) else EXIT_USAGE)
+        except run.Interrupted as e:
+            if summary is None:  # else the run had finished: its summary's status stands
+                run.abandon_unfinished()
+                print(f"{e} before the run trained: nothing lost; run the same command again to continue",
+                      file=sys.stderr)
+                sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_STATUS[summary["status"]] if isinstance(summary, dict) and "status" in summary else EXIT_COMPLETED)
 
 

@@ -11,6 +11,9 @@ import time
 
 import torch
 
+from common import results
+from common.errors import UsageError
+
 
 def atomic_write_text(path, text):
     """Write ``text`` to ``path`` so that a reader never sees a half-written file."""
@@ -25,7 +28,10 @@ def atomic_write_text(path, text):
 def atomic_torch_save(obj, path):
     """``torch.save`` through a temporary file and a rename: a preempted job leaves the old checkpoint intact."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -72,10 +78,13 @@ class RunLogger:
         if resume_step is None:
             atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(args_dict, indent=2, default=str))
             open(metrics_path, "w").close()
-        else:
-            with open(metrics_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            atomic_write_text(metrics_path, "".join(kept))
+        else:  # a torn last row (the killed segment's last write) is dropped with the others after the checkpoint
+            try:
+                kept = [row for row in results.read_metrics(metrics_path) if row["step"] <= resume_step]
+            except (results.Unreadable, KeyError, TypeError) as e:
+                raise UsageError(f"{metrics_path} cannot be resumed ({e or 'a row without a step'}): start afresh "
+                                 f"with another --run-dir") from None
+            atomic_write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
         self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
         if resume_step is None:
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
@@ -111,7 +120,9 @@ class RunLogger:
         import matplotlib.pyplot as plt
 
         path = self.figure_path(name)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        tmp = f"{path}.tmp{os.getpid()}"
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=os.path.splitext(name)[1][1:] or "png")
+        os.replace(tmp, path)
         plt.close(fig)
         return path
 

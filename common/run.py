@@ -21,11 +21,15 @@ A script's ``train(args)`` reads::
 """
 import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import json
 import os
 import random
+import shlex
 import signal
+import socket
+import sys
 import threading
 import time
 
@@ -33,17 +37,158 @@ import numpy as np
 import torch
 
 from common import results
-from common.cli import UsageError, check
+from common.errors import UsageError, check
 from common.logger import RunLogger, atomic_torch_save, default_run_name, is_finite
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
 MAY_CHANGE_ON_RESUME = ("run_dir", "resume", "cuda", "track", "data_dir", "log_every", "checkpoint_every")
-_active = None  # the Run of this process that has not finished, for abandon_active()
+LOCK_FILE = ".lock"  # in every run directory: its flock is held by the one process that writes there
+RESUME_HINT = None  # what an interrupted run tells the user to run; None: its own command with --resume
+_unfinished = []  # the Runs of this process that have neither finished nor been abandoned
+_locks = {}  # real path of a run directory -> [its open lock file, how many holders in this process]
 
 
-class Interrupted(Exception):
-    """Raised by a signal inside ``Run.measurement()``: the measurement is abandoned and redone after resume."""
+class Interrupted(BaseException):
+    """A signal: raised inside ``Run.measurement()`` (the measurement is abandoned and redone after resume), and
+    anywhere while no run of the process is training (setting up, between runs), where nothing is lost by stopping.
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` mistakes it for a failure."""
+
+
+class Locked(UsageError):
+    """Another process holds the run directory: exit with ``EXIT_LOCKED`` (not requeued)."""
+
+
+# ---------------------------------------------------------------------------------------------------------- signals
+class _Listener:
+    """The process's one handler of SIGTERM, SIGUSR1 and SIGINT, from ``listening()`` (``common.cli.main``, a
+    sweep's main) or the first ``Run`` on. A signal interrupts every run that is training (they checkpoint and
+    stop), abandons the measurement under way, and otherwise, while no run trains, raises ``Interrupted`` at once
+    (or at the end of a ``deferred_signals()`` block). The outermost ``leave`` restores the handlers that were there
+    and passes a signal it took on to a Python-level one (a sweep's, a test's)."""
+
+    def __init__(self):
+        self.depth, self.previous, self.received, self.deferred, self.pending = 0, {}, None, 0, False
+
+    def enter(self):
+        if self.depth == 0:
+            self.received, self.pending = None, False
+            if threading.current_thread() is threading.main_thread():  # signal handlers only work there
+                self.previous = {s: signal.signal(s, self.handle) for s in SIGNALS}
+        self.depth += 1
+
+    def leave(self):
+        self.depth -= 1
+        if self.depth > 0:
+            return
+        self.deferred += 1  # a signal while the handlers are put back is only recorded
+        previous, self.previous = self.previous, {}
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        self.deferred -= 1
+        # Python's own Ctrl-C handler is left out: it would raise KeyboardInterrupt where the caller goes on
+        handler = previous.get(signal.Signals[self.received]) if self.received else None
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.Signals[self.received], None)
+
+    def handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        training = [run for run in _unfinished if run.logger is not None]
+        for run in training:
+            run.interrupted, run.signal = True, self.received
+        if any(run._measuring for run in training):
+            raise Interrupted(self.received)
+        if not training:
+            if self.deferred:
+                self.pending = True
+            else:
+                raise Interrupted(self.received)
+
+
+_listener = _Listener()
+
+
+@contextlib.contextmanager
+def listening():
+    """Honour SIGTERM, SIGUSR1 and SIGINT from here on (a script's or a sweep's whole process)."""
+    _listener.enter()
+    try:
+        yield
+    finally:
+        _listener.leave()
+
+
+@contextlib.contextmanager
+def deferred_signals(raise_pending=True):
+    """A block that a signal must not cut short (a lock taken, a directory moved): while no run trains, the signal
+    raises ``Interrupted`` at the end of the block instead of inside it (or only is recorded)."""
+    _listener.deferred += 1
+    try:
+        yield
+    finally:
+        _listener.deferred -= 1
+    if not _listener.deferred and _listener.pending:
+        _listener.pending = False
+        if raise_pending:
+            raise Interrupted(_listener.received)
+
+
+def signal_received():
+    """The name of the last signal this process got while listening, or None."""
+    return _listener.received
+
+
+# ------------------------------------------------------------------------------------------------------------ locks
+def lock(run_dir):
+    """Take the run directory's lock for this process (it must exist); raise ``Locked``, naming the holder, when
+    another process holds it. Re-entrant within a process; the kernel drops it when the process dies."""
+    key = os.path.realpath(run_dir)
+    if key in _locks:
+        _locks[key][1] += 1
+        return
+    path = os.path.join(run_dir, LOCK_FILE)
+    with deferred_signals():
+        file = open(path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "a process that is just starting"
+            file.close()
+            raise Locked(f"{run_dir} is being written by {holder}: one process at a time writes a run "
+                         f"directory; wait for it to end (rerunning then skips or resumes it)") from None
+        if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(file.fileno()).st_ino:
+            file.close()  # the directory was moved aside or removed while this process took the lock
+            raise Locked(f"{run_dir} was moved or removed by another process while this one locked it")
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        file.flush()
+        _locks[key] = [file, 1]
+
+
+def unlock(run_dir):
+    """Give back one hold of ``lock(run_dir)``; the last one releases the lock."""
+    entry = _locks.get(os.path.realpath(run_dir))
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _locks[os.path.realpath(run_dir)]
+        entry[0].close()
+
+
+@contextlib.contextmanager
+def locked(run_dir):
+    lock(run_dir)
+    try:
+        yield
+    finally:
+        unlock(run_dir)
+
+
+def holds_a_run(run_dir):
+    """True when ``run_dir`` holds anything besides its lock file."""
+    return any(name != LOCK_FILE for name in os.listdir(run_dir))
 
 
 def _as_json(value):
@@ -80,8 +225,6 @@ def _claim_named_dir(run_dir):
     """Create ``run_dir`` (or accept it empty) and check it is writable; a one-line error otherwise."""
     check(not os.path.exists(run_dir) or os.path.isdir(run_dir),
           f"--run-dir {run_dir} is a file, not a directory: choose another --run-dir")
-    check(not os.path.isdir(run_dir) or not os.listdir(run_dir),
-          f"--run-dir {run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
     created = not os.path.exists(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
@@ -109,24 +252,41 @@ class Run:
         self.interrupted = self.diverged = self._measuring = False
         self.signal = None  # the name of the signal that interrupted the run
         self.finished, self.resumes, self.wall_time_before = None, [], 0.0
-        self.start_time, self.logger, self._previous_handlers, self.created = time.time(), None, {}, False
+        self.start_time, self.logger, self.created, self.run_dir = time.time(), None, False, None
+        try:
+            with deferred_signals():
+                self._claim(may_change)
+        except BaseException:
+            self._discard()
+            raise
+        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
+        if self.finished:
+            self._release()
+        else:
+            _unfinished.append(self)
+            print(f"run directory {self.run_dir}" + (" (resuming)" if args.resume else ""), flush=True)
+
+    def _claim(self, may_change):
+        """Create or find the run directory, take its lock, then check what it holds (under the lock: a second
+        process learns that the directory is taken, not what it looks like half-written)."""
+        args = self.args
         if args.resume:
+            check(os.path.isdir(args.run_dir), f"--run-dir {args.run_dir} does not exist: start without --resume")
             self.run_dir = args.run_dir
-            self._check_resume(may_change)
         elif args.run_dir:
-            self.run_dir = args.run_dir
             self.created = _claim_named_dir(args.run_dir)
+            self.run_dir = args.run_dir
         else:
             self.run_dir, self.created = _claim_default_dir(args.exp_name, args.seed), True
-        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
-        global _active
-        _active = None if self.finished else self
-        if not self.finished:
-            print(f"run directory {self.run_dir}" + (" (resuming)" if args.resume else ""), flush=True)
+        lock(self.run_dir)
+        if args.resume:
+            self._check_resume(may_change)
+        else:
+            check(not holds_a_run(self.run_dir), f"--run-dir {self.run_dir} already holds a run: pass --resume to "
+                                                 f"continue it, or choose another --run-dir")
 
     def _check_resume(self, may_change):
         run_dir, args = self.run_dir, self.args
-        check(os.path.isdir(run_dir), f"--run-dir {run_dir} does not exist: start without --resume")
         original = _read_json(os.path.join(run_dir, "args.json"))
         check(original is not None, f"no run in --run-dir {run_dir} to resume (no args.json): start without --resume")
         allowed = set(MAY_CHANGE_ON_RESUME) | {self.total} | set(may_change)
@@ -172,15 +332,11 @@ class Run:
         """Open the logger at ``step`` (the checkpoint's on resume) and turn signals into ``run.interrupted``."""
         self.logger = RunLogger(self.run_dir, self.args, track=self.args.track,
                                 resume_step=step if self.args.resume else None)
-        if threading.current_thread() is threading.main_thread():  # signal handlers only work there
-            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in SIGNALS}
+        _listener.enter()  # a process's main listens from its start; a run called in-process listens from here
+        if _listener.received:  # a signal while setting up that no one raised on (it came in a deferred block)
+            self.interrupted, self.signal = True, _listener.received
         if self.args.resume:
             print(f"resuming at step {step:,} (resume {len(self.resumes)})", flush=True)
-
-    def _on_signal(self, signum, frame):
-        self.interrupted, self.signal = True, signal.Signals(signum).name
-        if self._measuring:
-            raise Interrupted
 
     @property
     def stopping(self):
@@ -234,47 +390,69 @@ class Run:
     def figure_path(self, name):
         return self.logger.figure_path(name)
 
-    def _restore_handlers(self):
-        global _active
-        _active = None
-        previous, self._previous_handlers = self._previous_handlers, {}
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        # A signal that came after the last step (during the final checkpoint or figures) ends nothing early, but
-        # whoever listened before this run (a sweep between cells) must still hear it. Python's own Ctrl-C handler
-        # is left out: it would raise KeyboardInterrupt in the middle of writing the summary.
-        signum = signal.Signals[self.signal] if self.signal else None
-        handler = previous.get(signum)
-        if self.interrupted and callable(handler) and handler is not signal.default_int_handler:
-            handler(signum, None)
+    def _release(self):
+        """Leave the process's list of unfinished runs, the run directory's lock and the signal listener."""
+        if self in _unfinished:
+            _unfinished.remove(self)
+        if self.run_dir and os.path.realpath(self.run_dir) in _locks:
+            unlock(self.run_dir)
+        if self.logger is not None:  # started: it listened
+            _listener.leave()
 
     def finish(self, step, done, metrics=None, **extra):
         """Write summary.json: status diverged, else completed when ``done``, else interrupted."""
-        self._restore_handlers()
         status = "diverged" if self.diverged else "completed" if done else "interrupted"
         summary = self.logger.finish(status, step, metrics, wall_time_s=self.wall_time(), resumes=self.resumes,
                                      total={self.total: getattr(self.args, self.total)}, run_dir=self.run_dir,
                                      **extra)
+        with deferred_signals(raise_pending=False):  # the summary is written: a signal now stops only what follows
+            self._release()
         if status == "interrupted":
-            print(f"{self.signal}: interrupted at step {step:,}, checkpoint written; continue with --resume "
-                  f"--run-dir {self.run_dir}", flush=True)
+            print(f"{self.signal}: interrupted at step {step:,}, checkpoint written; continue with: "
+                  f"{RESUME_HINT or resume_command(self.args)}", flush=True)
         else:
             print(f"run {status} at step {step:,} in {summary['wall_time_s']:.0f} s: {self.run_dir}", flush=True)
         return summary
 
     def abandon(self):
-        """After an error before ``start``: restore signal handlers and remove the directory if this run made it and
-        it is still empty."""
-        self._restore_handlers()
-        if self.created and self.logger is None:
+        """After an error or a signal before ``start``: give back the lock and remove the directory if this run
+        made it and it is still empty."""
+        if self in _unfinished:
+            self._discard()
+
+    def _discard(self):
+        if self.created and self.logger is None and self.run_dir and not holds_a_run(self.run_dir):
             with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.run_dir, LOCK_FILE))
                 os.rmdir(self.run_dir)
+        self._release()
 
 
-def abandon_active():
-    """``Run.abandon`` for the run of this process that has not finished, if any (``common.cli.main`` on errors)."""
-    if _active is not None:
-        _active.abandon()
+def abandon_unfinished():
+    """``Run.abandon`` for every run of this process that has not finished (``common.cli.main`` on errors)."""
+    for run in list(reversed(_unfinished)):
+        run.abandon()
+
+
+def resume_command(args):
+    """The command that continues this run: the process's own command line with the run's own ``--seed``,
+    ``--run-dir`` and ``--resume`` (and ``--num-seeds 1`` where it named several seeds: each seed's directory
+    resumes on its own, or all of them with the original command and ``--resume``)."""
+    own = ("--seed", "--run-dir", "--run_dir", "--num-seeds", "--num_seeds")
+    flags = ("--resume", "--no-resume")
+    words, kept, i = sys.argv[1:], [], 0
+    while i < len(words):
+        name = words[i].split("=", 1)[0]
+        if name in flags or (name in own and "=" in words[i]):
+            i += 1
+        elif name in own:
+            i += 2
+        else:
+            kept.append(words[i])
+            i += 1
+    seeds = ["--num-seeds", "1"] if any(w.split("=", 1)[0] in own[3:] for w in words) else []
+    return shlex.join([sys.executable, sys.argv[0], *kept, "--seed", str(args.seed), *seeds, "--run-dir",
+                       args.run_dir, "--resume"])
 
 
 def _get_rng_state():
@@ -293,24 +471,9 @@ def _set_rng_state(state):
 
 
 def share_signals(runs):
-    """One signal handler for several runs in one process (``--num-seeds``): a signal interrupts them all, and
-    abandons the measurement they are in. Call after every run's ``start``; ``finish`` them in reverse order,
-    so that each puts back the handler it found and the last one the process's own."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def on_signal(signum, frame):
-        abandon = False
-        for run in runs:  # every run hears it before the measurement under way (one or several runs') is abandoned
-            try:
-                run._on_signal(signum, frame)
-            except Interrupted:
-                abandon = True
-        if abandon:
-            raise Interrupted
-
-    for s in SIGNALS:
-        signal.signal(s, on_signal)
+    """Several runs in one process (``--num-seeds``) hear every signal together: the process's one handler
+    interrupts every run that trains and abandons the measurement they are in, so nothing is left to do here. Kept
+    so that a script names the runs that train together."""
 
 
 def combined_summary(summaries):

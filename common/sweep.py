@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from common import results
-from common.cli import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STATUS, EXIT_USAGE, UsageError,
-                        check)
+from common import run as run_module
+from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
+                           UsageError, check)
 
 
 def values(field_name, items, label=str):
@@ -133,7 +134,9 @@ def parse_tasks(spec, num_cells):
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         check(match, f"--tasks {spec!r}: give ranges like 0-15,32")
-        indices.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+        first, last = int(match[1]), int(match[2] or match[1])
+        check(first <= last, f"--tasks {spec!r}: the range {first}-{last} is reversed; give {last}-{first}")
+        indices.update(range(first, last + 1))
     for i in sorted(indices):
         check(0 <= i < num_cells, f"task {i} is outside the grid's cells 0-{num_cells - 1} (see --list)")
     return sorted(indices)
@@ -194,87 +197,117 @@ def cell_args(sweep, grid, cell, options):
     return sweep.args_cls(**{**base, **cell.overrides, "exp_name": grid.name, "run_dir": run_dir})
 
 
-def run_cell(sweep, args, cell):
-    """Run (or skip, or resume) one cell; returns its exit status."""
-    run_dir = args.run_dir
-    summary = read_summary(run_dir)
-    status, steps = summary.get("status"), summary.get("steps", 0)
-    if status == "completed" and steps >= args.total_steps:
-        print(f"cell {cell.index} {cell.name}: completed ({steps:,} steps), skipped")
-        return EXIT_COMPLETED
-    if status == "diverged":
-        print(f"cell {cell.index} {cell.name}: diverged at step {steps:,}, skipped (delete {run_dir} to rerun)")
-        return EXIT_DIVERGED
-    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        print(f"cell {cell.index} {cell.name}: resuming from {run_dir}/checkpoint.pt")
-        args = dataclasses.replace(args, resume=True)
-    elif os.path.isdir(run_dir) and os.listdir(run_dir):
-        stale = f"{run_dir}.stale-{int(time.time())}"
+def checkpoint_step(run_dir):
+    """The step of a cell's checkpoint.pt (its tensors memory-mapped, not read), or None when it is unreadable."""
+    import torch
+
+    try:
+        return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False,
+                          mmap=True)["lifecycle"]["step"]
+    except Exception:  # a truncated or foreign file: its resume says so in one line
+        return None
+
+
+def cell_state(args):
+    """What a cell's directory holds: "completed" or "diverged" (never moved aside or retrained, whatever files
+    beside summary.json were deleted), ("resume", checkpoint step), or "fresh" (nothing to continue)."""
+    summary = read_summary(args.run_dir)
+    has_checkpoint = os.path.exists(os.path.join(args.run_dir, "checkpoint.pt"))
+    if summary.get("status") == "diverged":
+        return "diverged"
+    if summary.get("status") == "completed" and (summary.get("steps", 0) >= args.total_steps or not has_checkpoint):
+        return "completed"
+    return ("resume", checkpoint_step(args.run_dir)) if has_checkpoint else "fresh"
+
+
+def move_aside(run_dir):
+    """Move a cell directory that holds a run with nothing to continue (killed before its first checkpoint) to
+    ``<cell>.stale-<time>`` (which ``common.results`` never reads), and lock its fresh directory instead."""
+    stale, n = f"{run_dir}.stale-{int(time.time())}", 1
+    while os.path.exists(stale):
+        n += 1
+        stale = f"{run_dir}.stale-{int(time.time())}_{n}"
+    with run_module.deferred_signals():
         os.replace(run_dir, stale)
-        print(f"cell {cell.index} {cell.name}: no summary and no checkpoint; moved aside to {stale}, restarting")
-    else:
-        print(f"cell {cell.index} {cell.name}: starting")
-    summary = sweep.train(args)
-    return EXIT_STATUS[summary["status"]]
+        run_module.unlock(run_dir)
+        os.makedirs(run_dir)
+        run_module.lock(run_dir)
+    return stale
+
+
+def describe(cells):
+    first = cells[0]
+    if len(cells) == 1:
+        return f"cell {first.index} {first.name}"
+    return f"cells {first.index}-{cells[-1].index} ({len(cells)} seeds from {first.name})"
+
+
+def run_group(sweep, all_args, cells, state):
+    """Train cells in one state (consecutive seeds, all fresh or all resuming from one step) in one ``train``:
+    ``num_seeds`` = their number, whose run directories ``<base>__seed<N>`` are the cells' own."""
+    resume = state != "fresh"
+    for args in all_args:
+        if not resume and run_module.holds_a_run(args.run_dir):
+            print(f"{args.run_dir}: no summary and no checkpoint; moved aside to {move_aside(args.run_dir)}")
+    print(f"{describe(cells)}: " + (f"resuming from checkpoint.pt (step {state[1]:,})" if resume and state[1]
+                                    is not None else "resuming from checkpoint.pt" if resume else "starting"),
+          flush=True)
+    args = dataclasses.replace(all_args[0], resume=resume)
+    if len(cells) > 1:
+        base = args.run_dir[:-len(f"__seed{args.seed}")]
+        args = dataclasses.replace(args, run_dir=base, num_seeds=len(cells))
+    return EXIT_STATUS[sweep.train(args)["status"]]
 
 
 def run_pack(sweep, all_args, cells):
-    """Run (or skip, or resume) a pack of cells that differ only in their consecutive seeds, in lockstep: one
-    ``train`` with ``num_seeds``, whose run directories ``<base>__seed<N>`` are the cells' own."""
-    if len(cells) == 1:
-        return run_cell(sweep, all_args[0], cells[0])
-    summaries = [read_summary(args.run_dir) for args in all_args]
-    done = [s.get("status") == "diverged" or (s.get("status") == "completed" and s.get("steps", 0) >= a.total_steps)
-            for s, a in zip(summaries, all_args)]
-    names = f"cells {cells[0].index}-{cells[-1].index} ({len(cells)} seeds)"
-    if all(done):
-        print(f"{names}: finished, skipped")
-        return EXIT_DIVERGED if any(s.get("status") == "diverged" for s in summaries) else EXIT_COMPLETED
-    resume = any(os.path.exists(os.path.join(a.run_dir, "checkpoint.pt")) for a in all_args)
-    if not resume:
+    """Run a task: one cell, or a pack of cells that differ only in their consecutive seeds. Every cell's directory
+    is locked first (``Locked`` when another process holds one). Each cell continues from where it is: completed
+    and diverged cells are skipped, the others train in groups of consecutive cells in the same state (fresh, or
+    resuming from the same step), in lockstep."""
+    with contextlib.ExitStack() as held:
         for args in all_args:
-            if os.path.isdir(args.run_dir) and os.listdir(args.run_dir):
-                stale = f"{args.run_dir}.stale-{int(time.time())}"
-                os.replace(args.run_dir, stale)
-                print(f"{args.run_dir}: no summary and no checkpoint; moved aside to {stale}")
-    print(f"{names}: {'resuming from their checkpoint.pt' if resume else 'starting'} in lockstep")
-    base = all_args[0].run_dir[:-len(f"__seed{all_args[0].seed}")]
-    summary = sweep.train(dataclasses.replace(all_args[0], run_dir=base, num_seeds=len(cells), resume=resume))
-    return EXIT_STATUS[summary["status"]]
-
-
-class StopRequests:
-    """Slurm's SIGTERM / SIGUSR1 between cells: start no new cell. While a cell runs, train's own handlers take
-    over (and restore these when the cell ends)."""
-
-    def __enter__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def run_tasks(sweep, grid, indices, options):
-    """Run tasks (cells, or packs of seeds) one after another. An interruption stops the range with status 75;
-    otherwise 3 when any cell diverged, else 0."""
-    packs = tasks(grid, options.seeds_per_task)
-    all_args = [[cell_args(sweep, grid, cell, options) for cell in packs[i]] for i in indices]  # usage errors first
-    codes = []
-    with StopRequests() as stop:
-        for i, args in zip(indices, all_args):
-            if stop.requested:
-                print(f"signalled before task {i}: stopping; the requeued task continues from here")
-                return EXIT_INTERRUPTED
-            codes.append(run_pack(sweep, args, packs[i]))
+            os.makedirs(args.run_dir, exist_ok=True)
+            held.enter_context(run_module.locked(args.run_dir))
+        states = [cell_state(args) for args in all_args]
+        codes, i = [], 0
+        for state, group in itertools.groupby(range(len(cells)), key=lambda k: states[k]):
+            group = list(group)
+            if state in ("completed", "diverged"):
+                for k in group:
+                    steps = read_summary(all_args[k].run_dir).get("steps", 0)
+                    short = state == "completed" and steps < all_args[k].total_steps
+                    print(f"{describe([cells[k]])}: " + (f"completed ({steps:,} steps), skipped" if state == "completed"
+                                                         else f"diverged at step {steps:,}, skipped") +
+                          (f" (no checkpoint.pt to train on to {all_args[k].total_steps:,}: delete "
+                           f"{all_args[k].run_dir} to rerun it)" if short else
+                           f" (delete {all_args[k].run_dir} to rerun it)" if state == "diverged" else ""))
+                codes.append(EXIT_DIVERGED if state == "diverged" else EXIT_COMPLETED)
+                continue
+            codes.append(run_group(sweep, [all_args[k] for k in group], [cells[k] for k in group], state))
             if codes[-1] == EXIT_INTERRUPTED:
                 return EXIT_INTERRUPTED
     return EXIT_DIVERGED if EXIT_DIVERGED in codes else EXIT_COMPLETED
+
+
+def run_tasks(sweep, grid, indices, options):
+    """Run tasks (cells, or packs of seeds) one after another. A signal stops the range with status 75. A task
+    whose directory another process holds is left to it (status 73 at the end, not requeued); otherwise 3 when
+    any cell diverged, else 0."""
+    packs = tasks(grid, options.seeds_per_task)
+    all_args = [[cell_args(sweep, grid, cell, options) for cell in packs[i]] for i in indices]  # usage errors first
+    codes = []
+    for i, args in zip(indices, all_args):
+        if run_module.signal_received():
+            print(f"{run_module.signal_received()} before task {i}: stopping; the same command continues from here")
+            return EXIT_INTERRUPTED
+        try:
+            codes.append(run_pack(sweep, args, packs[i]))
+        except run_module.Locked as e:
+            print(f"task {i}: {e}", file=sys.stderr)
+            codes.append(EXIT_LOCKED)
+        if codes[-1] == EXIT_INTERRUPTED:
+            return EXIT_INTERRUPTED
+    return next((code for code in (EXIT_LOCKED, EXIT_DIVERGED) if code in codes), EXIT_COMPLETED)
 
 
 def build_parser(sweep):
@@ -299,36 +332,53 @@ def build_parser(sweep):
     return parser
 
 
+def task_indices(options, num_tasks):
+    """The tasks to run: ``--tasks``, or ``--task-id``, or ``$SLURM_ARRAY_TASK_ID``. ``--tasks`` with either of the
+    others is refused: passed to an array, every task would run the same cells."""
+    array_id = os.environ.get("SLURM_ARRAY_TASK_ID", "").strip()
+    check(not array_id or array_id.isdigit(), f"SLURM_ARRAY_TASK_ID={array_id!r} is not a task number: submit an "
+                                              f"array (sbatch --array=0-N) or unset it")
+    if options.tasks is not None:
+        check(options.task_id is None, "--tasks and --task-id: give one of them")
+        check(not array_id, f"--tasks in an array task (SLURM_ARRAY_TASK_ID={array_id}) would run the same cells in "
+                            f"every task: drop --tasks (the array index picks the task), or unset SLURM_ARRAY_TASK_ID")
+        return parse_tasks(options.tasks, num_tasks)
+    check(options.task_id is None or not array_id or int(array_id) == options.task_id,
+          f"--task-id {options.task_id} in array task {array_id}: drop --task-id (the array index picks the task)")
+    task_id = options.task_id if options.task_id is not None else int(array_id) if array_id else None
+    check(task_id is not None, "say which cells to run: --task-id N, --tasks 0-15, or --list to see them")
+    return parse_tasks(str(task_id), num_tasks)
+
+
 def run(sweep, argv=None):
-    """Parse the command line and do what it asks; returns the exit status."""
-    options = build_parser(sweep).parse_args(argv)
-    try:
-        if options.command == "analyze":
-            check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
-            sweep.analyze(options.runs_dir, options)
-            return EXIT_COMPLETED
-        grid = sweep.make_grid(options)
-        check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
-        cells = tasks(grid, options.seeds_per_task)
-        if options.list:
-            for index, pack in enumerate(cells):
-                print(index, " ".join(cell.name for cell in pack))
-            return EXIT_COMPLETED
-        if options.tasks is not None:
-            indices = parse_tasks(options.tasks, len(cells))
-        else:
-            task_id = options.task_id
-            if task_id is None and os.environ.get("SLURM_ARRAY_TASK_ID"):
-                task_id = int(os.environ["SLURM_ARRAY_TASK_ID"])
-            check(task_id is not None, "say which cells to run: --task-id N, --tasks 0-15, or --list to see them")
-            indices = parse_tasks(str(task_id), len(cells))
-        return run_tasks(sweep, grid, indices, options)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:  # Ctrl-C outside a run's own handlers (between cells, or while one starts)
-        print("interrupted: run the same command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Parse the command line and do what it asks; returns the exit status. A signal from the first line on
+    stops it with 75; the same command then continues."""
+    with run_module.listening():
+        hint, run_module.RESUME_HINT = run_module.RESUME_HINT, "the same sweep command (it resumes this cell)"
+        try:
+            options = build_parser(sweep).parse_args(argv)
+            if options.command == "analyze":
+                check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
+                sweep.analyze(options.runs_dir, options)
+                return EXIT_COMPLETED
+            grid = sweep.make_grid(options)
+            check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
+            packs = tasks(grid, options.seeds_per_task)
+            if options.list:
+                for index, pack in enumerate(packs):
+                    print(index, " ".join(cell.name for cell in pack))
+                return EXIT_COMPLETED
+            return run_tasks(sweep, grid, task_indices(options, len(packs)), options)
+        except UsageError as e:
+            run_module.abandon_unfinished()
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except run_module.Interrupted as e:
+            run_module.abandon_unfinished()
+            print(f"{e}: stopped; run the same command again to continue", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            run_module.RESUME_HINT = hint
 
 
 def main(sweep, argv=None):

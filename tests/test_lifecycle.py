@@ -20,6 +20,7 @@ import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
 from common.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
 from common.data import load_dataset
+from common.run import LOCK_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("PLASTICITY_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -60,7 +61,9 @@ def read_json(run_dir, name):
 
 
 def files(run_dir):
-    return {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(run_dir) for p in names}
+    """Every file's bytes, less the lock file (it names the process that last held the directory)."""
+    return {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(run_dir) for p in names
+            if p != LOCK_FILE}
 
 
 # ------------------------------------------------------------------------------------------------- 1. run directories
