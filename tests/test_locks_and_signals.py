@@ -152,14 +152,15 @@ def test_a_second_process_on_a_running_run_directory_exits_at_once_naming_the_ho
 
 def test_a_seed_group_holds_every_seed_directory_and_the_kernel_drops_a_killed_holder(tmp_path):
     base = str(tmp_path / "group")
-    group = Process(tmp_path, ["dqn_classification_mdp.py", *LONG, "--run-dir", base, "--num-seeds", "2"])
-    wait_for_rows(base + "__seed2", 10)
+    group = Process(tmp_path, ["dqn_classification_mdp.py", *LONG, "--checkpoint-every", "10", "--run-dir", base,
+                               "--num-seeds", "2"])
+    wait_for_rows(base + "__seed2", 20)  # past its first checkpoint
     single = run(["dqn_classification_mdp.py", *LONG, "--seed", "2", "--run-dir", base + "__seed2", "--resume"])
     assert single.returncode == EXIT_LOCKED and f"pid {group.process.pid}" in single.stderr
     group.process.kill()  # SIGKILL: no handler, no clean-up; the lock goes with the process
     group.wait()
-    again = Process(tmp_path, ["dqn_classification_mdp.py", *LONG, "--run-dir", base, "--num-seeds", "2",
-                               "--resume"])
+    again = Process(tmp_path, ["dqn_classification_mdp.py", *LONG, "--checkpoint-every", "10", "--run-dir", base,
+                               "--num-seeds", "2", "--resume"])
     again.wait_for("resuming at step")
     assert again.stop(signal.SIGUSR1)[0] == EXIT_INTERRUPTED
 

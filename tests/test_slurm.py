@@ -54,6 +54,41 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def shell(command, tmp_path, data_dir, env=None, **kwargs):
+    """A shell command from the repository root with Slurm's variables unset (as outside Slurm)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    job_env = {**clean, "PYTHON": sys.executable, "PLASTICITY_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1",
+               **(env or {})}
+    return subprocess.Popen(command, cwd=ROOT, env=job_env, stdout=open(tmp_path / "out.txt", "w"),
+                            stderr=subprocess.STDOUT, **kwargs)
+
+
+def test_sweep_task_runs_without_slurm_and_passes_the_status_on(tmp_path, data_dir):
+    cell = ["falsification.py", "--preset", "test", "--datasets", "offline", "--runs-dir", str(tmp_path / "runs"),
+            "--set", f"data_dir={data_dir}", "--set", "total_steps=100000", "--set", "probe_every=0",
+            "--task-id", "0"]
+    task = shell(["slurm/sweep_task.sh", *cell], tmp_path, data_dir)
+    run_dir = tmp_path / "runs" / "falsification" / "mnist__true_label__mlp__adam__seed1"
+    deadline = time.time() + 240
+    while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert time.time() < deadline and task.poll() is None, (tmp_path / "out.txt").read_text()
+        time.sleep(0.2)
+    task.send_signal(signal.SIGTERM)  # to the shell, as Slurm signals the batch step
+    assert task.wait(timeout=120) == 75
+    out = (tmp_path / "out.txt").read_text()
+    assert "got SIGTERM" in out and "run exited with status 75" in out and "not under Slurm" in out, out
+    assert "unbound variable" not in out
+    usage = shell(["slurm/sweep_task.sh", *cell[:-1], "999"], tmp_path, data_dir)
+    assert usage.wait(timeout=120) == 2  # a task outside the grid: the sweep's usage error, passed on
+
+
+def test_an_sbatch_script_refuses_a_seeds_per_task_its_array_was_not_sized_for(tmp_path, data_dir):
+    task = shell(["bash", "slurm/falsification.sbatch", "--preset", "test", "--seeds-per-task", "2"], tmp_path,
+                 data_dir, env={"SLURM_ARRAY_TASK_ID": "0"})
+    assert task.wait(timeout=60) == 2
+    assert "slurm/submit.sh" in (tmp_path / "out.txt").read_text()
+
+
 def slurm_installed_or_skip():
     if os.path.exists("/usr/sbin/slurmctld") and os.path.exists("/usr/sbin/munged"):
         return
@@ -132,14 +167,14 @@ def squeue_like(command, env):
     return subprocess.run(command, env=env, capture_output=True, text=True).stdout
 
 
-def submit(env, tmp_path, data_dir, array, *flags):
+def submit(env, tmp_path, data_dir, array, *flags, submitter=("sbatch",)):
     """sbatch the project's own falsification.sbatch from the repository root, as a user would."""
     job_env = {**env, "PYTHON": sys.executable, "PLASTICITY_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1"}
-    command = ["sbatch", "--parsable", f"--array={array}", f"--output={tmp_path}/%A_%a.out", "--mem=1G",
-               "slurm/falsification.sbatch", "--preset", "test", "--datasets", "offline",
+    command = [*submitter, "--parsable", *([f"--array={array}"] if array else []), f"--output={tmp_path}/%A_%a.out",
+               "--mem=1G", "slurm/falsification.sbatch", "--preset", "test", "--datasets", "offline",
                "--runs-dir", str(tmp_path / "runs"), *flags]
     out = subprocess.run(command, cwd=ROOT, env=job_env, capture_output=True, text=True, check=True).stdout
-    return out.strip().split(";")[0]
+    return out.strip().splitlines()[-1].split(";")[0]
 
 
 def wait_for(env, job_id, timeout=300):
@@ -191,3 +226,45 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp
               if "losses/td_loss" in row]
     assert logged == list(range(50, total + 1, 50))  # once each: the second segment went on, it did not restart
     assert not list(run_dir.parent.glob("*.stale-*"))
+
+
+def test_a_resubmission_while_the_first_array_runs_never_shares_a_cell(slurm, tmp_path, data_dir):
+    """The same array task submitted again while the first still trains: the second finds every seed's directory
+    locked, exits 73 at once and is not requeued; the first is untouched and completes, every row logged once."""
+    total, flags = 600, ("--set", "total_steps=600", "--set", "probe_every=300", "--set", "log_every=50")
+    first = submit(slurm, tmp_path, data_dir, "0", *flags)
+    run_dirs = [tmp_path / "runs" / "falsification" / cell.name
+                for cell in falsification.make_grid(argparse.Namespace(datasets="offline")).cells()[:4]]
+    deadline = time.time() + 240
+    while not all((d / "metrics.jsonl").exists() for d in run_dirs):
+        assert time.time() < deadline, "the first task did not start"
+        time.sleep(0.2)
+    second = submit(slurm, tmp_path, data_dir, "0", *flags)
+    wait_for(slurm, second)
+    log = (tmp_path / f"{second}_0.out").read_text()
+    assert "run exited with status 73" in log and "is being written by pid" in log, log[-3000:]
+    assert "requeueing" not in log
+    assert not (run_dirs[0] / "summary.json").exists(), "the first task finished before the second came: raise total"
+    wait_for(slurm, first)
+    assert "run exited with status 0" in (tmp_path / f"{first}_0.out").read_text()
+    for run_dir in run_dirs:
+        logged = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                  if "losses/td_loss" in row]
+        assert logged == list(range(50, total + 1, 50))
+        assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_submit_sizes_the_array_from_the_grid(slurm, tmp_path, data_dir):
+    """--seeds-per-task 2 makes twice the tasks of the script's 4: submit.sh asks --list and sizes --array."""
+    listing = subprocess.run([sys.executable, "falsification.py", "--datasets", "offline", "--seeds-per-task", "2",
+                              "--list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    job_id = submit(slurm, tmp_path, data_dir, None, "--seeds-per-task", "2",
+                    submitter=("slurm/submit.sh", "--hold"))
+    try:
+        shown = squeue_like(["scontrol", "show", "job", job_id], slurm)
+        tasks = len(listing.splitlines())
+        cells = len(falsification.make_grid(argparse.Namespace(datasets="offline")).cells())
+        assert tasks == cells // 2 and re.search(rf"ArrayTaskId=0-{tasks - 1}\b", shown), shown[:500]
+    finally:
+        subprocess.run(["scancel", job_id], env=slurm)

@@ -165,3 +165,106 @@ def test_a_signal_between_cells_stops_the_range_with_75(tmp_path, signum):
     train.signal_after = None
     assert sweep.run(toy_sweep(train), ["--runs-dir", str(tmp_path), "--tasks", "0-4"]) == 0
     assert len(train.calls) == 5  # the requeued range skips cell 0 and runs the other four
+
+
+def test_ranges_and_array_indices_that_say_nothing_are_usage_errors(tmp_path, monkeypatch, capsys):
+    train, runs = ToyTrain(), ["--runs-dir", str(tmp_path)]
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    for bad in (["--tasks", "3-1"], ["--tasks", ""], ["--tasks", "1", "--task-id", "3"]):
+        assert sweep.run(toy_sweep(train), runs + bad) == 2, bad
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert sweep.run(toy_sweep(train), runs + ["--tasks", "0"]) == 2  # every array task would run cell 0
+    assert sweep.run(toy_sweep(train), runs + ["--task-id", "1"]) == 2
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "abc")
+    assert sweep.run(toy_sweep(train), runs) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 6 and all(line.startswith("error: ") for line in errors), errors
+    assert "reversed" in errors[0] and "SLURM_ARRAY_TASK_ID" in errors[3] and "'abc'" in errors[5]
+    assert train.calls == []
+    assert sweep.run(toy_sweep(train), runs + ["--set", "num_seeds=3", "--task-id", "0"]) == 2
+
+
+# ---------------------------------------------------------------------------- the real agent: packs of seeds
+def falsification_argv(tmp_path, data_dir, *extra):
+    return ["--preset", "test", "--datasets", "offline", "--runs-dir", str(tmp_path), "--set",
+            f"data_dir={data_dir}", *extra]
+
+
+def cell_dir(tmp_path, seed):
+    return tmp_path / "falsification" / f"mnist__true_label__mlp__adam__seed{seed}"
+
+
+def interrupt_at_second_probe(monkeypatch):
+    import dqn_classification_mdp as dqn
+
+    original, calls = dqn.probe_plasticity, []
+
+    def probe(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dqn, "probe_plasticity", probe)
+
+
+def test_a_pack_of_seeds_in_mixed_states_resumes_each_from_where_it_is(tmp_path, data_dir, monkeypatch):
+    """Seed 1 completed (and its checkpoint deleted), seed 2 interrupted at step 20, seed 3 never started: the pack
+    keeps seed 1 as it is, resumes seed 2 and starts seed 3."""
+    import falsification
+
+    assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "0")) == 0
+    os.remove(cell_dir(tmp_path, 1) / "checkpoint.pt")
+    with monkeypatch.context() as m:
+        interrupt_at_second_probe(m)
+        assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "1")) == 75
+    before = {name: (cell_dir(tmp_path, 1) / name).read_bytes() for name in ("summary.json", "metrics.jsonl")}
+    pack = falsification_argv(tmp_path, data_dir, "--seeds-per-task", "4", "--tasks", "0")
+    assert sweep.run(falsification.SWEEP, pack) == 0
+    assert {name: (cell_dir(tmp_path, 1) / name).read_bytes() for name in before} == before  # not retrained
+    summaries = [json.loads((cell_dir(tmp_path, seed) / "summary.json").read_text()) for seed in (1, 2, 3, 4)]
+    assert [(s["status"], s["steps"], s["resumes"]) for s in summaries] == \
+        [("completed", 40, [])] * 1 + [("completed", 40, [20])] + [("completed", 40, [])] * 2
+    assert not list((tmp_path / "falsification").glob("*.stale-*"))
+    from common import results
+
+    assert len(results.read_runs(str(tmp_path))) == 4
+
+
+def test_a_completed_cell_is_never_moved_aside_and_a_stale_copy_never_counted(tmp_path, data_dir):
+    """Seed 1 completed without its checkpoint, seed 2 killed before its first checkpoint, seeds 3-4 never started:
+    seed 1 is kept, seed 2 moved aside and retrained with 3 and 4, and the analysis reads four runs, not five."""
+    import falsification
+
+    assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "0-1")) == 0
+    os.remove(cell_dir(tmp_path, 1) / "checkpoint.pt")
+    for name in ("checkpoint.pt", "summary.json"):  # seed 2 as a kill before its first checkpoint leaves it
+        os.remove(cell_dir(tmp_path, 2) / name)
+    before = (cell_dir(tmp_path, 1) / "metrics.jsonl").read_bytes()
+    pack = falsification_argv(tmp_path, data_dir, "--seeds-per-task", "4", "--tasks", "0")
+    assert sweep.run(falsification.SWEEP, pack) == 0
+    assert (cell_dir(tmp_path, 1) / "metrics.jsonl").read_bytes() == before
+    (stale,) = (tmp_path / "falsification").glob("*.stale-*")
+    assert stale.name.startswith(cell_dir(tmp_path, 2).name)
+    from common import results
+
+    runs = results.read_runs(str(tmp_path))
+    assert len(runs) == 4 and runs.skipped == [(str(stale), "a stale copy the sweep moved aside")]
+    table, skipped = sweep.collect_runs(str(tmp_path), exp_name="falsification")  # what analyze reads
+    assert len(table) == 4 and skipped == {"a stale copy the sweep moved aside": 1}
+    assert sweep.run(falsification.SWEEP, pack) == 0  # and nothing more to do
+
+
+def test_a_torn_metrics_row_is_dropped_when_the_cell_resumes(tmp_path, data_dir, monkeypatch):
+    import falsification
+
+    with monkeypatch.context() as m:
+        interrupt_at_second_probe(m)
+        assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "0")) == 75
+    metrics = cell_dir(tmp_path, 1) / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 30, "losses/td_loss": 0.1')  # a kill in the middle of a write, after the checkpoint
+    assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "0")) == 0
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+             if "losses/td_loss" in json.loads(line)]
+    assert steps == [10, 20, 30, 40]
