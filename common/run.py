@@ -1,8 +1,9 @@
-"""The lifecycle of one run, the same in every script: claim the run directory, resume, signals, divergence, summary.
+"""The lifecycle of one run, the same in every script: claim and lock the run directory, resume, signals,
+divergence, summary.
 
 A script's ``train(args)`` reads::
 
-    run = Run(args, total="total_steps")        # checks --run-dir / --resume / --track; claims the directory
+    run = Run(args, total="total_steps")        # checks --run-dir / --resume / --track; claims and locks the directory
     if run.finished:                             # --resume of a finished run: nothing to do
         return run.finished
     ...build everything...
@@ -17,7 +18,10 @@ A script's ``train(args)`` reads::
         run.save_checkpoint(state, step)
     return run.finish(step, done=step >= total, metrics=...)
 
-``common.cli.main`` maps the summary's status to the exit status (0 completed, 3 diverged, 75 interrupted).
+``common.cli.main`` listens for signals from its first line (one before ``run.start`` stops the process at once:
+nothing is lost) and maps the summary's status to the exit status (0 completed, 3 diverged, 75 interrupted; 73 when
+another process holds the run directory). One process writes a run directory: ``<run_dir>/.lock`` is ``flock``ed
+(re-entrant within the process, dropped by the kernel when it dies) and names its holder.
 """
 import contextlib
 import dataclasses
@@ -62,7 +66,7 @@ class Locked(UsageError):
 # ---------------------------------------------------------------------------------------------------------- signals
 class _Listener:
     """The process's one handler of SIGTERM, SIGUSR1 and SIGINT, from ``listening()`` (``common.cli.main``, a
-    sweep's main) or the first ``Run`` on. A signal interrupts every run that is training (they checkpoint and
+    sweep's main) on, or from ``Run.start`` for a run called in-process. A signal interrupts every run that is training (they checkpoint and
     stop), abandons the measurement under way, and otherwise, while no run trains, raises ``Interrupted`` at once
     (or at the end of a ``deferred_signals()`` block). The outermost ``leave`` restores the handlers that were there
     and passes a signal it took on to a Python-level one (a sweep's, a test's)."""
@@ -409,7 +413,7 @@ class Run:
             self._release()
         if status == "interrupted":
             print(f"{self.signal}: interrupted at step {step:,}, checkpoint written; continue with: "
-                  f"{RESUME_HINT or resume_command(self.args)}", flush=True)
+                  f"{RESUME_HINT or resume_command(self.args, self.run_dir)}", flush=True)
         else:
             print(f"run {status} at step {step:,} in {summary['wall_time_s']:.0f} s: {self.run_dir}", flush=True)
         return summary
@@ -434,7 +438,7 @@ def abandon_unfinished():
         run.abandon()
 
 
-def resume_command(args):
+def resume_command(args, run_dir):
     """The command that continues this run: the process's own command line with the run's own ``--seed``,
     ``--run-dir`` and ``--resume`` (and ``--num-seeds 1`` where it named several seeds: each seed's directory
     resumes on its own, or all of them with the original command and ``--resume``)."""
@@ -452,7 +456,7 @@ def resume_command(args):
             i += 1
     seeds = ["--num-seeds", "1"] if any(w.split("=", 1)[0] in own[3:] for w in words) else []
     return shlex.join([sys.executable, sys.argv[0], *kept, "--seed", str(args.seed), *seeds, "--run-dir",
-                       args.run_dir, "--resume"])
+                       run_dir, "--resume"])
 
 
 def _get_rng_state():

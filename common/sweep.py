@@ -10,14 +10,16 @@ A sweep script describes itself with a ``Sweep`` (its grid, size presets, an ``a
     python <sweep>.py --seeds-per-task 4 --task-id N  # task N trains a cell's next 4 seeds in lockstep (--num-seeds)
     python <sweep>.py analyze --runs-dir DIR          # read the finished runs, write numbers and figures
 
-Cell N lives in ``<runs-dir>/<grid name>/<cell name>``. Running a cell whose ``summary.json`` says ``completed``
-does nothing; one with a ``checkpoint.pt`` continues from it (``train(args)`` with ``resume=True``); a directory
-with neither (a run killed before its first checkpoint) is moved aside to ``<cell>.stale-<time>`` and restarted.
+Cell N lives in ``<runs-dir>/<grid name>/<cell name>``. A task first locks its cells' directories (another
+process's cell: exit 73 at the end, the cell left to it). A cell whose ``summary.json`` says ``completed`` (or
+``diverged``) is never rerun or moved aside, whatever files beside it were deleted; one with a ``checkpoint.pt``
+continues from it (``train(args)`` with ``resume=True``); a directory with neither (a run killed before its first
+checkpoint) is moved aside to ``<cell>.stale-<time>`` (``common.results`` never reads it) and restarted.
 With ``--seeds-per-task K`` a task is a pack of up to K cells that differ only in their seed (the last axis,
-labelled ``seed<N>``, consecutive seeds): one ``train`` with ``num_seeds`` K writes each seed's own cell directory,
-so skipping, resuming and collecting are unchanged; ``--list`` then shows the packs. The exit status follows the
-run contract: 0 completed, 3 diverged, 75 interrupted (the sbatch script requeues
-the task), 2 usage error.
+labelled ``seed<N>``, consecutive seeds): each cell continues from where it is, and consecutive cells in the same
+state (fresh, or resuming from the same step) train in one ``train`` with ``num_seeds``, each seed in its own
+cell directory; ``--list`` then shows the packs. The exit status follows the run contract: 0 completed,
+3 diverged, 75 interrupted (the sbatch script requeues the task), 73 a cell held by another process, 2 usage error.
 """
 import argparse
 import contextlib
@@ -27,7 +29,6 @@ import itertools
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 import typing
