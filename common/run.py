@@ -425,7 +425,8 @@ class Run:
             self._discard()
 
     def _discard(self):
-        if self.created and self.logger is None and self.run_dir and not holds_a_run(self.run_dir):
+        holds_lock = self.run_dir and os.path.realpath(self.run_dir) in _locks  # never another process's lock file
+        if self.created and self.logger is None and holds_lock and not holds_a_run(self.run_dir):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(self.run_dir, LOCK_FILE))
                 os.rmdir(self.run_dir)
