@@ -250,9 +250,9 @@ def run_group(sweep, all_args, cells, state):
     for args in all_args:
         if not resume and run_module.holds_a_run(args.run_dir):
             print(f"{args.run_dir}: no summary and no checkpoint; moved aside to {move_aside(args.run_dir)}")
-    print(f"{describe(cells)}: " + (f"resuming from checkpoint.pt (step {state[1]:,})" if resume and state[1]
-                                    is not None else "resuming from checkpoint.pt" if resume else "starting"),
-          flush=True)
+    step = f" (step {state[1]:,})" if resume and state[1] is not None else ""
+    print(f"{describe(cells)}: " + (f"resuming from checkpoint.pt{step}" if resume else "starting") +
+          (" in lockstep" if len(cells) > 1 else ""), flush=True)
     args = dataclasses.replace(all_args[0], resume=resume)
     if len(cells) > 1:
         base = args.run_dir[:-len(f"__seed{args.seed}")]
