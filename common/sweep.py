@@ -260,6 +260,15 @@ def run_group(sweep, all_args, cells, state):
     return EXIT_STATUS[sweep.train(args)["status"]]
 
 
+def finished_message(state, args):
+    steps = read_summary(args.run_dir).get("steps", 0)
+    if state == "diverged":
+        return f"diverged at step {steps:,}, skipped (delete {args.run_dir} to rerun it)"
+    short = steps < args.total_steps  # a raised total, but no checkpoint to go on from
+    return f"completed ({steps:,} steps), skipped" + (f" (no checkpoint.pt to train on to {args.total_steps:,}: "
+                                                       f"delete {args.run_dir} to rerun it)" if short else "")
+
+
 def run_pack(sweep, all_args, cells):
     """Run a task: one cell, or a pack of cells that differ only in their consecutive seeds. Every cell's directory
     is locked first (``Locked`` when another process holds one). Each cell continues from where it is: completed
@@ -270,18 +279,12 @@ def run_pack(sweep, all_args, cells):
             os.makedirs(args.run_dir, exist_ok=True)
             held.enter_context(run_module.locked(args.run_dir))
         states = [cell_state(args) for args in all_args]
-        codes, i = [], 0
+        codes = []
         for state, group in itertools.groupby(range(len(cells)), key=lambda k: states[k]):
             group = list(group)
             if state in ("completed", "diverged"):
                 for k in group:
-                    steps = read_summary(all_args[k].run_dir).get("steps", 0)
-                    short = state == "completed" and steps < all_args[k].total_steps
-                    print(f"{describe([cells[k]])}: " + (f"completed ({steps:,} steps), skipped" if state == "completed"
-                                                         else f"diverged at step {steps:,}, skipped") +
-                          (f" (no checkpoint.pt to train on to {all_args[k].total_steps:,}: delete "
-                           f"{all_args[k].run_dir} to rerun it)" if short else
-                           f" (delete {all_args[k].run_dir} to rerun it)" if state == "diverged" else ""))
+                    print(f"{describe([cells[k]])}: {finished_message(state, all_args[k])}")
                 codes.append(EXIT_DIVERGED if state == "diverged" else EXIT_COMPLETED)
                 continue
             codes.append(run_group(sweep, [all_args[k] for k in group], [cells[k] for k in group], state))
