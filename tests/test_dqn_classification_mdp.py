@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -5,12 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common.seeds import SeedStack, StackedReplay
+from common.seeds import Generators, OneSeed, SeedStack, StackedReplay
 from common.cli import EXIT_INTERRUPTED
 from test_data import write_tiny_cifar10
 
@@ -36,13 +38,17 @@ def test_double_q_target_against_a_hand_computation():
         values = staticmethod(lambda out: out)
         loss = staticmethod(lambda out, y: (out - y) ** 2)
 
-    batch = (torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([1.0, 0.0]), torch.tensor([1, 2]))
-    loss, _ = dqn.td_loss(Table(online), Table(target), images, batch, gamma=0.5, double_q=True)
+    batch = tuple(b[None] for b in (torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([1.0, 0.0]),
+                                    torch.tensor([1, 2])))  # one seed: (1, batch)
+    q, target_q = SeedStack([Table(online)]), SeedStack([Table(target)])  # as training calls them
+    loss, _ = dqn.td_loss(q, target_q, images, batch, gamma=0.5, double_q=True)
     # next obs 1: online argmax is action 0, target value 7 -> 1 + 0.5 * 7 = 4.5; Q(0, 1) = 2
     # next obs 2: online argmax is action 1, target value 6 -> 0 + 0.5 * 6 = 3.0; Q(0, 0) = 1
     assert loss.item() == pytest.approx(((2 - 4.5) ** 2 + (1 - 3.0) ** 2) / 2)
-    loss, _ = dqn.td_loss(Table(online), Table(target), images, batch, gamma=0.5, double_q=False)
+    loss, _ = dqn.td_loss(q, target_q, images, batch, gamma=0.5, double_q=False)
     assert loss.item() == pytest.approx(((2 - (1 + 0.5 * 9)) ** 2 + (1 - 0.5 * 6) ** 2) / 2)
+    one = dqn.td_loss(OneSeed(Table(online)), OneSeed(Table(target)), images, batch, 0.5, True, train=False)[0]
+    assert one.item() == pytest.approx(((2 - 4.5) ** 2 + (1 - 3.0) ** 2) / 2)  # the statistics' loss
 
 
 def test_build_optimizer_gives_rmsprop_its_own_flags_and_every_optimizer_weight_decay():
@@ -80,33 +86,37 @@ def test_acting_uses_eval_mode_values_that_do_not_depend_on_the_batch(arch):
     stack = SeedStack([network])  # the agent acts through the seeds' stack (here one seed); network views it
 
     def act(obs):
-        return dqn.act(stack, images, obs[None], 0.0, [generator])[0]
+        return dqn.act(stack, images, obs[None], 0.0, Generators([generator]))[0]
 
     one_by_one = torch.cat([act(obs[i:i + 1]) for i in range(len(obs))])
     assert torch.equal(one_by_one, reference.argmax(1))
     assert torch.equal(act(obs), reference.argmax(1))
-    values = torch.cat([dqn.eval_values(network, images[i:i + 1]) for i in range(len(obs))])
-    torch.testing.assert_close(values, dqn.eval_values(network, images), rtol=1e-4, atol=1e-5)
     assert network.training  # the agent trains in train mode; acting leaves it there
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())  # no running-stat updates
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit"])
 def test_bootstrap_targets_use_eval_mode(arch):
+    """The TD loss training uses: its targets come from eval-mode forwards (no dropout, BatchNorm on running
+    statistics), so they do not depend on the batch an image comes in, and the online forward trains in train mode."""
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     online = _network_with_running_statistics(arch, images)
     target = _network_with_running_statistics(arch, images.flip(0))
-    rewards = torch.linspace(0, 1, len(images))
+    rewards, actions = torch.linspace(0, 1, len(images)), torch.arange(len(images)) % 10
     with torch.no_grad():
         online_values, target_values = online.eval()(images), target.eval()(images)
     online.train(), target.train()
     expected = rewards + 0.9 * target_values.gather(1, online_values.argmax(1, keepdim=True)).squeeze(1)
-    for _ in range(2):  # no dropout: the same targets every time
-        torch.testing.assert_close(dqn.td_targets(online, target, images, rewards, 0.9, True), expected)
-    single = torch.cat([dqn.td_targets(online, target, images[i:i + 1], rewards[i:i + 1], 0.9, True)
-                        for i in range(len(images))])
-    torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-5)
-    assert online.training and target.training
+    obs = torch.arange(len(images))
+    for rows in (slice(None), slice(0, 3), slice(4, 5)):  # targets do not depend on the batch an image comes in
+        torch.manual_seed(0)  # the ViT's dropout in the trained forward: the same masks in both
+        with torch.no_grad():
+            taken = copy.deepcopy(online).train()(images[rows])[torch.arange(len(obs[rows])), actions[rows]]
+        q, target_stack = SeedStack([copy.deepcopy(online)]), SeedStack([copy.deepcopy(target)])  # as training
+        torch.manual_seed(0)
+        batch = tuple(b[None, rows] for b in (obs, actions, rewards, obs))
+        loss = dqn.td_loss(q, target_stack, images, batch, 0.9, True)[0]
+        torch.testing.assert_close(loss[0], (taken - expected[rows]).square().mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_probing_does_not_change_the_agent(tmp_path, data_dir):
@@ -128,15 +138,15 @@ def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone(
     images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     replay = StackedReplay(1, 16, "cpu")
     replay.add(torch.arange(16)[None], torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16), torch.arange(16)[None])
-    replay = replay.view(0)
-    network = dqn.build_q_network(args, (1, 9, 9))
+    q, target = SeedStack([dqn.build_q_network(args, (1, 9, 9))]), SeedStack([dqn.build_q_network(args, (1, 9, 9))])
     rng = torch.get_rng_state()
-    initial = [p.detach().clone() for p in network.parameters()]
-    (first, stats), (again, stats_again), (later, _) = (
-        dqn.probe_plasticity([args], [network], [network], images, [replay], (1, 9, 9), step, [initial])[0]
-        for step in (5, 5, 6))
+    initial = {name: p.detach().clone() for name, p in q.params.items()}
+    seed = types.SimpleNamespace(index=0, seed=1, probes=[])
+    (first, first_curve), (again, again_curve), (later, later_curve) = (
+        dqn.probe_plasticity(args, q, target, images, replay, initial, [seed], step)[0] for step in (5, 5, 6))
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.equal(first.curves, again.curves) and not torch.equal(first.curves, later.curves)
+    assert torch.equal(first_curve, again_curve) and not torch.equal(first_curve, later_curve)
+    stats, stats_again = first, again
     assert "curvature/hessian_top" in stats and all(torch.equal(stats[k], stats_again[k]) for k in stats)
 
 
