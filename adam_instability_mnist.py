@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import check, main, seed_everything, select_device
+from common.cli import main, seed_everything, select_device
 from common.data import NUM_CLASSES, load_dataset, random_relabel
+from common.errors import check
 from common.optim import Adam
 from common.run import Run
 

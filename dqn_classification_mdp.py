@@ -12,12 +12,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.cli import UsageError, check, main, select_device
+from common.cli import main, select_device
 from common.data import DATASETS, load_dataset
 from common.envs import VARIANTS, ClassificationMDP
-from common.hessian import eval_mode, hessian_matvec, top_eigenvalue
-from common.interventions import TwoHot, redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.networks import ARCHITECTURES, build_network
+from common.errors import UsageError, check
+from common.hessian import hessian_matvec, top_eigenvalue
+from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
+from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probes
 from common.plots import draw_probe_curves

@@ -4,6 +4,7 @@ import sys
 
 import tyro
 
+from common import run
 from common.errors import (EXIT_COMPLETED, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED,  # noqa: F401
                            EXIT_STATUS, EXIT_USAGE, UsageError, check)
 
@@ -14,8 +15,6 @@ def main(train, args_cls):
     A ``UsageError`` prints one line to stderr and exits with ``EXIT_USAGE``; a run directory created for the run
     and still empty is removed. Ctrl-C before the run has started exits with ``EXIT_INTERRUPTED``.
     """
-    from common import run
-
     args = tyro.cli(args_cls)
     try:
         summary = train(args)

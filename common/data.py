@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import torch
 
-from common.cli import UsageError
+from common.errors import UsageError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10

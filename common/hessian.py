@@ -15,21 +15,9 @@ when an estimate of the lost orthogonality calls for it (partial reorthogonalisa
 memory-bound passes over the basis, which used to take about half the time, now come at about 40% of the steps
 and read half the bytes. Speeds and accuracy against the real PyHessian are in ``benchmarks/RESULTS.md``.
 """
-import contextlib
 import math
 
 import torch
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Evaluate ``model`` in eval mode (BatchNorm uses its running statistics, no dropout), then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _flat(tensors):
@@ -47,7 +35,7 @@ def hessian_matvec(loss_fn, params):
     the batch and the parameters are frozen at this moment. ``v`` may have any float dtype and device; the product
     has those of ``params``. A ``(n, dim)`` batch of vectors is multiplied in one vmapped double backward
     (``is_grads_batched``), which ``lanczos_batched`` uses. For a module with BatchNorm or dropout, build the
-    closure inside ``eval_mode(model)``.
+    closure inside ``common.networks.eval_mode(model)``.
     """
     params = list(params)
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)

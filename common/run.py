@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from common.cli import UsageError, check
+from common.errors import UsageError, check
 from common.logger import RunLogger, atomic_torch_save, default_run_name, is_finite
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)

@@ -34,7 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from common.cli import seed_everything
 from common.errors import UsageError, check
-from common.networks import draw_masks, dropout_calls, supplied_masks
+from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
 from common.run import Interrupted, Run, combined_summary, share_signals
 from common.sync import allowed_sync
 
@@ -124,11 +124,8 @@ class OneSeed:
         self.template = network
 
     def call(self, x, train):
-        was_training = self.template.training
-        try:
-            return self.template.train(train)(x[0]).unsqueeze(0)
-        finally:
-            self.template.train(was_training)
+        with in_mode(self.template, train):
+            return self.template(x[0]).unsqueeze(0)
 
 
 @contextlib.contextmanager

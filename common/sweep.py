@@ -32,8 +32,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common.cli import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STATUS, EXIT_USAGE, UsageError,
-                        check)
+from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STATUS, EXIT_USAGE, UsageError,
+                           check)
 
 
 def values(field_name, items, label=str):

@@ -5,8 +5,8 @@ from torch import nn
 from torch.func import functional_call
 
 import common.hessian
-from common.hessian import (eval_mode, hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density,
-                            top_eigenvalue)
+from common.hessian import hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density, top_eigenvalue
+from common.networks import eval_mode
 
 
 def tiny_mlp(sizes=(5, 8, 5), seed=0, batch_norm=False):
