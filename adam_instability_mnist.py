@@ -35,7 +35,7 @@ ADAM_CONFIGS = {
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (CleanRL)"""
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the subset, the initial parameters, the labellings and the batches"""
     cuda: bool = True

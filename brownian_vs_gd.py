@@ -29,8 +29,8 @@ NUM_ACTIONS = 10
 
 @dataclass
 class Args:
-    exp_name: str = "brownian_vs_gd"
-    """the name of this experiment (CleanRL)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the experiment"""
     cuda: bool = True

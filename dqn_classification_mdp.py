@@ -32,8 +32,8 @@ LOG_KEYS = ("losses/td_loss", "losses/q_values", "charts/accuracy", "charts/rewa
 
 @dataclass
 class Args:
-    exp_name: str = "dqn_classification_mdp"
-    """the name of this experiment (CleanRL)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the experiment"""
     num_seeds: int = 1
@@ -127,8 +127,8 @@ class Args:
     """minibatch size of the probe fits (not given; the agent's)"""
     probe_seed_batch: int = 0
     """with --num-seeds: seeds whose probes run in one lockstep (0: all); each adds --probe-targets copies of the
-    network with gradients and optimizer moments: lower it when those do not fit in memory (on a 2-core CPU, 16
-    seeds at once ran 0.84x of one at a time, 4 at once 1.14x: benchmarks/RESULTS.md)"""
+    network with gradients and optimizer moments: lower it when those do not fit in memory, or when a smaller
+    lockstep runs faster on your machine (benchmarks/bench_seeds.py measures it; results in benchmarks/RESULTS.md)"""
     stats: bool = True
     """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
     hessian: bool = True

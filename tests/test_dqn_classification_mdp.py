@@ -132,7 +132,8 @@ def test_probing_does_not_change_the_agent(tmp_path, data_dir):
 
 
 def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone():
-    """The ViT's dropout in the probe's fits draws from the global RNG, which the agent's dropout uses too."""
+    """The same run seed and step give the same probe, another step another; the ViT's dropout in the probe's fits
+    draws from the probe's own generator, so the global RNG (the agent's initialisations) is left as it was."""
     args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4,
                     hessian_batch_size=4, hessian_iters=3)
     images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -264,14 +265,23 @@ def test_each_intervention_runs_and_logs_the_statistics(tmp_path, data_dir, inte
     assert summary["metrics"]["stats/weight_norm"] == probe_rows[-1]["stats/weight_norm"]
 
 
-def test_interventions_change_the_agent_at_each_period(monkeypatch, tmp_path, data_dir):
-    calls = []
-    monkeypatch.setattr(dqn, "reset_last_layer", lambda net: calls.append(("reset", net.head.weight.clone())))
-    monkeypatch.setattr(dqn, "shrink_perturb", lambda net, fresh, a, b: calls.append(("sp", a, b)))
-    args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), reset_last_layer=True, shrink_perturb=True,
-                    shrink=0.5, perturb=0.2, intervention_period=15, stats=False, hessian=False,
-                    **{**TINY, "num_images": 100})
-    summary = dqn.train(args)
-    assert [c[0] for c in calls] == ["reset", "sp", "reset", "sp"]  # at steps 15 and 30 of 40
-    assert calls[1][1:] == (0.5, 0.2)
+@pytest.mark.parametrize("intervention,changed", [(dict(reset_last_layer=True), {"head.weight", "head.bias"}),
+                                                   (dict(shrink_perturb=True, shrink=0.5, perturb=0.2), "all")])
+def test_interventions_change_the_agent_at_each_period_and_only_then(tmp_path, data_dir, intervention, changed):
+    """SGD with a learning rate far below float32's resolution leaves the weights as they are, so only the
+    interventions move them: at steps 15 and 30 (the period) and at no other step. The weights are read from the
+    checkpoints of a run extended one segment at a time."""
+    run_dir = tmp_path / "run"
+    common = dict(data_dir=data_dir, run_dir=str(run_dir), optimizer="sgd", learning_rate=1e-30,
+                  intervention_period=15, stats=False, hessian=False, **{**TINY, "probe_every": 0, "num_images": 100},
+                  **intervention)
+    weights = {}
+    for steps in (14, 15, 16, 29, 30):
+        summary = dqn.train(dqn.Args(**{**common, "total_steps": steps}, resume=steps > 14))
+        assert summary["status"] == "completed"
+        weights[steps] = torch.load(run_dir / "checkpoint.pt", weights_only=False)["q_network"]
+    names = set(weights[14]) if changed == "all" else changed
+    for before, after in ((14, 15), (15, 16), (16, 29), (29, 30)):
+        moved = {name for name in weights[14] if not torch.equal(weights[before][name], weights[after][name])}
+        assert moved == (names if after in (15, 30) else set()), (before, after)
     assert not any(k.startswith(("stats/", "curvature/")) for k in summary["metrics"])

@@ -83,7 +83,7 @@ def test_lanczos_matches_exact_hessian_of_tiny_mlp():
     scale = expected.abs().max()
     nodes, _ = lanczos(matvec, dim, dim)  # every eigenvalue when num_iters equals the dimension
     assert torch.allclose(nodes, expected, rtol=0, atol=1e-6 * scale)
-    nodes, _ = lanczos(matvec, dim, 90)  # the accuracy target: extremes of a 90-step run to 1e-8
+    nodes, _ = lanczos(matvec, dim, 90)  # the accuracy target: extremes of a 90-step run to 1e-8
     assert abs(nodes[-1] - expected[-1]) <= 1e-8 * scale
     assert abs(nodes[0] - expected[0]) <= 1e-8 * scale
     assert abs(top_eigenvalue(matvec, dim, 40) - expected[-1]) <= 1e-8 * scale

@@ -1,4 +1,4 @@
-"""--num-seeds N trains N agents in lockstep that equal N single runs (issue 13), and common/seeds.py's pieces."""
+"""--num-seeds N trains N agents in lockstep that equal N single runs, and common/seeds.py's pieces."""
 import json
 import os
 import signal
