@@ -21,7 +21,6 @@ from common.interventions import redo, reset_last_layer, reset_optimizer_state, 
 from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probes
-from common.plots import draw_probe_curves
 from common.run import Interrupted
 from common.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
 from common.stats import plasticity_statistics
@@ -326,6 +325,30 @@ def intervene(args, q_network, optimizer, replay, images, rng, rngs):
         reset_optimizer_state(optimizer, [q_network.params["head.weight"], q_network.params["head.bias"]])
     if args.reset_optimizer:
         reset_optimizer_state(optimizer)
+
+
+def draw_probe_curves(probe_history, title):
+    """Fig 4: probe learning curves (mean over targets) from successive checkpoints, and P over training;
+    ``probe_history`` is ``[(step, curve, plasticity)]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_curves, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.cm.viridis(np.linspace(0, 1, len(probe_history)))
+    for (step, curve, _), colour in zip(probe_history, colours):
+        ax_curves.plot(curve, color=colour, lw=1, label=f"step {step:,}")
+    ax_curves.set(yscale="log", xlabel="probe optimizer step", ylabel="probe loss (mean over targets)",
+                  title="Probe learning curves by checkpoint")
+    if len(probe_history) <= 12:
+        ax_curves.legend(fontsize=7)
+    steps, plasticity = [h[0] for h in probe_history], [h[2] for h in probe_history]
+    ax_p.plot(steps, plasticity, marker="o")
+    ax_p.set(xlabel="agent optimizer step", ylabel="plasticity P = b - final loss", title="Plasticity (eq. 5)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def save_probe_curves(args, seed):
