@@ -396,9 +396,11 @@ def train(args):
     probe = functools.partial(probe_plasticity, args, q_network, target_network, images, replay, initial_parameters)
     runs.start(step)
     print(f"device {device}, {len(runs)} seed(s), {sum(p[0].numel() for p in q_network.parameters()):,} parameters")
+    intervention_period = args.intervention_period or args.target_period
     try:
-        if args.probe_every and step % args.probe_every == 0:
-            runs.probe(step, probe)  # step 0, or a probe a signal abandoned before the checkpoint
+        if args.probe_every and step % args.probe_every == 0 and runs.probe(step, probe):  # step 0, or abandoned
+            if 0 < step and step % intervention_period == 0 and not runs.probe_pending:
+                intervene(args, q_network, optimizer, replay, images, rng, runs.rngs)  # it waited for the probe
         while step < args.total_steps and not runs.stopping:
             actions = act(q_network, images, obs, args.epsilon, rng)
             next_obs, rewards = env.step(actions)
@@ -416,13 +418,14 @@ def train(args):
 
             if step % args.target_period == 0:
                 target_network.copy_from(q_network)
-            if step % (args.intervention_period or args.target_period) == 0:  # after the copy: targets keep theta
-                intervene(args, q_network, optimizer, replay, images, rng, runs.rngs)
             if step % args.log_every == 0:
                 runs.log(step, dict(zip(LOG_KEYS, (window / args.log_every).unbind(-1))))
                 window.zero_()
             if args.probe_every and step % args.probe_every == 0:
-                runs.probe(step, probe)
+                runs.probe(step, probe)  # the network as trained: before the intervention of the same step
+            # A probe that a signal skips or abandons is redone on resume, and the intervention then follows it.
+            if step % intervention_period == 0 and not runs.probe_pending:  # after the copy: targets keep theta
+                intervene(args, q_network, optimizer, replay, images, rng, runs.rngs)
             if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
                 runs.save_checkpoint(step, state)
     except Interrupted:

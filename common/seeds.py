@@ -514,7 +514,8 @@ class RunGroup:
     def probe(self, step, measure):
         """The probes of the live seeds not yet probed at ``step``: ``measure(seeds, step)`` returns, per seed, its
         ``(metrics, learning curve)``, for ``probe_seed_batch`` seeds in one lockstep at a time. A signal abandons
-        the measurement under way (``Interrupted``); the resumed run redoes it. Its time is left out of SPS."""
+        the measurement under way (``Interrupted``); the resumed run redoes it. Its time is left out of SPS.
+        Returns whether any seed was due."""
         due = [s for s in self._live() if not s.probes or s.probes[-1]["step"] < step]
         for s in due:
             s.probe_pending = True
@@ -537,6 +538,12 @@ class RunGroup:
         finally:
             start_step, start_time = self._window
             self._window = (start_step, start_time + time.time() - started)
+        return bool(due)
+
+    @property
+    def probe_pending(self):
+        """A probe due at this step is not logged for some live seed (a signal skipped or abandoned it)."""
+        return any(s.probe_pending for s in self._live())
 
     def save_checkpoint(self, step, state):
         """Checkpoint every live seed that is not stopping: its share of each part of ``state`` and its records."""

@@ -285,3 +285,19 @@ def test_interventions_change_the_agent_at_each_period_and_only_then(tmp_path, d
         moved = {name for name in weights[14] if not torch.equal(weights[before][name], weights[after][name])}
         assert moved == (names if after in (15, 30) else set()), (before, after)
     assert not any(k.startswith(("stats/", "curvature/")) for k in summary["metrics"])
+
+
+@pytest.mark.parametrize("intervention", [dict(reset_last_layer=True), dict(shrink_perturb=True),
+                                          dict(redo=True)])
+def test_a_probe_measures_the_network_before_the_intervention_of_its_step(tmp_path, data_dir, intervention):
+    """A probe and an intervention both at step 20: the probe sees the network as trained, the same as a run
+    without the intervention, and the intervention still changes the weights right after it."""
+    common = dict(data_dir=data_dir, intervention_period=20, hessian=False, redo_tau=0.5, **{**TINY, "total_steps": 20,
+                                                                               "probe_every": 20, "num_images": 100})
+    runs = {name: dqn.train(dqn.Args(run_dir=str(tmp_path / name), **common, **extra))
+            for name, extra in (("plain", {}), ("intervened", intervention))}
+    probes = [summary["probes"][-1] for summary in runs.values()]
+    assert probes[0]["step"] == probes[1]["step"] == 20
+    assert probes[0] == probes[1]
+    weights = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["q_network"] for name in runs]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
