@@ -18,6 +18,7 @@ from common.envs import VARIANTS, ClassificationMDP
 from common.errors import UsageError, check
 from common.hessian import hessian_matvec, top_eigenvalue
 from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
+from common.logger import atomic_torch_save
 from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import run_probes
@@ -303,7 +304,8 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
         plasticity = result.plasticity.double()
         initial = seed.probes[0]["probe/plasticity"] if seed.probes else plasticity
         rows.append(({"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                      "probe/plasticity": plasticity, "probe/plasticity_loss": initial - plasticity, **stats},
+                      "probe/plasticity": plasticity, "probe/plasticity_loss": initial - plasticity,
+                      "probe/fit": plasticity / result.baseline, **stats},
                      result.curves.mean(0)))
     return rows
 
@@ -357,9 +359,18 @@ def save_probe_curves(args, seed):
     history = [(step, curve, row["probe/plasticity"]) for (step, curve), row in zip(seed.curves, seed.probes)]
     run.save_figure(lambda: draw_probe_curves(history, f"{args.arch} on {args.dataset} {args.variant} "
                                                        f"(seed {seed.seed})"), "fig4_probe_curves.png")
-    torch.save({"steps": steps, "curves": torch.stack([curve for _, curve in seed.curves]),
-                "plasticity": [row["probe/plasticity"] for row in seed.probes]},
-               os.path.join(run.run_dir, "probe_curves.pt"))
+    atomic_torch_save({"steps": steps, "curves": torch.stack([curve for _, curve in seed.curves]),
+                       "plasticity": [row["probe/plasticity"] for row in seed.probes]},
+                      os.path.join(run.run_dir, "probe_curves.pt"))
+
+
+def probe_fits(seed):
+    """``probe/initial_fit`` = P(theta_0) / b(theta_0) and ``probe/final_fit`` = P(theta_T) / b(theta_T): the
+    fraction of the targets' variance the first and the last probe's fits explain. A plasticity loss means
+    something only where a fresh network fits the probe (a high initial fit)."""
+    if not seed.probes:
+        return {}
+    return {"probe/initial_fit": seed.probes[0].get("probe/fit"), "probe/final_fit": seed.probes[-1].get("probe/fit")}
 
 
 def train(args):
@@ -430,7 +441,7 @@ def train(args):
                 runs.save_checkpoint(step, state)
     except Interrupted:
         pass  # the probe under way at `step` is abandoned: the checkpoint below leaves it due
-    return runs.finish(step, state, save_outputs=lambda seed: save_probe_curves(args, seed))
+    return runs.finish(step, state, save_outputs=lambda seed: save_probe_curves(args, seed), final_metrics=probe_fits)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,15 @@ def _check_run_directory(run_dir, steps):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
     assert os.path.getsize(os.path.join(run_dir, "figures", "fig4_probe_curves.png")) > 10_000
     assert os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+    probes = [r for r in rows if "probe/plasticity" in r]
+    for row in probes:  # P / b: the fraction of the targets' variance the probe's fits explain
+        assert row["probe/fit"] == pytest.approx(row["probe/plasticity"] / row["probe/baseline"], rel=1e-6)
+    assert summary["metrics"]["probe/initial_fit"] == probes[0]["probe/fit"]
+    assert summary["metrics"]["probe/final_fit"] == probes[-1]["probe/fit"] == summary["metrics"]["probe/fit"]
+    assert all(row["probe/fit"] <= 1 for row in probes)  # P = b - final loss <= b
+    curves = torch.load(os.path.join(run_dir, "probe_curves.pt"), weights_only=False)
+    assert curves["steps"] == [r["step"] for r in probes] and curves["curves"].shape[0] == len(probes)
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f]  # written through a temporary file and a rename
     return summary
 
 
