@@ -144,17 +144,20 @@ class Args:
     """re-initialise the last layer and its optimizer state (Sec 6.2, simplified from Nikishin et al. 2022)"""
     shrink_perturb: bool = False
     """theta <- shrink * theta + perturb * theta_fresh (Sec 6.2, Ash & Adams 2020)"""
-    shrink: float = 0.3
-    """shrink & perturb's shrink factor (Ash & Adams 2020's lambda = 0.3)"""
-    perturb: float = 0.01
-    """shrink & perturb's coefficient of a fresh initialisation (our choice; the paper gives none): a perturbation
-    of standard deviation about 2.5e-4 per weight at width 512, small like Ash & Adams 2020's added noise"""
+    shrink: float = 0.4
+    """shrink & perturb's shrink factor: Sec 6.2 says only "a small scalar"; 0.4 is the default of Ash & Adams'
+    released code (JordanAsh/warm_starting, run.py), which also builds a fresh optimizer after each application"""
+    perturb: float = 0.1
+    """shrink & perturb's coefficient of the fresh initialisation (JordanAsh/warm_starting run.py's default; the
+    paper gives none)"""
     reset_optimizer: bool = False
     """reset the optimizer's state (B.1: "resetting only the optimizer state")"""
     redo: bool = False
     """recycle dormant units, mlp and cnn only (ReDo, Sokar et al. 2023; not in the paper)"""
     redo_tau: float = 0.1
     """ReDo's dormancy threshold (Sokar et al. 2023 use 0.1); also the threshold of stats/dormant_units"""
+    redo_batch_size: int = 256
+    """replay transitions whose activations score ReDo's dormancy (dopamine labs/redo's batch_size_statistics)"""
 
     log_every: int = 1_000
     """optimizer steps between metric logs (each log is the only host sync)"""
@@ -169,7 +172,7 @@ def validate(args):
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every",
                  "width", "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
-                 "hessian_batch_size", "hessian_iters"):
+                 "hessian_batch_size", "hessian_iters", "redo_batch_size"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("probe_every", "probe_seed_batch", "checkpoint_every", "num_images", "learning_starts", "epsilon",
                  "weight_decay", "adam_eps", "adam_eps_root", "rmsprop_eps", "intervention_period", "shrink", "perturb",
@@ -313,9 +316,10 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
 def intervene(args, q_network, optimizer, replay, images, rng, rngs):
     """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place: each seed's re-initialisations from its
     own global-RNG stream, its ReDo batch from its own generator. Optimizer state is reset for all seeds at once
-    (they intervene at the same steps), which for each seed is what its single run does."""
+    (they intervene at the same steps), which for each seed is what its single run does: shrink & perturb starts
+    a fresh optimizer, as Ash & Adams' code does."""
     obs_shape, device = tuple(images.shape[1:]), images.device
-    redo_inputs = images[replay.sample(args.batch_size, rng)[0]] if args.redo else [None] * len(q_network)
+    redo_inputs = images[replay.sample(args.redo_batch_size, rng)[0]] if args.redo else [None] * len(q_network)
     for network, network_optimizer, inputs in rngs.each(q_network.modules, optimizer.views(), redo_inputs):
         if args.reset_last_layer:
             reset_last_layer(network)
@@ -325,7 +329,7 @@ def intervene(args, q_network, optimizer, replay, images, rng, rngs):
             redo(network, network_optimizer, inputs, args.redo_tau)
     if args.reset_last_layer:  # the head's moments belong to the old weights
         reset_optimizer_state(optimizer, [q_network.params["head.weight"], q_network.params["head.bias"]])
-    if args.reset_optimizer:
+    if args.reset_optimizer or args.shrink_perturb:
         reset_optimizer_state(optimizer)
 
 

@@ -77,9 +77,10 @@ def _redo_layers(network):
 @torch.no_grad()
 def redo(network, optimizer, inputs, tau=0.1):
     """ReDo (Sokar et al., 2023) on the mlp and cnn architectures: for each tau-dormant unit on ``inputs``
-    (``common.stats.dormant_masks``), re-initialise its incoming weights and bias from the layer's initialiser,
-    reset its normalisation's gain and bias to 1 and 0, zero its outgoing weights, and zero the optimizer's
-    moments of all of these. Layers are processed input to output, so a recycled unit's new incoming row is
+    (``common.stats.dormant_masks``), re-initialise its incoming weights from the layer's initialiser, zero its
+    bias and its outgoing weights (as dopamine's ``labs/redo/weight_recyclers.py`` does), reset its
+    normalisation's gain and bias to 1 and 0, and zero the optimizer's moments of all of these (dopamine keeps the
+    bias's moments; zeroed here with the bias they belong to). Layers are processed input to output, so a recycled unit's new incoming row is
     wholly fresh, also where it reads from units recycled below it. Returns the number of recycled units."""
     layers = _redo_layers(network)
     masks = dormant_masks(network, inputs, tau)
@@ -87,11 +88,11 @@ def redo(network, optimizer, inputs, tau=0.1):
     for (incoming, norm, outgoing), mask in zip(layers, masks):
         fresh = copy.deepcopy(incoming)
         fresh.reset_parameters()
-        for name in ("weight", "bias"):
-            param = getattr(incoming, name)
-            if param is not None:
-                param[mask] = getattr(fresh, name)[mask]
-                _zero_moments(optimizer, param, mask)
+        incoming.weight[mask] = fresh.weight[mask]
+        _zero_moments(optimizer, incoming.weight, mask)
+        if incoming.bias is not None:
+            incoming.bias[mask] = 0.0
+            _zero_moments(optimizer, incoming.bias, mask)
         if norm is not None and norm.weight is not None:
             norm.weight[mask], norm.bias[mask] = 1.0, 0.0
             _zero_moments(optimizer, norm.weight, mask), _zero_moments(optimizer, norm.bias, mask)

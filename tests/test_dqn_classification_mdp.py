@@ -310,3 +310,19 @@ def test_a_probe_measures_the_network_before_the_intervention_of_its_step(tmp_pa
     assert probes[0] == probes[1]
     weights = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["q_network"] for name in runs]
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_shrink_perturb_starts_a_fresh_optimizer_and_redo_scores_256_transitions(tmp_path, data_dir, monkeypatch):
+    """Ash & Adams' code builds a fresh optimizer after each shrink & perturb; dopamine's ReDo scores dormancy on
+    batch_size_statistics = 256 transitions. The checkpoint at the intervention's step holds no Adam moments."""
+    batches, real_redo = [], dqn.redo
+    monkeypatch.setattr(dqn, "redo", lambda net, opt, inputs, tau: (batches.append(len(inputs)),
+                                                                    real_redo(net, opt, inputs, tau))[1])
+    common = dict(data_dir=data_dir, intervention_period=15, stats=False, hessian=False,
+                  **{**TINY, "total_steps": 15, "probe_every": 0, "num_images": 100})
+    for name, extra in (("adam", {}), ("shrink_perturb", dict(shrink_perturb=True)), ("redo", dict(redo=True))):
+        dqn.train(dqn.Args(run_dir=str(tmp_path / name), **common, **extra))
+    states = {name: torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+              for name in ("adam", "shrink_perturb")}
+    assert len(states["adam"]) == 6 and states["shrink_perturb"] == {}  # three layers, weight and bias
+    assert batches == [256] and dqn.Args().shrink == 0.4 and dqn.Args().perturb == 0.1
