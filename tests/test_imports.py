@@ -1,7 +1,8 @@
 """Imports point down: nothing in common/ forms an import cycle, building a network loads neither the curvature nor
-the statistics code."""
+the statistics code, and the README lists the common/ modules each script needs as the import graph has them."""
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -103,6 +104,16 @@ def test_building_a_network_loads_neither_curvature_nor_statistics():
     code = "import sys, common.networks; print(sorted(m for m in sys.modules if m.startswith('common')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "['common', 'common.networks']"
+
+
+def test_the_readme_lists_the_modules_each_script_needs():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for script in SCRIPTS:
+        line = re.search(rf"^\| `{re.escape(script)}` \| (\d+) \| (.*) \|$", readme, re.MULTILINE)
+        assert line, f"README.md lacks the copy-cost row of {script}"
+        needed = modules_needed(script)
+        assert int(line.group(1)) == len(needed) and line.group(2) == ", ".join(needed), (script, needed)
+
 
 
 if __name__ == "__main__":  # print the README's table
