@@ -2,7 +2,8 @@
 
 Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --variant true_label --arch mlp``.
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
-image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step.
+image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step. ``train`` reads as one
+agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/seeds.py`` handles.
 """
 import functools
 import os
@@ -143,7 +144,7 @@ class Args:
     reset_last_layer: bool = False
     """re-initialise the last layer and its optimizer state (Sec 6.2, simplified from Nikishin et al. 2022)"""
     shrink_perturb: bool = False
-    """theta <- shrink * theta + perturb * theta_fresh (Sec 6.2, Ash & Adams 2020)"""
+    """theta <- shrink * theta + perturb * theta_fresh, then a fresh optimizer (Sec 6.2, Ash & Adams 2020)"""
     shrink: float = 0.4
     """shrink & perturb's shrink factor: Sec 6.2 says only "a small scalar"; 0.4 is the default of Ash & Adams'
     released code (JordanAsh/warm_starting, run.py), which also builds a fresh optimizer after each application"""

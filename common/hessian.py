@@ -7,9 +7,10 @@ Typical use, on a fixed batch::
     density = spectral_density(nodes, weights, grid, sigma2)
 
 ``hessian_matvec`` builds the gradient graph once and differentiates it again for every product (double
-backward), as PyHessian does for a single batch, rather than torch.func's forward-over-reverse ``jvp(grad)``,
-which measured slower (``benchmarks/RESULTS.md``). It also multiplies a ``(n, dim)`` batch of vectors in one vmapped double
-backward, so ``lanczos_batched`` runs the ``n_v`` runs of a density (Ghorbani et al. 2019) in lockstep.
+backward), as PyHessian does for a single batch, rather than torch.func's forward-over-reverse
+``jvp(grad)``, which measured slower (``benchmarks/RESULTS.md``). It also multiplies a ``(n, dim)`` batch of
+vectors in one vmapped double backward, so ``lanczos_batched`` runs the ``n_v`` runs of a density (Ghorbani et
+al. 2019) in lockstep.
 Lanczos keeps its recurrence in float64, stores the basis in the products' precision, and reorthogonalises only
 when an estimate of the lost orthogonality calls for it (partial reorthogonalisation, Simon 1984), which saves
 memory-bound passes over the basis. Speeds and accuracy against the real PyHessian are in

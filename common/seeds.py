@@ -35,7 +35,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from common.cli import seed_everything
 from common.errors import UsageError, check
 from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
-from common.run import Interrupted, Run, combined_summary, share_signals
+from common.run import Run, combined_summary, share_signals
 from common.sync import allowed_sync
 
 
@@ -399,7 +399,7 @@ class Seed:
     probes: list = dataclasses.field(default_factory=list)  # the rows of its probes (summary.json's trajectories)
     curves: list = dataclasses.field(default_factory=list)  # (step, learning curve) of each probe (Fig 4)
     last_log: dict = dataclasses.field(default_factory=dict)
-    steps: int = 0  # steps done: a diverged seed's stop where it diverged
+    steps: int = 0  # steps done; a diverged seed's count stops where it diverged
     probe_pending: bool = False  # a probe was due at ``steps`` and is not logged
 
     @property

@@ -75,7 +75,7 @@ def modules_needed(script, root=ROOT):
         roots |= imported_modules(path)
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, ast.Import):
-                todo += [f"{a.name}.py" for a in node.names if f"{a.name}.py" in SCRIPTS and f"{a.name}.py" not in scripts]
+                todo += [f"{a.name}.py" for a in node.names if f"{a.name}.py" in set(SCRIPTS) - scripts]
     return sorted(m.split(".", 1)[1] for m in closure(graph, roots))
 
 
