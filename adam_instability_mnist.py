@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import check, main, seed_everything, select_device
+from common.cli import main, seed_everything, select_device
 from common.data import NUM_CLASSES, load_dataset, random_relabel
+from common.errors import check
 from common.optim import Adam
 from common.run import Run
 
@@ -34,7 +35,7 @@ ADAM_CONFIGS = {
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (CleanRL)"""
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the subset, the initial parameters, the labellings and the batches"""
     cuda: bool = True

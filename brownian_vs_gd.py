@@ -15,12 +15,13 @@ from typing import Optional
 
 import torch
 
-from common.cli import UsageError, check, main, seed_everything, select_device
+from common.cli import main, seed_everything, select_device
 from common.data import load_dataset
 from common.envs import ClassificationMDP
+from common.errors import UsageError, check
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
-from common.hessian import eval_mode, hessian_matvec, lanczos, spectral_density
-from common.networks import build_network
+from common.hessian import hessian_matvec, lanczos, spectral_density
+from common.networks import build_network, eval_mode
 from common.run import Interrupted, Run
 
 NUM_ACTIONS = 10
@@ -28,8 +29,8 @@ NUM_ACTIONS = 10
 
 @dataclass
 class Args:
-    exp_name: str = "brownian_vs_gd"
-    """the name of this experiment (CleanRL)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the experiment"""
     cuda: bool = True

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from common.atari import (FrameReplay, check_env_id, completed_finals, env_state, game_name, human_normalized,
                           load_atari_scores, make_env, restore_env_state, write_video)
-from common.cli import check, main, select_device, seed_everything
+from common.cli import main, select_device, seed_everything
+from common.errors import check
 from common.grad_cov import gradient_covariance, interference, per_example_grads
 from common.hessian import hessian_matvec, lanczos
 from common.optim import RMSProp

@@ -18,7 +18,7 @@ import warnings
 
 import dqn_classification_mdp
 from common import sweep
-from common.cli import check
+from common.errors import check
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
 # "We train 128 DQN agents under a range of tasks, observation spaces, optimizers, and seeds" (Sec 5.2), with the

@@ -17,7 +17,7 @@ import os
 
 import dqn_classification_mdp
 from common import sweep
-from common.cli import check
+from common.errors import check
 
 # --------------------------------------------------------------------------------------------------------- the grids
 DATASETS = {

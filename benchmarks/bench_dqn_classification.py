@@ -27,7 +27,8 @@ from common.data import load_dataset  # noqa: E402
 from common.networks import build_network  # noqa: E402
 from common.optim import make_optimizer  # noqa: E402
 from common.probe import _final_losses_vectorized, fit_sequential, fit_vectorized, make_targets  # noqa: E402
-from common.seeds import StackedReplay  # noqa: E402
+from common.seeds import SeedStack, StackedReplay  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 
 @dataclass
@@ -133,7 +134,7 @@ def bench_statistics(args, device, images, arch):
     generator = torch.Generator(device).manual_seed(0)
     replay.add(torch.randint(len(images), (1, n), device=device), torch.randint(10, (1, n), device=device),
                torch.rand(1, n, device=device), torch.randint(len(images), (1, n), device=device))
-    replay = replay.view(0)
+    stacked_replay, replay = replay, replay.view(0)
     inputs = images[replay.obs[:run_args.probe_inputs]]
     batch = replay.sample(run_args.hessian_batch_size, generator)
     statistics = lambda: dqn.network_statistics(run_args, q_network, target_network, images, inputs, batch,  # noqa
@@ -141,8 +142,11 @@ def bench_statistics(args, device, images, arch):
     statistics()  # warm-up
     stats_time = min(timed(statistics, device) for _ in range(args.repeats))
     run_args.probe_steps, run_args.stats, run_args.hessian = args.probe_steps, False, False  # the probe alone
-    probe = lambda: dqn.probe_plasticity([run_args], [q_network], [target_network], images, [replay],  # noqa
-                                         obs_shape, 0, [initial])
+    q_stack, target_stack = SeedStack([q_network]), SeedStack([target_network])  # one seed, as train has it
+    initial = dict(zip(q_stack.params, (p[None] for p in initial)))
+    seed = SimpleNamespace(index=0, seed=1, probes=[])
+    probe = lambda: dqn.probe_plasticity(run_args, q_stack, target_stack, images, stacked_replay, initial,  # noqa
+                                         [seed], 0)
     short = timed(probe, device)
     run_args.probe_steps = 2 * args.probe_steps
     long = timed(probe, device)

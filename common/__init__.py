@@ -1,1 +1,1 @@
-"""Shared building blocks of the plasticity experiments (see ../shared/DESIGN.md for the map)."""
+"""Shared building blocks of the plasticity experiments (the README's common/ table says what each module holds)."""

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from common.cli import check
+from common.errors import check
 
 SCORES_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "atari_scores.csv")
 

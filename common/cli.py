@@ -4,6 +4,7 @@ import sys
 
 import tyro
 
+from common import run
 from common.errors import (EXIT_COMPLETED, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED,  # noqa: F401
                            EXIT_STATUS, EXIT_USAGE, UsageError, check)
 
@@ -16,8 +17,6 @@ def main(train, args_cls):
     prints one line to stderr and exits with ``EXIT_USAGE`` (``EXIT_LOCKED`` when another process holds the run
     directory); a run directory created for the run and still empty is removed.
     """
-    from common import run
-
     summary = None
     with run.listening():
         try:

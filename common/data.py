@@ -13,13 +13,13 @@ import shutil
 import numpy as np
 import torch
 
-from common.cli import UsageError
+from common.errors import UsageError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 _HOW_TO_GET = {
-    "mnist": "a folder holding MNIST/raw/*-ubyte (torchvision's layout; ../shared/data has it)",
+    "mnist": "a folder holding MNIST/raw/*-ubyte (torchvision's layout)",
     "fashion_mnist": "a folder holding FashionMNIST/raw/*-ubyte, or `apt-get install dataset-fashion-mnist`",
     "cifar10": "a folder holding cifar-10-batches-py/ (torchvision's layout)",
 }

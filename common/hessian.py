@@ -7,29 +7,18 @@ Typical use, on a fixed batch::
     density = spectral_density(nodes, weights, grid, sigma2)
 
 ``hessian_matvec`` builds the gradient graph once and differentiates it again for every product (double
-backward), as PyHessian does for a single batch: on this project's CPUs that is 2-4x faster than torch.func's
-forward-over-reverse ``jvp(grad)``. It also multiplies a ``(n, dim)`` batch of vectors in one vmapped double
-backward, so ``lanczos_batched`` runs the ``n_v`` runs of a density (Ghorbani et al. 2019) in lockstep.
+backward), as PyHessian does for a single batch, rather than torch.func's forward-over-reverse
+``jvp(grad)``, which measured slower (``benchmarks/RESULTS.md``). It also multiplies a ``(n, dim)`` batch of
+vectors in one vmapped double backward, so ``lanczos_batched`` runs the ``n_v`` runs of a density (Ghorbani et
+al. 2019) in lockstep.
 Lanczos keeps its recurrence in float64, stores the basis in the products' precision, and reorthogonalises only
-when an estimate of the lost orthogonality calls for it (partial reorthogonalisation, Simon 1984): the
-memory-bound passes over the basis, which used to take about half the time, now come at about 40% of the steps
-and read half the bytes. Speeds and accuracy against the real PyHessian are in ``benchmarks/RESULTS.md``.
+when an estimate of the lost orthogonality calls for it (partial reorthogonalisation, Simon 1984), which saves
+memory-bound passes over the basis. Speeds and accuracy against the real PyHessian are in
+``benchmarks/RESULTS.md``.
 """
-import contextlib
 import math
 
 import torch
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Evaluate ``model`` in eval mode (BatchNorm uses its running statistics, no dropout), then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _flat(tensors):
@@ -47,7 +36,7 @@ def hessian_matvec(loss_fn, params):
     the batch and the parameters are frozen at this moment. ``v`` may have any float dtype and device; the product
     has those of ``params``. A ``(n, dim)`` batch of vectors is multiplied in one vmapped double backward
     (``is_grads_batched``), which ``lanczos_batched`` uses. For a module with BatchNorm or dropout, build the
-    closure inside ``eval_mode(model)``.
+    closure inside ``common.networks.eval_mode(model)``.
     """
     params = list(params)
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)

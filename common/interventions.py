@@ -5,7 +5,6 @@
   (Ash & Adams, 2020, with a fresh initialisation as the perturbation, as Sec 6.2 describes it).
 - ``reset_optimizer_state(optimizer)``: forget the optimizer's moments (and step counts).
 - ``redo(network, optimizer, inputs, tau)``: recycle dormant units (Sokar et al., 2023).
-- ``TwoHot``: the two-hot categorical output encoding.
 
 Each changes the parameters in place, under ``torch.no_grad``; re-initialisations draw from the global torch RNG
 with each layer's own default initialiser (the one the network was built with).
@@ -15,41 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from common.networks import TwoHot  # noqa: F401  (its public home before common.networks)
 from common.stats import dormant_masks
-
-
-class TwoHot(nn.Module):
-    """Two-hot encoding of scalars on a fixed support of ``num_bins`` points in ``[vmin, vmax]`` (Sec 6.2).
-
-    ``encode(y)`` puts the mass of each (clipped) scalar on its two neighbouring support points so that the
-    expectation is ``y``; ``decode(logits)`` is the expectation of ``softmax(logits)``; ``loss`` is the
-    cross-entropy between the logits and the encoded targets. A module, so its support moves with the network.
-    """
-
-    def __init__(self, vmin, vmax, num_bins):
-        super().__init__()
-        if not vmin < vmax or num_bins < 2:
-            raise ValueError(f"TwoHot needs vmin < vmax and num_bins >= 2, got {vmin}, {vmax}, {num_bins}")
-        self.vmin, self.vmax, self.num_bins = vmin, vmax, num_bins
-        self.register_buffer("support", torch.linspace(vmin, vmax, num_bins))
-
-    def encode(self, y):
-        """``(...,)`` scalars to ``(..., num_bins)`` probabilities."""
-        y = y.clamp(self.vmin, self.vmax)
-        position = (y - self.vmin) / (self.vmax - self.vmin) * (self.num_bins - 1)
-        lower = position.floor().clamp_max(self.num_bins - 2)
-        upper_weight = (position - lower).unsqueeze(-1)
-        lower_hot = nn.functional.one_hot(lower.long(), self.num_bins).to(y.dtype)
-        upper_hot = nn.functional.one_hot(lower.long() + 1, self.num_bins).to(y.dtype)
-        return lower_hot * (1 - upper_weight) + upper_hot * upper_weight
-
-    def decode(self, logits):
-        """``(..., num_bins)`` logits to ``(...,)`` expected values."""
-        return logits.softmax(-1) @ self.support
-
-    def loss(self, logits, y):
-        """Cross-entropy to the two-hot encoding of ``y``, one value per scalar."""
-        return -(self.encode(y) * logits.log_softmax(-1)).sum(-1)
 
 
 @torch.no_grad()
@@ -111,9 +77,10 @@ def _redo_layers(network):
 @torch.no_grad()
 def redo(network, optimizer, inputs, tau=0.1):
     """ReDo (Sokar et al., 2023) on the mlp and cnn architectures: for each tau-dormant unit on ``inputs``
-    (``common.stats.dormant_masks``), re-initialise its incoming weights and bias from the layer's initialiser,
-    reset its normalisation's gain and bias to 1 and 0, zero its outgoing weights, and zero the optimizer's
-    moments of all of these. Layers are processed input to output, so a recycled unit's new incoming row is
+    (``common.stats.dormant_masks``), re-initialise its incoming weights from the layer's initialiser, zero its
+    bias and its outgoing weights (as dopamine's ``labs/redo/weight_recyclers.py`` does), reset its
+    normalisation's gain and bias to 1 and 0, and zero the optimizer's moments of all of these (dopamine keeps the
+    bias's moments; zeroed here with the bias they belong to). Layers are processed input to output, so a recycled unit's new incoming row is
     wholly fresh, also where it reads from units recycled below it. Returns the number of recycled units."""
     layers = _redo_layers(network)
     masks = dormant_masks(network, inputs, tau)
@@ -121,11 +88,11 @@ def redo(network, optimizer, inputs, tau=0.1):
     for (incoming, norm, outgoing), mask in zip(layers, masks):
         fresh = copy.deepcopy(incoming)
         fresh.reset_parameters()
-        for name in ("weight", "bias"):
-            param = getattr(incoming, name)
-            if param is not None:
-                param[mask] = getattr(fresh, name)[mask]
-                _zero_moments(optimizer, param, mask)
+        incoming.weight[mask] = fresh.weight[mask]
+        _zero_moments(optimizer, incoming.weight, mask)
+        if incoming.bias is not None:
+            incoming.bias[mask] = 0.0
+            _zero_moments(optimizer, incoming.bias, mask)
         if norm is not None and norm.weight is not None:
             norm.weight[mask], norm.bias[mask] = 1.0, 0.0
             _zero_moments(optimizer, norm.weight, mask), _zero_moments(optimizer, norm.bias, mask)

@@ -7,8 +7,8 @@ num_bins)`` logits with a two-hot head; ``values(out)`` and ``loss(out, targets)
 
 Options: ``layer_norm`` puts a normalisation after each hidden layer, before its activation (LayerNorm on
 dense layers; GroupNorm with one group, i.e. LayerNorm over (C, H, W), on conv layers, where ResNet-18 uses it in
-place of BatchNorm); ``spectral_norm`` wraps the first layer (Gogianu et al., 2021); ``two_hot`` a
-``common.interventions.TwoHot``.
+place of BatchNorm); ``spectral_norm`` wraps the first layer (Gogianu et al., 2021); ``two_hot`` a ``TwoHot``.
+``eval_mode(network)`` evaluates a network in eval mode and puts its mode back.
 """
 import contextlib
 
@@ -16,9 +16,57 @@ import torch
 import torchvision
 from torch import nn
 
-from common.interventions import TwoHot
-
 ARCHITECTURES = ("mlp", "cnn", "resnet18", "vit")
+
+
+@contextlib.contextmanager
+def in_mode(model, train):
+    """Run the block with ``model`` in train (``train=True``) or eval mode, then put its mode back."""
+    was_training = model.training
+    model.train(train)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def eval_mode(model):
+    """Evaluate ``model`` in eval mode (BatchNorm uses its running statistics, no dropout), then restore its mode."""
+    return in_mode(model, False)
+
+
+class TwoHot(nn.Module):
+    """Two-hot encoding of scalars on a fixed support of ``num_bins`` points in ``[vmin, vmax]`` (Sec 6.2).
+
+    ``encode(y)`` puts the mass of each (clipped) scalar on its two neighbouring support points so that the
+    expectation is ``y``; ``decode(logits)`` is the expectation of ``softmax(logits)``; ``loss`` is the
+    cross-entropy between the logits and the encoded targets. A module, so its support moves with the network.
+    """
+
+    def __init__(self, vmin, vmax, num_bins):
+        super().__init__()
+        if not vmin < vmax or num_bins < 2:
+            raise ValueError(f"TwoHot needs vmin < vmax and num_bins >= 2, got {vmin}, {vmax}, {num_bins}")
+        self.vmin, self.vmax, self.num_bins = vmin, vmax, num_bins
+        self.register_buffer("support", torch.linspace(vmin, vmax, num_bins))
+
+    def encode(self, y):
+        """``(...,)`` scalars to ``(..., num_bins)`` probabilities."""
+        y = y.clamp(self.vmin, self.vmax)
+        position = (y - self.vmin) / (self.vmax - self.vmin) * (self.num_bins - 1)
+        lower = position.floor().clamp_max(self.num_bins - 2)
+        upper_weight = (position - lower).unsqueeze(-1)
+        lower_hot = nn.functional.one_hot(lower.long(), self.num_bins).to(y.dtype)
+        upper_hot = nn.functional.one_hot(lower.long() + 1, self.num_bins).to(y.dtype)
+        return lower_hot * (1 - upper_weight) + upper_hot * upper_weight
+
+    def decode(self, logits):
+        """``(..., num_bins)`` logits to ``(...,)`` expected values."""
+        return logits.softmax(-1) @ self.support
+
+    def loss(self, logits, y):
+        """Cross-entropy to the two-hot encoding of ``y``, one value per scalar."""
+        return -(self.encode(y) * logits.log_softmax(-1)).sum(-1)
 
 
 class Network(nn.Module):
@@ -197,12 +245,8 @@ def dropout_calls(network, x):
         return torch.ones((), dtype=h.dtype, device=h.device)
 
     if any(isinstance(m, Dropout) and m.p > 0 for m in network.modules()):
-        was_training = network.training
-        try:
-            with _supplying(record):
-                network.train()(x)
-        finally:
-            network.train(was_training)
+        with _supplying(record), in_mode(network, True):
+            network(x)
     return calls
 
 

@@ -37,8 +37,8 @@ class Adam(torch.optim.Optimizer):
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 fused = eps_root == 0 and _contiguous_views(p, p.grad, m, v)
                 if fused:
-                    # torch's fused kernel: one pass over p, grad, m and v instead of seven; the update is memory-
-                    # bound, so this is about 3x faster on large tensors. Same formula (eq. 6 with eps_root = 0).
+                    # torch's fused kernel: one pass over p, grad, m and v instead of seven, for an update that is
+                    # memory-bound. Same formula (eq. 6 with eps_root = 0).
                     step = torch.full((), t, dtype=torch.float32, device=p.device)
                     torch._fused_adam_(*([x] for x in fused), [], [step], lr=lr, beta1=b1, beta2=b2,
                                        weight_decay=group["weight_decay"], eps=eps, amsgrad=False, maximize=False)

@@ -1,9 +1,7 @@
-"""Figures shared by the scripts: C_k heat maps, Hessian spectral densities, and probe learning curves (Fig 4)."""
+"""The curvature figures: C_k heat maps and Hessian spectral densities. Each function imports the curvature code it
+draws from, so importing this module loads neither."""
 import numpy as np
 import torch
-
-from common.grad_cov import kmeans_order
-from common.hessian import spectral_density
 
 
 def _pyplot():
@@ -19,6 +17,8 @@ def draw_grad_cov(snapshots, title, frames_per_step=4):
     """A row of C_k heat maps over training (Fig 19-20), rows and columns in k-means order (A.1).
 
     ``snapshots`` is a list of ``(step, C_k)``; at most five, evenly spaced, are drawn."""
+    from common.grad_cov import kmeans_order
+
     plt = _pyplot()
     picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
     fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
@@ -36,6 +36,8 @@ def draw_grad_cov(snapshots, title, frames_per_step=4):
 def draw_spectral_densities(snapshots, title, frames_per_step=4):
     """Gaussian-smoothed Hessian spectral densities over training (Fig 21-22), one curve per ``(step, nodes,
     weights)`` snapshot of a Lanczos run."""
+    from common.hessian import spectral_density
+
     plt = _pyplot()
     low = min(float(nodes[0]) for _, nodes, _ in snapshots)
     high = max(float(nodes[-1]) for _, nodes, _ in snapshots)
@@ -49,24 +51,4 @@ def draw_spectral_densities(snapshots, title, frames_per_step=4):
         ax.plot(grid, density, color=colour, lw=1, label=f"{step * frames_per_step:,} frames")
     ax.set(yscale="log", xlabel="eigenvalue", ylabel="density", title=title)
     ax.legend(fontsize=7)
-    return fig
-
-
-def draw_probe_curves(probe_history, title):
-    """Fig 4: probe learning curves (mean over targets) from successive checkpoints, and P over training;
-    ``probe_history`` is ``[(step, curve, plasticity)]``."""
-    plt = _pyplot()
-    fig, (ax_curves, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = plt.cm.viridis(np.linspace(0, 1, len(probe_history)))
-    for (step, curve, _), colour in zip(probe_history, colours):
-        ax_curves.plot(curve, color=colour, lw=1, label=f"step {step:,}")
-    ax_curves.set(yscale="log", xlabel="probe optimizer step", ylabel="probe loss (mean over targets)",
-                  title="Probe learning curves by checkpoint")
-    if len(probe_history) <= 12:
-        ax_curves.legend(fontsize=7)
-    steps, plasticity = [h[0] for h in probe_history], [h[2] for h in probe_history]
-    ax_p.plot(steps, plasticity, marker="o")
-    ax_p.set(xlabel="agent optimizer step", ylabel="plasticity P = b - final loss", title="Plasticity (eq. 5)")
-    fig.suptitle(title)
-    fig.tight_layout()
     return fig

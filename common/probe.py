@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
 
-from common.networks import draw_masks, dropout_calls, supplied_masks
+from common.networks import draw_masks, dropout_calls, eval_mode, supplied_masks
 
 
 @dataclass
@@ -50,10 +50,8 @@ class ProbeResult:
 @torch.no_grad()
 def make_targets(network, make_network, inputs, num_targets, seed=0, chunk=512):
     """``(K, N, num_outputs)`` probe targets ``a + sin(1e5 f(x; w0_k))`` for the N ``inputs``."""
-    was_training = network.training
-    network.eval()
-    offset = predict_values(network, inputs, chunk).mean()
-    network.train(was_training)
+    with eval_mode(network):
+        offset = predict_values(network, inputs, chunk).mean()
     targets = []
     for k in range(num_targets):
         with torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):

@@ -1,24 +1,30 @@
-"""N independent copies of one agent trained in lockstep, one process (issue 13).
+"""N independent copies of one agent trained in lockstep in one process, behind a leading seed axis.
 
-Each seed keeps everything a single run has: its own initialisation, environment copies, replay, generator,
-global-RNG stream, target network and optimizer state. What is shared is the arithmetic: the copies' parameters
-are stacked along a leading seed axis (``torch.func.stack_module_state``), the forward and backward are one
-``vmap``-ed call, and one elementwise optimizer (``common.optim``) steps the stacked tensors, which is exactly N
-independent optimizers.
+Seed k keeps everything its single run has: its own initialisation, environment copies, replay, generators,
+global-RNG stream, target network, optimizer state and run directory. What is shared is the arithmetic: the
+copies' parameters are stacked along a leading axis (``torch.func.stack_module_state``), the forward and backward
+are one ``vmap``-ed call, and one elementwise optimizer (``common.optim``) steps the stacked tensors, which is
+exactly N independent optimizers. With N = 1 the same code is the plain single run.
 
-``SeedStack`` also keeps, per seed, an ordinary ``nn.Module`` whose parameters and buffers are views into the
-stacked tensors. Code written for one network (interventions, statistics, the probe, ``state_dict``) runs on
-``stack.modules[k]`` unchanged, and what it writes in place lands in the stack.
+The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) and ``load_state_dicts(states)``:
 
-Random numbers: whatever a single run draws from its own ``torch.Generator`` (actions, replay minibatches) is
-drawn per seed from that seed's generator, and whatever it draws from the global torch RNG (initialisation,
-interventions) is drawn inside ``global_rng(states, k, device)``, which swaps in seed k's own global-RNG state.
+- ``SeedStack``: N networks as stacked tensors plus per-seed modules (``modules[k]``) that view them, so code
+  written for one network (interventions, statistics, the probe) runs on ``modules[k]`` and writes into the stack;
+- ``StackedEnvs``: N environments stepped with ``(N, ...)`` actions; ``StackedReplay``: N replays;
+- ``StackedOptimizer``: the elementwise optimizer over a stack, saved per seed as a single run's optimizer;
+- ``Generators``: one ``torch.Generator`` per seed (actions, minibatches, dropout masks): draws stack along the
+  seed axis; ``GlobalRNGs``: each seed's own global torch RNG state, swapped in where a single run draws from the
+  global RNG (initialisation, interventions);
+- ``RunGroup``: the N runs (``common.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
+
 Dropout in the training forward (the ViT) draws seed k's masks from ``stack.dropout_generators[k]`` before the
 vmapped call and supplies them (``common.networks.supplied_masks``); a single run draws and supplies its masks the
 same way, so a ViT seed equals its single run too.
 """
 import contextlib
 import copy
+import dataclasses
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,7 +32,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from common.networks import draw_masks, dropout_calls, supplied_masks
+from common.cli import seed_everything
+from common.errors import UsageError, check
+from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
+from common.run import Run, combined_summary, share_signals
+from common.sync import allowed_sync
 
 
 class SeedStack:
@@ -49,6 +59,10 @@ class SeedStack:
 
     def __len__(self):
         return len(self.modules)
+
+    def parameters(self):
+        """The stacked parameters, ``(N, ...)`` each: what the optimizer steps."""
+        return list(self.params.values())
 
     def call(self, x, train):
         """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode: one vmapped call,
@@ -88,6 +102,10 @@ class SeedStack:
         """Seed k's ``state_dict``, detached from the stack (saving a view would save all seeds)."""
         return {name: value.clone() for name, value in self.modules[k].state_dict().items()}
 
+    def load_state_dicts(self, states):
+        for module, state in zip(self.modules, states, strict=True):
+            module.load_state_dict(state)
+
     def seed_parameters(self, k):
         """``{stacked tensor: seed k's view}`` in parameter order."""
         return dict(zip(self.params.values(), self.modules[k].parameters(), strict=True))
@@ -96,6 +114,18 @@ class SeedStack:
 def _owner(network, name):
     path, _, leaf = name.rpartition(".")
     return network.get_submodule(path), leaf
+
+
+class OneSeed:
+    """One plain network behind ``SeedStack``'s calling convention (a leading seed axis of one), so that code
+    written for stacks runs on one seed's module, e.g. ``stack.modules[k]`` (the probe's statistics)."""
+
+    def __init__(self, network):
+        self.template = network
+
+    def call(self, x, train):
+        with in_mode(self.template, train):
+            return self.template(x[0]).unsqueeze(0)
 
 
 @contextlib.contextmanager
@@ -115,6 +145,58 @@ def global_rng(states, k, device):
         torch.set_rng_state(saved[0])
         if cuda:
             torch.cuda.set_rng_state(saved[1], device)
+
+
+def _global_rng_state(device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+class GlobalRNGs:
+    """Each seed's own global torch RNG state: what a single run draws from the global RNG (initialisation,
+    interventions) seed k draws inside ``each``, on its own state."""
+
+    def __init__(self, states, device):
+        self.states, self.device = list(states), device
+
+    def each(self, *per_seed):
+        """``zip(*per_seed)``, seed k's tuple yielded while seed k's global RNG state is in place."""
+        for k, items in enumerate(zip(*per_seed, strict=True)):
+            with global_rng(self.states, k, self.device):
+                yield items
+
+    def state_dict(self, k):
+        return self.states[k]
+
+    def load_state_dicts(self, states):
+        self.states = list(states)
+
+
+class Generators:
+    """One ``torch.Generator`` per seed; a draw is each seed's own, stacked along the seed axis."""
+
+    def __init__(self, generators):
+        self.generators = list(generators)
+
+    def __iter__(self):
+        return iter(self.generators)
+
+    def __len__(self):
+        return len(self.generators)
+
+    def randint_like(self, x, high):
+        """Uniform integers in ``[0, high)`` of ``x``'s shape, row k (seed k's) from generator k."""
+        return per_seed(self, lambda g: torch.randint(high, x.shape[1:], generator=g, device=g.device))
+
+    def rand_like(self, x):
+        """Uniform floats in ``[0, 1)`` of ``x``'s shape, row k from generator k."""
+        return per_seed(self, lambda g: torch.rand(x.shape[1:], generator=g, device=g.device))
+
+    def state_dict(self, k):
+        return self.generators[k].get_state()
+
+    def load_state_dicts(self, states):
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state.cpu())
 
 
 def dropout_generator(seed, device):
@@ -159,6 +241,63 @@ def optimizer_view(optimizer, stack, k):
             state[view] = {n: v[k] if isinstance(v, torch.Tensor) and v.shape == stacked.shape else v
                            for n, v in optimizer.state[stacked].items()}
     return SimpleNamespace(state=state)
+
+
+class StackedOptimizer:
+    """An elementwise optimizer over a ``SeedStack``'s stacked parameters: N independent optimizers, each saved
+    and loaded as its single run's. ``state`` is the optimizer's, so ``reset_optimizer_state`` works on it."""
+
+    def __init__(self, optimizer, stack):
+        self.optimizer, self.stack = optimizer, stack
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.optimizer.step()
+
+    def views(self):
+        """Per seed, an optimizer-like view of seed k's moments keyed by ``stack.modules[k]``'s parameters."""
+        return [optimizer_view(self.optimizer, self.stack, k) for k in range(len(self.stack))]
+
+    def state_dict(self, k):
+        return optimizer_state(self.optimizer, self.stack, k)
+
+    def load_state_dicts(self, states):
+        load_optimizer_states(self.optimizer, states)
+
+
+class StackedEnvs:
+    """N environments (seed k's with its own generator) stepped in lockstep; observations, actions and rewards
+    are ``(N, num_envs)``. ``obs`` is the current observation, saved with each seed's environment."""
+
+    def __init__(self, envs):
+        self.envs, self.obs = list(envs), None
+
+    def stack(self, name):
+        """``torch.stack`` of an attribute of every environment (e.g. each seed's labels)."""
+        return torch.stack([getattr(env, name) for env in self.envs])
+
+    def reset(self):
+        self.obs = torch.stack([env.reset() for env in self.envs])
+        return self.obs
+
+    def step(self, actions):
+        steps = [env.step(a) for env, a in zip(self.envs, actions, strict=True)]
+        self.obs = torch.stack([obs for obs, _ in steps])
+        return self.obs, torch.stack([rewards for _, rewards in steps])
+
+    def state_dict(self, k):
+        return {"env": self.envs[k].state_dict(), "obs": self.obs[k].clone()}
+
+    def load_state_dicts(self, states):
+        for env, state in zip(self.envs, states, strict=True):
+            env.load_state_dict(state["env"])
+        self.obs = torch.stack([state["obs"] for state in states])
 
 
 class StackedReplay:
@@ -209,3 +348,240 @@ class SeedReplay:
     def sample(self, batch_size, generator):
         idx = torch.randint(self.size, (batch_size,), generator=generator, device=self.obs.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx]
+
+
+def seed_state(part, k):
+    """Seed k's share of a stacked part: its ``state_dict(k)``, row k of a tensor, or of each tensor of a dict."""
+    if isinstance(part, torch.Tensor):
+        return part[k].clone()
+    if isinstance(part, dict):
+        return {name: seed_state(value, k) for name, value in part.items()}
+    return part.state_dict(k)
+
+
+def load_seed_states(part, states):
+    """The inverse of ``seed_state``, in place."""
+    if isinstance(part, torch.Tensor):
+        part.copy_(torch.stack(states))
+    elif isinstance(part, dict):
+        for name, value in part.items():
+            load_seed_states(value, [state[name] for state in states])
+    else:
+        part.load_state_dicts(states)
+
+
+def stack_parts(parts):
+    """One stacked part from N seeds' own: networks into a ``SeedStack``, environments (anything with ``step``)
+    into ``StackedEnvs``, tensors into one tensor."""
+    first = parts[0]
+    if isinstance(first, nn.Module):
+        return SeedStack(list(parts))
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(parts))
+    if hasattr(first, "step"):
+        return StackedEnvs(parts)
+    raise TypeError(f"cannot stack {type(first).__name__}")
+
+
+def seed_args(args, k):
+    """The Args of seed k's single run: its seed, its run directory, one seed. With --num-seeds N > 1, --run-dir D
+    gives D__seed<seed> for each seed (no --run-dir: each seed's own default name)."""
+    seed = args.seed + k
+    run_dir = args.run_dir and (f"{args.run_dir}__seed{seed}" if args.num_seeds > 1 else args.run_dir)
+    return dataclasses.replace(args, seed=seed, num_seeds=1, run_dir=run_dir or None)
+
+
+@dataclasses.dataclass
+class Seed:
+    """One seed's run and its records."""
+    index: int  # its row in every stacked part
+    run: Run
+    probes: list = dataclasses.field(default_factory=list)  # the rows of its probes (summary.json's trajectories)
+    curves: list = dataclasses.field(default_factory=list)  # (step, learning curve) of each probe (Fig 4)
+    last_log: dict = dataclasses.field(default_factory=dict)
+    steps: int = 0  # steps done; a diverged seed's count stops where it diverged
+    probe_pending: bool = False  # a probe was due at ``steps`` and is not logged
+
+    @property
+    def seed(self):
+        return self.run.args.seed
+
+
+class RunGroup:
+    """The runs of ``--num-seeds`` N seeds trained in lockstep, seed k's the single run ``seed_args(args, k)``:
+    each claims its own directory, logs, probes, checkpoints, diverges and finishes as that run would. The loop
+    runs while any seed lives (not diverged); a diverged seed keeps its slot in the stacks and its numbers are
+    never read. A signal interrupts every seed (``share_signals``).
+
+    ``env_steps_per_step`` scales ``charts/SPS`` (environment steps per optimizer step); ``probe_seed_batch``
+    seeds probe in one lockstep at a time (0: all)."""
+
+    def __init__(self, args, total, env_steps_per_step=1, probe_seed_batch=0):
+        self.seeds = [Seed(k, Run(seed_args(args, k), total=total)) for k in range(args.num_seeds)]
+        self.total, self.env_steps_per_step, self.probe_seed_batch = (getattr(args, total), env_steps_per_step,
+                                                                      probe_seed_batch)
+        self.active = [s for s in self.seeds if not s.run.finished]  # these train, log and save
+        self.rngs, self._window = None, (0, time.time())
+
+    def __len__(self):
+        return len(self.seeds)
+
+    @property
+    def finished(self):
+        return not self.active
+
+    def summary(self):
+        return combined_summary([s.run.finished for s in self.seeds])
+
+    @contextlib.contextmanager
+    def setting_up(self):
+        """Set-up that may fail with a ``UsageError``: then every run is abandoned (its empty directory removed)."""
+        try:
+            yield
+        except UsageError:
+            for s in self.seeds:
+                s.run.abandon()
+            raise
+
+    def build(self, make, device):
+        """``make(seed)`` for each seed after seeding the global RNGs with it (as its single run does), stacked
+        part by part (``stack_parts``); each seed's global RNG state afterwards becomes its own (``self.rngs``)."""
+        parts, states = [], []
+        for s in self.seeds:
+            seed_everything(s.seed)
+            parts.append(make(s.seed))
+            states.append(_global_rng_state(device))
+        self.rngs = GlobalRNGs(states, device)
+        return tuple(stack_parts(seed_parts) for seed_parts in zip(*parts))
+
+    def generators(self, device):
+        """Each seed's generator, seeded with its seed, as its single run seeds its own."""
+        return Generators(torch.Generator(device).manual_seed(s.seed) for s in self.seeds)
+
+    def dropout_generators(self, device):
+        """Each seed's dropout stream for its training forwards (the ViT), apart from its action and replay one."""
+        return Generators(dropout_generator(s.seed, device) for s in self.seeds)
+
+    def resume(self, state, device):
+        """With --resume, load each seed's checkpoint into the stacked parts of ``state`` (``{name: part}``) and
+        return its step; None for a fresh run. A seed that diverged before fills its slot with a live seed's
+        state."""
+        if not self.seeds[0].run.args.resume:
+            return None
+        loaded = {s.index: s.run.load_checkpoint(device) for s in self.active}
+        ckpts = [loaded.get(s.index, loaded[self.active[0].index]) for s in self.seeds]
+        step = ckpts[self.active[0].index]["step"]
+        check(all(loaded[s.index]["step"] == step for s in self.active), "the seeds' checkpoints are at different "
+              "steps: resume each seed's run directory on its own (--num-seeds 1)")
+        try:
+            for name, part in {**state, "seed_rng": self.rngs}.items():
+                load_seed_states(part, [ckpt[name] for ckpt in ckpts])
+            for s, ckpt in zip(self.seeds, ckpts):
+                s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
+        except KeyError as e:
+            raise UsageError(f"a checkpoint lacks {e} (from an older version of this code): start afresh with "
+                             f"another --run-dir") from None
+        return step
+
+    def start(self, step):
+        for s in self.active:
+            s.run.start(step)
+            s.steps = step
+        share_signals([s.run for s in self.active])
+        self._window = (step, time.time())
+
+    def _live(self):
+        return [s for s in self.active if not s.run.diverged]
+
+    @property
+    def stopping(self):
+        """Every seed diverged, or a signal came."""
+        return not self._live() or self.active[0].run.interrupted
+
+    def log(self, step, metrics):
+        """Log ``metrics`` (``{key: (N,) tensor}``) and ``charts/SPS`` at ``step`` for every live seed."""
+        with allowed_sync():
+            rows = torch.stack(list(metrics.values()), dim=1).tolist()  # the one host sync per log window
+        start_step, start_time = self._window
+        sps = (step - start_step) * self.env_steps_per_step / (time.time() - start_time)
+        for s in self._live():
+            s.steps = step
+            s.last_log = s.run.log(step, {**dict(zip(metrics, rows[s.index])), "charts/SPS": sps})
+            print(f"step {step:>8,}/{self.total:,}  seed {s.seed}  " + "  ".join(
+                f"{key.split('/')[-1]} {value:.4g}" for key, value in s.last_log.items() if key != "step"))
+        self._window = (step, time.time())
+
+    def probe(self, step, measure):
+        """The probes of the live seeds not yet probed at ``step``: ``measure(seeds, step)`` returns, per seed, its
+        ``(metrics, learning curve)``, for ``probe_seed_batch`` seeds in one lockstep at a time. A signal abandons
+        the measurement under way (``Interrupted``); the resumed run redoes it. Its time is left out of SPS.
+        Returns whether any seed was due."""
+        due = [s for s in self._live() if not s.probes or s.probes[-1]["step"] < step]
+        for s in due:
+            s.probe_pending = True
+        due = [s for s in due if not s.run.stopping]
+        chunk, started = self.probe_seed_batch or max(len(due), 1), time.time()
+        try:
+            for group in (due[i:i + chunk] for i in range(0, len(due), chunk)):
+                with contextlib.ExitStack() as measuring:
+                    for s in group:
+                        measuring.enter_context(s.run.measurement())
+                    results = measure(group, step)
+                    with allowed_sync():  # the one host sync of these probes' results
+                        rows, curves = _to_python([metrics for metrics, _ in results]), [c.cpu() for _, c in results]
+                for s, row, curve in zip(group, rows, curves):
+                    s.probes.append(s.run.log(step, row))
+                    s.curves.append((step, curve))
+                    s.probe_pending = False
+                    print(f"step {step:>8,}  seed {s.seed}  " + "  ".join(
+                        f"{key} {value:.4f}" for key, value in row.items() if key.startswith("probe/")))
+        finally:
+            start_step, start_time = self._window
+            self._window = (start_step, start_time + time.time() - started)
+        return bool(due)
+
+    @property
+    def probe_pending(self):
+        """A probe due at this step is not logged for some live seed (a signal skipped or abandoned it)."""
+        return any(s.probe_pending for s in self._live())
+
+    def save_checkpoint(self, step, state):
+        """Checkpoint every live seed that is not stopping: its share of each part of ``state`` and its records."""
+        for s in self._live():
+            if not s.run.stopping:
+                self._save(s, step, state)
+
+    def _save(self, s, step, state):
+        parts = {name: seed_state(part, s.index) for name, part in {**state, "seed_rng": self.rngs}.items()}
+        s.run.save_checkpoint({**parts, "step": step, "probes": s.probes, "probe_curves": s.curves}, step)
+
+    def finish(self, step, state, save_outputs=None, final_metrics=None):
+        """Finish every run: a checkpoint (unless diverged; also after completion, so that a raised total
+        continues from it), ``save_outputs(seed)`` (figures), and summary.json with the last log's and the last
+        probe's metrics plus ``final_metrics(seed)``. Returns the combined summary."""
+        summaries = [s.run.finished for s in self.seeds]
+        for s in reversed(self.active):  # reversed: each run puts back the signal handler it found
+            if not s.run.diverged:
+                s.steps = step
+                self._save(s, step, state)
+            if save_outputs is not None and s.probes:
+                save_outputs(s)
+            final = {key: v for key, v in s.last_log.items() if key != "step"}
+            if s.probes:
+                final.update({key: v for key, v in s.probes[-1].items() if key != "step"})
+            final.update(final_metrics(s) if final_metrics is not None else {})
+            done = s.steps >= self.total and not s.probe_pending
+            summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, probes=s.probes)
+        return combined_summary(summaries)
+
+
+def _to_python(rows):
+    """Every tensor value of ``rows`` (dicts of scalars) as a Python number, in one host sync."""
+    tensors = [v for row in rows for v in row.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).tolist() if tensors else [])
+    return [{key: (_like(v, next(values)) if isinstance(v, torch.Tensor) else v) for key, v in row.items()}
+            for row in rows]
+
+
+def _like(tensor, value):
+    return value if tensor.is_floating_point() else int(value)

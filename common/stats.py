@@ -24,14 +24,14 @@ Definitions (the paper names the quantities but not their formulas; these are th
 import torch
 from torch import nn
 
-from common.hessian import eval_mode
+from common.networks import eval_mode
 
 ACTIVATIONS = (nn.ReLU, nn.GELU)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 
 def singular_values(matrix):
-    """Descending singular values; a wide matrix is transposed first (on the CPU 5x faster for 512 x 4608)."""
+    """Descending singular values; a wide matrix is transposed first (the SVD of the tall one is the cheaper)."""
     matrix = matrix.detach().float()
     return torch.linalg.svdvals(matrix.mT if matrix.shape[-2] < matrix.shape[-1] else matrix)
 

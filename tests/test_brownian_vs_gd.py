@@ -67,7 +67,13 @@ def test_bad_argument_is_a_one_line_error():
         "error: --num-grad-samples (600) cannot exceed --hessian-inputs (512)"]
 
 
-def test_probe_loss_value_is_eps_norm():
-    out = torch.randn(5, 10, requires_grad=True)
-    eps = torch.randn(5, 10)
-    assert torch.allclose(brownian_vs_gd.probe_loss(out, eps), eps.square().sum(-1).mean())
+def test_probe_loss_gradient_is_the_eps_weighted_jacobian():
+    """Sec 4.2's loss ||f(X) - sg(f(X)) + eps||^2 has gradient (2 / N) sum_i J_i^T eps_i at every theta (its value
+    is ||eps||^2 whatever f is, so only the gradient tells a right stop-gradient from a flipped or missing one).
+    For f(x) = W x + c: dW = (2 / N) eps^T X and dc = (2 / N) sum_i eps_i."""
+    generator = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(6, 4, generator=generator), torch.randn(6, 3, generator=generator)
+    layer = torch.nn.Linear(4, 3)
+    brownian_vs_gd.probe_loss(layer(x), eps).backward()
+    torch.testing.assert_close(layer.weight.grad, 2 / len(x) * eps.T @ x)
+    torch.testing.assert_close(layer.bias.grad, 2 / len(x) * eps.sum(0))

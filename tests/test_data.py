@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import UsageError
+from common.errors import UsageError
 from common.data import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
 
 

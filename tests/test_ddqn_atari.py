@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common.atari import FrameReplay, atari_env_ids, game_name, load_atari_scores, luminance_84x84, make_env
-from common.cli import UsageError
+from common.errors import UsageError
 from common.grad_cov import gradient_covariance
 from ddqn_atari_layernorm import (AggregateArgs, Args, QNetwork, aggregate, double_q_targets, epsilon_at,
                                   td_error_grads, td_loss, train)

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -5,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common.seeds import SeedStack, StackedReplay
-from common.cli import EXIT_INTERRUPTED
+from common.seeds import Generators, OneSeed, SeedStack, StackedReplay
+from common.errors import EXIT_INTERRUPTED
 from test_data import write_tiny_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,13 +38,17 @@ def test_double_q_target_against_a_hand_computation():
         values = staticmethod(lambda out: out)
         loss = staticmethod(lambda out, y: (out - y) ** 2)
 
-    batch = (torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([1.0, 0.0]), torch.tensor([1, 2]))
-    loss, _ = dqn.td_loss(Table(online), Table(target), images, batch, gamma=0.5, double_q=True)
+    batch = tuple(b[None] for b in (torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([1.0, 0.0]),
+                                    torch.tensor([1, 2])))  # one seed: (1, batch)
+    q, target_q = SeedStack([Table(online)]), SeedStack([Table(target)])  # as training calls them
+    loss, _ = dqn.td_loss(q, target_q, images, batch, gamma=0.5, double_q=True)
     # next obs 1: online argmax is action 0, target value 7 -> 1 + 0.5 * 7 = 4.5; Q(0, 1) = 2
     # next obs 2: online argmax is action 1, target value 6 -> 0 + 0.5 * 6 = 3.0; Q(0, 0) = 1
     assert loss.item() == pytest.approx(((2 - 4.5) ** 2 + (1 - 3.0) ** 2) / 2)
-    loss, _ = dqn.td_loss(Table(online), Table(target), images, batch, gamma=0.5, double_q=False)
+    loss, _ = dqn.td_loss(q, target_q, images, batch, gamma=0.5, double_q=False)
     assert loss.item() == pytest.approx(((2 - (1 + 0.5 * 9)) ** 2 + (1 - 0.5 * 6) ** 2) / 2)
+    one = dqn.td_loss(OneSeed(Table(online)), OneSeed(Table(target)), images, batch, 0.5, True, train=False)[0]
+    assert one.item() == pytest.approx(((2 - 4.5) ** 2 + (1 - 3.0) ** 2) / 2)  # the statistics' loss
 
 
 def test_build_optimizer_gives_rmsprop_its_own_flags_and_every_optimizer_weight_decay():
@@ -80,33 +86,37 @@ def test_acting_uses_eval_mode_values_that_do_not_depend_on_the_batch(arch):
     stack = SeedStack([network])  # the agent acts through the seeds' stack (here one seed); network views it
 
     def act(obs):
-        return dqn.act(stack, images, obs[None], 0.0, [generator])[0]
+        return dqn.act(stack, images, obs[None], 0.0, Generators([generator]))[0]
 
     one_by_one = torch.cat([act(obs[i:i + 1]) for i in range(len(obs))])
     assert torch.equal(one_by_one, reference.argmax(1))
     assert torch.equal(act(obs), reference.argmax(1))
-    values = torch.cat([dqn.eval_values(network, images[i:i + 1]) for i in range(len(obs))])
-    torch.testing.assert_close(values, dqn.eval_values(network, images), rtol=1e-4, atol=1e-5)
     assert network.training  # the agent trains in train mode; acting leaves it there
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())  # no running-stat updates
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit"])
 def test_bootstrap_targets_use_eval_mode(arch):
+    """The TD loss training uses: its targets come from eval-mode forwards (no dropout, BatchNorm on running
+    statistics), so they do not depend on the batch an image comes in, and the online forward trains in train mode."""
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     online = _network_with_running_statistics(arch, images)
     target = _network_with_running_statistics(arch, images.flip(0))
-    rewards = torch.linspace(0, 1, len(images))
+    rewards, actions = torch.linspace(0, 1, len(images)), torch.arange(len(images)) % 10
     with torch.no_grad():
         online_values, target_values = online.eval()(images), target.eval()(images)
     online.train(), target.train()
     expected = rewards + 0.9 * target_values.gather(1, online_values.argmax(1, keepdim=True)).squeeze(1)
-    for _ in range(2):  # no dropout: the same targets every time
-        torch.testing.assert_close(dqn.td_targets(online, target, images, rewards, 0.9, True), expected)
-    single = torch.cat([dqn.td_targets(online, target, images[i:i + 1], rewards[i:i + 1], 0.9, True)
-                        for i in range(len(images))])
-    torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-5)
-    assert online.training and target.training
+    obs = torch.arange(len(images))
+    for rows in (slice(None), slice(0, 3), slice(4, 5)):  # targets do not depend on the batch an image comes in
+        torch.manual_seed(0)  # the ViT's dropout in the trained forward: the same masks in both
+        with torch.no_grad():
+            taken = copy.deepcopy(online).train()(images[rows])[torch.arange(len(obs[rows])), actions[rows]]
+        q, target_stack = SeedStack([copy.deepcopy(online)]), SeedStack([copy.deepcopy(target)])  # as training
+        torch.manual_seed(0)
+        batch = tuple(b[None, rows] for b in (obs, actions, rewards, obs))
+        loss = dqn.td_loss(q, target_stack, images, batch, 0.9, True)[0]
+        torch.testing.assert_close(loss[0], (taken - expected[rows]).square().mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_probing_does_not_change_the_agent(tmp_path, data_dir):
@@ -122,21 +132,22 @@ def test_probing_does_not_change_the_agent(tmp_path, data_dir):
 
 
 def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone():
-    """The ViT's dropout in the probe's fits draws from the global RNG, which the agent's dropout uses too."""
+    """The same run seed and step give the same probe, another step another; the ViT's dropout in the probe's fits
+    draws from the probe's own generator, so the global RNG (the agent's initialisations) is left as it was."""
     args = dqn.Args(arch="vit", probe_steps=3, probe_targets=2, probe_inputs=8, probe_batch_size=4,
                     hessian_batch_size=4, hessian_iters=3)
     images = torch.randint(0, 256, (16, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     replay = StackedReplay(1, 16, "cpu")
     replay.add(torch.arange(16)[None], torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16), torch.arange(16)[None])
-    replay = replay.view(0)
-    network = dqn.build_q_network(args, (1, 9, 9))
+    q, target = SeedStack([dqn.build_q_network(args, (1, 9, 9))]), SeedStack([dqn.build_q_network(args, (1, 9, 9))])
     rng = torch.get_rng_state()
-    initial = [p.detach().clone() for p in network.parameters()]
-    (first, stats), (again, stats_again), (later, _) = (
-        dqn.probe_plasticity([args], [network], [network], images, [replay], (1, 9, 9), step, [initial])[0]
-        for step in (5, 5, 6))
+    initial = {name: p.detach().clone() for name, p in q.params.items()}
+    seed = types.SimpleNamespace(index=0, seed=1, probes=[])
+    (first, first_curve), (again, again_curve), (later, later_curve) = (
+        dqn.probe_plasticity(args, q, target, images, replay, initial, [seed], step)[0] for step in (5, 5, 6))
     assert torch.equal(torch.get_rng_state(), rng)
-    assert torch.equal(first.curves, again.curves) and not torch.equal(first.curves, later.curves)
+    assert torch.equal(first_curve, again_curve) and not torch.equal(first_curve, later_curve)
+    stats, stats_again = first, again
     assert "curvature/hessian_top" in stats and all(torch.equal(stats[k], stats_again[k]) for k in stats)
 
 
@@ -152,6 +163,15 @@ def _check_run_directory(run_dir, steps):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
     assert os.path.getsize(os.path.join(run_dir, "figures", "fig4_probe_curves.png")) > 10_000
     assert os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+    probes = [r for r in rows if "probe/plasticity" in r]
+    for row in probes:  # P / b: the fraction of the targets' variance the probe's fits explain
+        assert row["probe/fit"] == pytest.approx(row["probe/plasticity"] / row["probe/baseline"], rel=1e-6)
+    assert summary["metrics"]["probe/initial_fit"] == probes[0]["probe/fit"]
+    assert summary["metrics"]["probe/final_fit"] == probes[-1]["probe/fit"] == summary["metrics"]["probe/fit"]
+    assert all(row["probe/fit"] <= 1 for row in probes)  # P = b - final loss <= b
+    curves = torch.load(os.path.join(run_dir, "probe_curves.pt"), weights_only=False)
+    assert curves["steps"] == [r["step"] for r in probes] and curves["curves"].shape[0] == len(probes)
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f]  # written through a temporary file and a rename
     return summary
 
 
@@ -254,14 +274,55 @@ def test_each_intervention_runs_and_logs_the_statistics(tmp_path, data_dir, inte
     assert summary["metrics"]["stats/weight_norm"] == probe_rows[-1]["stats/weight_norm"]
 
 
-def test_interventions_change_the_agent_at_each_period(monkeypatch, tmp_path, data_dir):
-    calls = []
-    monkeypatch.setattr(dqn, "reset_last_layer", lambda net: calls.append(("reset", net.head.weight.clone())))
-    monkeypatch.setattr(dqn, "shrink_perturb", lambda net, fresh, a, b: calls.append(("sp", a, b)))
-    args = dqn.Args(data_dir=data_dir, run_dir=str(tmp_path / "run"), reset_last_layer=True, shrink_perturb=True,
-                    shrink=0.5, perturb=0.2, intervention_period=15, stats=False, hessian=False,
-                    **{**TINY, "num_images": 100})
-    summary = dqn.train(args)
-    assert [c[0] for c in calls] == ["reset", "sp", "reset", "sp"]  # at steps 15 and 30 of 40
-    assert calls[1][1:] == (0.5, 0.2)
+@pytest.mark.parametrize("intervention,changed", [(dict(reset_last_layer=True), {"head.weight", "head.bias"}),
+                                                   (dict(shrink_perturb=True, shrink=0.5, perturb=0.2), "all")])
+def test_interventions_change_the_agent_at_each_period_and_only_then(tmp_path, data_dir, intervention, changed):
+    """SGD with a learning rate far below float32's resolution leaves the weights as they are, so only the
+    interventions move them: at steps 15 and 30 (the period) and at no other step. The weights are read from the
+    checkpoints of a run extended one segment at a time."""
+    run_dir = tmp_path / "run"
+    common = dict(data_dir=data_dir, run_dir=str(run_dir), optimizer="sgd", learning_rate=1e-30,
+                  intervention_period=15, stats=False, hessian=False, **{**TINY, "probe_every": 0, "num_images": 100},
+                  **intervention)
+    weights = {}
+    for steps in (14, 15, 16, 29, 30):
+        summary = dqn.train(dqn.Args(**{**common, "total_steps": steps}, resume=steps > 14))
+        assert summary["status"] == "completed"
+        weights[steps] = torch.load(run_dir / "checkpoint.pt", weights_only=False)["q_network"]
+    names = set(weights[14]) if changed == "all" else changed
+    for before, after in ((14, 15), (15, 16), (16, 29), (29, 30)):
+        moved = {name for name in weights[14] if not torch.equal(weights[before][name], weights[after][name])}
+        assert moved == (names if after in (15, 30) else set()), (before, after)
     assert not any(k.startswith(("stats/", "curvature/")) for k in summary["metrics"])
+
+
+@pytest.mark.parametrize("intervention", [dict(reset_last_layer=True), dict(shrink_perturb=True),
+                                          dict(redo=True)])
+def test_a_probe_measures_the_network_before_the_intervention_of_its_step(tmp_path, data_dir, intervention):
+    """A probe and an intervention both at step 20: the probe sees the network as trained, the same as a run
+    without the intervention, and the intervention still changes the weights right after it."""
+    common = dict(data_dir=data_dir, intervention_period=20, hessian=False, redo_tau=0.5, **{**TINY, "total_steps": 20,
+                                                                               "probe_every": 20, "num_images": 100})
+    runs = {name: dqn.train(dqn.Args(run_dir=str(tmp_path / name), **common, **extra))
+            for name, extra in (("plain", {}), ("intervened", intervention))}
+    probes = [summary["probes"][-1] for summary in runs.values()]
+    assert probes[0]["step"] == probes[1]["step"] == 20
+    assert probes[0] == probes[1]
+    weights = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["q_network"] for name in runs]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_shrink_perturb_starts_a_fresh_optimizer_and_redo_scores_256_transitions(tmp_path, data_dir, monkeypatch):
+    """Ash & Adams' code builds a fresh optimizer after each shrink & perturb; dopamine's ReDo scores dormancy on
+    batch_size_statistics = 256 transitions. The checkpoint at the intervention's step holds no Adam moments."""
+    batches, real_redo = [], dqn.redo
+    monkeypatch.setattr(dqn, "redo", lambda net, opt, inputs, tau: (batches.append(len(inputs)),
+                                                                    real_redo(net, opt, inputs, tau))[1])
+    common = dict(data_dir=data_dir, intervention_period=15, stats=False, hessian=False,
+                  **{**TINY, "total_steps": 15, "probe_every": 0, "num_images": 100})
+    for name, extra in (("adam", {}), ("shrink_perturb", dict(shrink_perturb=True)), ("redo", dict(redo=True))):
+        dqn.train(dqn.Args(run_dir=str(tmp_path / name), **common, **extra))
+    states = {name: torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+              for name in ("adam", "shrink_perturb")}
+    assert len(states["adam"]) == 6 and states["shrink_perturb"] == {}  # three layers, weight and bias
+    assert batches == [256] and dqn.Args().shrink == 0.4 and dqn.Args().perturb == 0.1

@@ -5,8 +5,8 @@ from torch import nn
 from torch.func import functional_call
 
 import common.hessian
-from common.hessian import (eval_mode, hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density,
-                            top_eigenvalue)
+from common.hessian import hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density, top_eigenvalue
+from common.networks import eval_mode
 
 
 def tiny_mlp(sizes=(5, 8, 5), seed=0, batch_norm=False):
@@ -83,7 +83,7 @@ def test_lanczos_matches_exact_hessian_of_tiny_mlp():
     scale = expected.abs().max()
     nodes, _ = lanczos(matvec, dim, dim)  # every eigenvalue when num_iters equals the dimension
     assert torch.allclose(nodes, expected, rtol=0, atol=1e-6 * scale)
-    nodes, _ = lanczos(matvec, dim, 90)  # the accuracy target: extremes of a 90-step run to 1e-8
+    nodes, _ = lanczos(matvec, dim, 90)  # the accuracy target: extremes of a 90-step run to 1e-8
     assert abs(nodes[-1] - expected[-1]) <= 1e-8 * scale
     assert abs(nodes[0] - expected[0]) <= 1e-8 * scale
     assert abs(top_eigenvalue(matvec, dim, 40) - expected[-1]) <= 1e-8 * scale

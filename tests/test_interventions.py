@@ -106,7 +106,8 @@ def test_redo_recycles_exactly_the_dormant_units():
         bound = layer.in_features ** -0.5  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         old = before[f"torso.{list(net.torso).index(layer)}.weight"]
         assert torch.equal(layer.weight[keep][:, live_inputs], old[keep][:, live_inputs])
-        assert (layer.weight[rows].abs() <= bound).all() and (layer.bias[rows].abs() <= bound).all()
+        assert (layer.weight[rows].abs() <= bound).all() and (layer.bias[rows] == 0).all()  # dopamine's ReDo
+        assert torch.equal(layer.bias[keep], before[f"torso.{list(net.torso).index(layer)}.bias"][keep])
         assert not torch.equal(layer.weight[rows], old[rows])
         state = optimizer.state[layer.weight]
         assert (state["exp_avg"][rows] == 0).all() and (state["exp_avg_sq"][rows] == 0).all()

@@ -18,7 +18,7 @@ import brownian_vs_gd as brownian
 import common.logger
 import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
-from common.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
+from common.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
 from common.data import load_dataset
 from common.run import LOCK_FILE
 

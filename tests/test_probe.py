@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from common.interventions import TwoHot
-from common.networks import build_network
+from common.networks import TwoHot, build_network
 from common.optim import Adam, make_optimizer
 from common.probe import make_targets, predict_values, run_probe, run_probes
 

@@ -1,4 +1,4 @@
-"""--num-seeds N trains N agents in lockstep that equal N single runs (issue 13), and common/seeds.py's pieces."""
+"""--num-seeds N trains N agents in lockstep that equal N single runs, and common/seeds.py's pieces."""
 import json
 import os
 import signal
@@ -100,7 +100,7 @@ def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time():
             return SeedStack([n[0] for n in networks]), SeedStack([n[1] for n in networks])
 
         def loss_and_grads(q, target, rows):
-            loss, _ = dqn.stacked_td_loss(q, target, images, tuple(b[rows] for b in batch), 0.9, True)
+            loss, _ = dqn.td_loss(q, target, images, tuple(b[rows] for b in batch), 0.9, True)
             return loss, torch.autograd.grad(loss.sum(), list(q.params.values()))
 
         q, target = stacks([0, 1])
@@ -128,12 +128,13 @@ def test_sigterm_during_the_seeds_probes_and_resume_equal_single_runs(tmp_path, 
     probe = dqn.probe_plasticity
     signalled, sizes = [], []
 
-    def probe_with_a_signal(seed_args, *rest):
-        sizes.append(len(seed_args))
-        if 4 in [a.seed for a in seed_args] and rest[5] == 10 and not signalled:
+    def probe_with_a_signal(*args):
+        seeds, step = args[-2:]
+        sizes.append(len(seeds))
+        if 4 in [s.seed for s in seeds] and step == 10 and not signalled:
             signalled.append(True)
             os.kill(os.getpid(), signal.SIGTERM)  # the shared handler abandons these probes at once
-        return probe(seed_args, *rest)
+        return probe(*args)
 
     monkeypatch.setattr(dqn, "probe_plasticity", probe_with_a_signal)
     default = torch.get_default_dtype()

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import pytest
 
 from common import sweep
-from common.cli import UsageError
+from common.errors import UsageError
 
 
 @dataclass
