@@ -101,13 +101,16 @@ def _centred_ranks(values):
     return ranks - np.nanmean(ranks, axis=-1, keepdims=True)
 
 
-def _pearson_of_centred(cx, cy, counts=None):
-    """sum(cx cy) / sqrt(sum cx^2 sum cy^2) along the last axis (NaN ignored); with ``counts`` (B, C), over the
-    per-cell sums ``cx``, ``cy`` weighted by how often each cell was drawn."""
+def _pearson_of_centred(cx, cy):
+    """sum(cx cy) / sqrt(sum cx^2 sum cy^2) along the last axis, NaN (padding) ignored."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        if counts is None:
-            return np.nansum(cx * cy, -1) / np.sqrt(np.nansum(cx ** 2, -1) * np.nansum(cy ** 2, -1))
-        sxy, sxx, syy = cx
+        return np.nansum(cx * cy, -1) / np.sqrt(np.nansum(cx ** 2, -1) * np.nansum(cy ** 2, -1))
+
+
+def _pooled_cell_sums(sums, counts):
+    """The same over cells whose sums (sxy, sxx, syy) are taken ``counts`` times: (..., C) counts -> (...,)."""
+    sxy, sxx, syy = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
         return counts @ sxy / np.sqrt((counts @ sxx) * (counts @ syy))
 
 
@@ -135,10 +138,10 @@ def rank_correlation(x, y, cells, method="pooled", num_boot=2_000, seed=0):
         for c, m in enumerate(members):
             rx, ry = _centred_ranks(x[m]), _centred_ranks(y[m])
             sums[:, c] = (rx * ry).sum(), (rx ** 2).sum(), (ry ** 2).sum()
-        rho = float(_pearson_of_centred(sums, None, np.ones(len(labels))))
+        rho = float(_pooled_cell_sums(sums, np.ones(len(labels))))
         counts = np.zeros((num_boot, len(labels)))
         np.add.at(counts, (np.arange(num_boot)[:, None], draws), 1)
-        boot = _pearson_of_centred(sums, None, counts)
+        boot = _pooled_cell_sums(sums, counts)
     if not np.isfinite(rho):  # a constant statistic (e.g. no dead units anywhere) correlates with nothing
         return None, [None, None]
     boot = boot[np.isfinite(boot)]  # resamples without variation
