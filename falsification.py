@@ -1,11 +1,13 @@
 """Falsifying simple explanations of plasticity loss (Sec 5.2, Fig 3): 128 DQN agents, statistics vs plasticity.
 
 Each cell of the grid below trains one agent of ``dqn_classification_mdp.py`` (Sec 5.1: target network every 1,000
-steps, a probe every 5,000). ``analyze`` then asks, for every statistic the agent logs (``stats/...``: weight
-norm, weight rank, feature rank, dead units, ...) and every grouping of the runs (dataset, variant, arch,
-optimizer), whether the statistic's final value correlates with plasticity loss with the same sign in every group.
-A pair of groups whose bootstrap 95% intervals lie on opposite sides of zero is a sign reversal: the statistic
-cannot be a cause of plasticity loss on its own (Sec 5.2, after Buhlmann 2020).
+steps, a probe every 5,000). ``analyze`` reads the runs of one protocol whose fresh network could fit the probe
+(``common.validity``) and asks, for every statistic the agent logs (``stats/...``: weight norm, weight rank, feature
+rank, dead units, ...) and every grouping of the runs (the learning problem, dataset x variant, and each single
+axis), whether the statistic's final value correlates with P(theta_T) and with plasticity loss with the same sign in
+every group, pooled and within cells, with intervals from a bootstrap over whole cells. A pair of groups whose 95%
+intervals lie on opposite sides of zero is a sign reversal: the statistic cannot be a cause of plasticity loss on
+its own (Sec 5.2, after Buhlmann 2020).
 
     python falsification.py --list                                    # the 128 cells
     python falsification.py --task-id 0                               # one cell (Slurm: slurm/falsification.sbatch)

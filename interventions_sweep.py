@@ -7,9 +7,11 @@
     python interventions_sweep.py --grid interventions --tasks 0-63 --preset cpu    # the reduced CPU grid
     python interventions_sweep.py analyze --runs-dir runs               # every figure, its numbers, a ranking
 
-``analyze`` reads the completed runs of both grids under ``--runs-dir`` and writes each figure as a PNG with its
-numbers in a CSV of the same name beside it, and prints the interventions ranked by their change in plasticity
-loss against no intervention, with 95% t-intervals over seeds.
+``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time,
+leaves out (and counts per cell) the runs whose fresh network could not fit the probe (``common.validity``), writes
+each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of the same name beside it, and prints
+the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
+seeds and their diverged runs.
 """
 import argparse
 import os
