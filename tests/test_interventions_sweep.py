@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import interventions_plots as plots
 import interventions_sweep as iv
 from common import sweep
 
@@ -34,7 +35,7 @@ def test_interventions_grid_lists_every_arch_and_intervention(capsys):
     for cell in iv.make_grid(options).cells():
         two_hot = cell.labels["output"] == "two_hot"
         assert cell.overrides["two_hot"] == two_hot
-        assert cell.overrides.get("learning_rate") == (2.5e-4 if two_hot else None)
+        assert cell.overrides.get("learning_rate") == (3e-3 if two_hot else None)
         assert cell.overrides.get("weight_decay") == (1e-5 if cell.labels["intervention"] == "weight_decay" else None)
     assert len(listed(capsys, "--preset", "cpu")) == 2 * 2 * 8 * 2
 
@@ -54,16 +55,19 @@ EFFECT = {"none": 0.30, "layer_norm": -0.10, "shrink_perturb": 0.45, "redo": 0.0
 TWO_HOT_SHIFT = -0.2  # the two-hot output lowers every change by this much
 
 
-def write_run(root, grid, name, args, status="completed", metrics=(), rows=(), curves=None):
+def write_run(root, grid, name, args, status="completed", metrics=(), rows=(), curves=None, fit=0.9):
+    """A run directory; its summary's probe rows are the metrics rows with a probe loss, each with P = fit * b."""
     path = os.path.join(root, grid, name)
     os.makedirs(path)
     with open(os.path.join(path, "args.json"), "w") as f:
         json.dump({"exp_name": grid, **args}, f)
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
+    probes = [{**row, "probe/baseline": 0.5, "probe/plasticity": fit * 0.5}
+              for row in rows if "probe/final_loss" in row]
     if status is not None:
         with open(os.path.join(path, "summary.json"), "w") as f:
-            json.dump({"status": status, "steps": 40, "metrics": dict(metrics)}, f)
+            json.dump({"status": status, "steps": 40, "metrics": dict(metrics), "probes": probes}, f)
     if curves is not None:
         torch.save({"steps": [0, 20, 40], "curves": curves, "plasticity": [0.0, 0.0, 0.0]},
                    os.path.join(path, "probe_curves.pt"))
@@ -92,6 +96,13 @@ def plant_intervention_runs(root):
                         write_run(root, "interventions", f"mnist__{variant}__{arch}__{output}__{intervention}__seed{seed}",
                                   args, metrics={"charts/accuracy": 0.6 + 0.01 * seed}, rows=rows,
                                   curves=torch.linspace(1, 0.1, 20).repeat(3, 1) * seed)
+    # One run's probe_curves.pt cut short: Fig 17-18 leave it out with its reason, the run stays elsewhere.
+    path = os.path.join(root, "interventions", "mnist__true_label__mlp__regression__layer_norm__seed1",
+                        "probe_curves.pt")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
     # Unfinished runs that would swing every number if they were read.
     for i, status in enumerate(("interrupted", "diverged", None)):
         rows = [{"step": 0, "probe/final_loss": 0.0}, {"step": 40, "probe/final_loss": 1e6}]
@@ -115,6 +126,11 @@ def plant_width_runs(root):
     write_run(root, "width_sweep", "mnist__true_label__mlp_w16__period1000__seed7",
               {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "width": 16, "target_period": 1_000,
                "seed": 7}, status="interrupted", metrics={"probe/plasticity_loss": 1e6})
+    # A run whose fresh network fitted a third of the probe: excluded and counted, however large its loss.
+    write_run(root, "width_sweep", "mnist__true_label__mlp_w16__period1000__seed8",
+              {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "width": 16, "target_period": 1_000,
+               "seed": 8}, metrics={"probe/plasticity_loss": 1e6}, fit=0.33,
+              rows=[{"step": 0, "probe/final_loss": 1.0}, {"step": 40, "probe/final_loss": 9.0}])
     return expected
 
 
@@ -127,10 +143,16 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
     expected, widths = plant_intervention_runs(root), plant_width_runs(root)
     assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root]) == 0
     out = capsys.readouterr().out
-    assert "96 completed runs; left out 3" in out and "12 completed runs; left out 1" in out
+    assert "width_sweep: 13 completed/diverged runs read" in out and "skipped 1: 1 status interrupted" in out
+    assert "1 runs excluded because a fresh network's probe fit says nothing" in out
+    assert "mnist__true_label__mlp_w16__period1000 (1)" in out and "12 completed runs analysed" in out
+    assert "interventions: 97 completed/diverged runs read" in out and "96 completed runs analysed" in out
+    assert "1 runs diverged (counted, not analysed): mnist__true_label__mlp__regression__none (1)" in out
     for stem in FIGURES:
         assert os.path.getsize(os.path.join(root, f"{stem}.png")) > 1_000, stem
-        assert len(pd.read_csv(os.path.join(root, f"{stem}.csv"))), stem
+        data = pd.read_csv(os.path.join(root, f"{stem}.csv"))
+        assert len(data) and data["protocol"].nunique() == 1, stem
+        assert os.path.exists(os.path.join(root, f"protocol_{data['protocol'][0]}.json"))
 
     # Fig 5: mean over seeds of each (arch, width, period) line, the CNN's width relative to A.2's.
     fig5 = pd.read_csv(os.path.join(root, "fig5_width.csv"))
@@ -139,6 +161,7 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
         row = fig5[(fig5["arch"] == arch) & (fig5["width"] == width) & (fig5["target_period"] == period)].iloc[0]
         assert row["mean"] == pytest.approx(np.mean(losses)) and row["seeds"] == 2
         assert row["x"] == (width / 512 if arch == "cnn" else width)
+        assert row["initial_fit"] == pytest.approx(0.9)  # P(theta_0) / b beside the loss
 
     # Fig 6: regression interventions and the two-hot column, averaged over variants then seeds.
     fig6 = pd.read_csv(os.path.join(root, "fig6_interventions.csv"))
@@ -160,11 +183,19 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
     # Fig 12-13 read the final accuracy; Fig 14 the CNN's curvature; Fig 17-18 the saved probe curves.
     accuracy = pd.read_csv(os.path.join(root, "fig12_13_accuracy_mnist.csv"))
     assert accuracy["mean"].to_numpy() == pytest.approx(0.62)
+    diverged = accuracy.set_index(["variant", "arch", "treatment"])["diverged"]
+    assert diverged["true_label", "mlp", "none"] == 1 and diverged.sum() == 1  # counted where it happened
+    ranking = pd.read_csv(os.path.join(root, "interventions_ranking.csv")).set_index("treatment")
+    assert ranking.loc["none", "diverged"] == 1 and ranking["diverged"].sum() == 1
     hessian = pd.read_csv(os.path.join(root, "fig14_hessian.csv"))
     assert set(hessian["intervention"]) == {"none", "layer_norm"} and hessian["mean"].max() == 50.0
     probes = pd.read_csv(os.path.join(root, "fig17_18_probe_curves_mnist.csv"))
     first = probes[(probes["probe_step"] == 0) & (probes["agent_step"] == 20)]
-    assert first["mean"].to_numpy() == pytest.approx(2.0)  # curves scaled by the seeds 1, 2, 3
+    means = first.set_index(["arch", "intervention"])["mean"]  # curves scaled by the seeds 1, 2, 3
+    # true_label without seed 1 (its file is cut short): 2, 3; sparse_reward: 1, 2, 3
+    assert means["mlp", "layer_norm"] == pytest.approx(11 / 5)
+    assert means.drop(("mlp", "layer_norm")).to_numpy() == pytest.approx(2.0)
+    assert "probe_curves.pt is truncated or corrupt" in out and "left out of Fig 17-18" in out
 
     # The ranking: paired with no intervention, the shared noise cancels and the intervals collapse on the effect.
     ranking = pd.read_csv(os.path.join(root, "interventions_ranking.csv"))
@@ -177,10 +208,10 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
 
 
 def test_mean_ci_is_the_student_t_interval():
-    mean, low, high, n = iv.mean_ci([1.0, 2.0, 3.0, float("nan")])
+    mean, low, high, n = plots.mean_ci([1.0, 2.0, 3.0, float("nan")])
     half = 4.302652729911275 / np.sqrt(3)  # t(0.975, 2 dof) from the table; sample std of 1, 2, 3 is 1
     assert (mean, n) == (2.0, 3) and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
-    assert np.isnan(iv.mean_ci([5.0])[1])
+    assert np.isnan(plots.mean_ci([5.0])[1])
 
 
 def test_analyze_without_runs_is_a_usage_error(tmp_path, capsys):
@@ -199,10 +230,13 @@ def test_tiny_cells_run_and_analyze(tmp_path, data_dir, capsys):
     with open(os.path.join(root, "interventions", "mnist__true_label__mlp__two_hot__layer_norm__seed1",
                            "args.json")) as f:
         args = json.load(f)
-    assert args["two_hot"] and args["layer_norm"] and args["learning_rate"] == 2.5e-4
-    assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root]) == 0
+    assert args["two_hot"] and args["layer_norm"] and args["learning_rate"] == 3e-3
+    # The test preset's 5-step probe fits nothing: every run is excluded, so it is unfit for results.
+    assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root]) == sweep.EXIT_USAGE
+    assert "4 runs excluded" in capsys.readouterr().out
+    assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root, "--min-initial-fit", "-1"]) == 0
     out = capsys.readouterr().out
-    assert "4 completed runs, none left out" in out and "1 completed runs, none left out" in out
+    assert "4 completed runs analysed" in out and "1 completed runs analysed" in out
     for stem in ("fig5_width", "fig6_interventions", "fig17_18_probe_curves_mnist"):
         assert os.path.exists(os.path.join(root, f"{stem}.png"))
 
