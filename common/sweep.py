@@ -387,22 +387,3 @@ def run(sweep, argv=None):
 
 def main(sweep, argv=None):
     sys.exit(run(sweep, argv))
-
-
-def collect_runs(runs_dir, exp_name=None):
-    """``common.results.read_runs`` in the shape the sweep scripts' analyses read: a table whose columns are
-    ``run`` (the path relative to runs_dir), ``steps``, ``wall_time_s``, the args.json fields under their own names
-    and the final metrics; and ``{reason: count}`` of the runs left out."""
-    runs = results.read_runs(runs_dir, exp_name=exp_name)
-    table = runs.table.drop(columns=["run_dir", "status", "probes"])
-    table.columns = [c[len("args."):] if c.startswith("args.") else c for c in table.columns]
-    table.insert(0, "run", [os.path.relpath(d, runs_dir) for d in runs.table["run_dir"]])
-    return table, runs.reasons()
-
-
-def describe_skipped(num_used, skipped):
-    """One line: how many runs were used and how many left out, and why."""
-    if not skipped:
-        return f"{num_used} completed runs, none left out"
-    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
-    return f"{num_used} completed runs; left out {sum(skipped.values())}: {reasons}"

@@ -131,30 +131,6 @@ def test_diverged_cells_exit_3_and_are_not_rerun(tmp_path):
     assert len(train.calls) == 2
 
 
-def test_collect_runs_keeps_completed_runs_of_the_experiment(tmp_path):
-    def write(name, args, summary):
-        path = tmp_path / name
-        (path / "figures").mkdir(parents=True)
-        if args is not None:
-            (path / "args.json").write_text(json.dumps(args))
-        if summary is not None:
-            (path / "summary.json").write_text(json.dumps(summary))
-
-    write("sweep/a", {"exp_name": "e", "seed": 1},
-          {"status": "completed", "steps": 5, "metrics": {"stats/x": 1.5, "probe/plasticity_loss": "nan"}})
-    write("sweep/b", {"exp_name": "e", "seed": 2}, {"status": "interrupted", "steps": 2, "metrics": {}})
-    write("sweep/c", {"exp_name": "e", "seed": 3}, None)
-    write("sweep/d", {"exp_name": "other", "seed": 4}, {"status": "completed", "steps": 5, "metrics": {}})
-    write("e", None, {"status": "completed"})
-    table, skipped = sweep.collect_runs(str(tmp_path), exp_name="e")
-    assert list(table["run"]) == [os.path.join("sweep", "a")]
-    assert table["stats/x"].iloc[0] == 1.5 and table["probe/plasticity_loss"].isna().all()
-    assert skipped == {"status interrupted": 1, "no summary.json (running, or killed before its first summary)": 1,
-                       "another experiment (exp_name is not e)": 1, "no args.json": 1}
-    assert "1 completed runs; left out 4" in sweep.describe_skipped(len(table), skipped)
-    assert len(sweep.collect_runs(str(tmp_path))[0]) == 2  # without the filter, the other experiment counts
-
-
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
 def test_a_signal_between_cells_stops_the_range_with_75(tmp_path, signum):
     previous = signal.getsignal(signum)
@@ -250,8 +226,7 @@ def test_a_completed_cell_is_never_moved_aside_and_a_stale_copy_never_counted(tm
 
     runs = results.read_runs(str(tmp_path))
     assert len(runs) == 4 and runs.skipped == [(str(stale), "a stale copy the sweep moved aside")]
-    table, skipped = sweep.collect_runs(str(tmp_path), exp_name="falsification")  # what analyze reads
-    assert len(table) == 4 and skipped == {"a stale copy the sweep moved aside": 1}
+    assert len(results.read_runs(str(tmp_path), exp_name="falsification")) == 4  # what analyze reads
     assert sweep.run(falsification.SWEEP, pack) == 0  # and nothing more to do
 
 
