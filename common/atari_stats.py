@@ -6,7 +6,8 @@
   optimality gap, each with a stratified bootstrap 95% interval; the probability of improvement of LayerNorm over
   the baseline; performance profiles (the fraction of runs scoring above tau).
 
-The point estimates are ``rliable.metrics``. The bootstrap is written here: rliable 1.2.0's ``rliable.library``
+The point estimates are ``rliable.metrics`` (the profiles' is rliable's score distribution, which lives in
+``rliable.library``, written here). The bootstrap is written here: rliable 1.2.0's ``rliable.library``
 needs ``arch < 8``, and every such arch imports a private pandas helper that pandas 3 changed (README, Atari). It
 draws the indices in the order of rliable's ``StratifiedBootstrap`` and ``StratifiedIndependentBootstrap`` (runs
 resampled with replacement within each game, games kept) from ``RandomState(seed)``, and takes percentile
@@ -21,7 +22,9 @@ import os
 import sys
 
 import numpy as np
+import pandas as pd
 import scipy.stats
+from rliable import metrics
 
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
@@ -78,17 +81,6 @@ def score_distribution(scores, taus):
     return (flat[..., None, :] > np.asarray(taus)[:, None]).mean(axis=-1)
 
 
-def rliable_point_estimates(scores_by_config, taus):
-    """The same statistics from rliable itself, for one (runs, games) matrix per configuration."""
-    from rliable import metrics
-
-    point = {c: np.array([metrics.aggregate_iqm(s), metrics.aggregate_median(s), metrics.aggregate_mean(s),
-                          metrics.aggregate_optimality_gap(s)]) for c, s in scores_by_config.items()}
-    x, y = scores_by_config[CONFIGS[True]], scores_by_config[CONFIGS[False]]
-    return point, metrics.probability_of_improvement(x, y), {c: score_distribution(s, taus)
-                                                             for c, s in scores_by_config.items()}
-
-
 # ---------------------------------------------------------------------------------------------------- bootstrap
 def resample(scores, indices):
     """scores[indices[r, n, m], m]: replicate r keeps every game m and draws its runs."""
@@ -122,43 +114,43 @@ def percentile_interval(replicates, size=0.95):
 
 
 def interval_estimates(scores_by_config, num_boot, num_boot_profile, seed):
-    """Point estimates and 95% intervals: ``{"aggregates": {config: (point[4], lower[4], upper[4])},
-    "improvement": (point, lower, upper), "profiles": {config: (point[taus], lower, upper)}}``. Each family draws
-    from its own RandomState(seed), configurations in the order given, as separate rliable calls would."""
-    point, improvement, profiles = rliable_point_estimates(scores_by_config, PROFILE_TAUS)
-    rng = np.random.RandomState(seed)
-    result = {"aggregates": {c: (point[c], *percentile_interval(stratified_bootstrap(aggregates, s, num_boot, rng)))
-                             for c, s in scores_by_config.items()}}
-    rng = np.random.RandomState(seed)
+    """Point estimates and 95% intervals for one (runs, games) matrix per configuration:
+    ``{"aggregates": {config: (point[4], lower[4], upper[4])}, "improvement": (point, lower, upper),
+    "profiles": {config: (point[taus], lower[taus], upper[taus])}}``. Each of the three draws from its own
+    RandomState(seed), configurations in the order given, as three rliable calls after np.random.seed(seed) do."""
     x, y = scores_by_config[CONFIGS[True]], scores_by_config[CONFIGS[False]]
-    result["improvement"] = (improvement, *percentile_interval(
-        independent_bootstrap(probability_of_improvement, x, y, num_boot, rng)))
+    rng = np.random.RandomState(seed)
+    aggregate_intervals = {c: percentile_interval(stratified_bootstrap(aggregates, s, num_boot, rng))
+                           for c, s in scores_by_config.items()}
+    rng = np.random.RandomState(seed)
+    improvement = percentile_interval(independent_bootstrap(probability_of_improvement, x, y, num_boot, rng))
     rng = np.random.RandomState(seed)
     profile = lambda s: score_distribution(s, PROFILE_TAUS)  # noqa: E731
-    result["profiles"] = {c: (profiles[c], *percentile_interval(stratified_bootstrap(profile, s, num_boot_profile,
-                                                                                     rng)))
-                          for c, s in scores_by_config.items()}
-    return result
+    profile_intervals = {c: percentile_interval(stratified_bootstrap(profile, s, num_boot_profile, rng))
+                         for c, s in scores_by_config.items()}
+    rliable_aggregates = lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_median(s),  # noqa: E731
+                                             metrics.aggregate_mean(s), metrics.aggregate_optimality_gap(s)])
+    return {"aggregates": {c: (rliable_aggregates(s), *aggregate_intervals[c]) for c, s in scores_by_config.items()},
+            "improvement": (metrics.probability_of_improvement(x, y), *improvement),
+            "profiles": {c: (profile(s), *profile_intervals[c]) for c, s in scores_by_config.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------- runs
 def final_scores(runs):
     """One row per usable run of a ``common.results.RunTable``: game, config, seed, score, random and human scores
     (DQN Zoo's atari_data, in common/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
-    import pandas as pd
-
     table, scores = runs.table, load_atari_scores()
     env_ids = table.get("args.env_id", pd.Series(None, index=table.index))
     layer_norm = table.get("args.layer_norm", pd.Series(None, index=table.index))
     final = pd.to_numeric(table.get(SCORE, pd.Series(np.nan, index=table.index)), errors="coerce")
     games = env_ids.map(lambda e: game_name(e) if isinstance(e, str) else None)
-    atari = games.notna() & layer_norm.map(lambda v: isinstance(v, bool))
+    atari = games.notna() & layer_norm.map(lambda v: isinstance(v, (bool, np.bool_)))
     known = atari & games.isin(list(scores))
     scored = known & np.isfinite(final)
     runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
     runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv")
     runs.skip(table.loc[known & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
-    rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(CONFIGS),
+    rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),
                                     seed=table.loc[scored].get("args.seed"), score=final[scored])
     rows["random"] = rows["game"].map(lambda g: scores[g][0])
     rows["human"] = rows["game"].map(lambda g: scores[g][1])
@@ -169,8 +161,6 @@ def final_scores(runs):
 def protocols(rows):
     """([(label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
     The label names total_frames and every differing field."""
-    import pandas as pd
-
     fields = [f for f in PROTOCOL_FIELDS if f"args.{f}" in rows]
     columns = [f"args.{f}" for f in fields]
     key = rows[columns].astype(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)
@@ -199,8 +189,8 @@ def score_matrices(rows):
     for config in CONFIGS.values():
         runs_per_game = int(counts.loc[games, config].min())
         sparsest = counts.loc[games, config].idxmin()
-        check(runs_per_game >= 2, f"{sparsest} has 1 completed {config} run: the stratified bootstrap needs at least "
-                                  f"2 runs per game and configuration (train more seeds)")
+        check(runs_per_game >= 2, f"{sparsest} has {runs_per_game} completed {config} run: the stratified bootstrap "
+                                  f"needs at least 2 runs per game and configuration (train more seeds)")
         columns = []
         for game in games:
             runs = rows[(rows["game"] == game) & (rows["config"] == config)].sort_values(["seed", "run_dir"])
@@ -228,8 +218,6 @@ def per_game_improvement(rows, games):
 
 # ---------------------------------------------------------------------------------------------------- output
 def write_csv(path, rows, protocol):
-    import pandas as pd
-
     pd.DataFrame(rows).assign(protocol=protocol).to_csv(path, index=False)
 
 
@@ -306,7 +294,7 @@ def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=
             print(f"not analysed: {e}", file=sys.stderr)
             continue
         with open(os.path.join(out_dir, "protocol.json"), "w") as f:
-            json.dump(fields, f, indent=2)
+            json.dump(fields, f, indent=2)  # every protocol field of these runs
     check(results, "; ".join(failures))
     return results
 
