@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.atari import (FrameReplay, check_env_id, completed_finals, env_state, game_name, human_normalized,
+from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized,
                           load_atari_scores, make_env, restore_env_state, write_video)
 from common.cli import main, select_device, seed_everything
 from common.errors import check
@@ -130,8 +130,14 @@ class Args:
 class AggregateArgs:
     runs_dir: str = "runs"
     """folder holding run directories (each with args.json and summary.json)"""
-    output: str | None = None
-    """figure path; default <runs_dir>/fig7_layernorm_improvement.png"""
+    output_dir: str | None = None
+    """folder for the figures and their CSV files; default --runs-dir (one protocol-<n> folder per protocol)"""
+    num_boot: int = 50_000
+    """stratified bootstrap replicates of the aggregates and the probability of improvement (rliable's default)"""
+    num_boot_profile: int = 2_000
+    """bootstrap replicates of the performance profiles (rliable's create_performance_profile default)"""
+    seed: int = 0
+    """seed of the bootstrap draws"""
 
 
 # ---------------------------------------------------------------------------------------------------- network
@@ -458,43 +464,12 @@ def train(args):
 
 # ---------------------------------------------------------------------------------------------------- aggregation
 def aggregate(args):
-    """Per game, the human-normalised improvement of LayerNorm over the baseline (Wang et al. 2016):
-    (LN - baseline) / (max(human, baseline) - random), each the seed-mean of the final evaluation score; prints
-    the table and draws Fig 7 (top)."""
-    scores = load_atari_scores()
-    finals = completed_finals(args.runs_dir)
-    games = sorted(g for g, ln in finals if ln and (g, False) in finals)
-    check(games, f"no game in {args.runs_dir} has finished runs both with and without LayerNorm")
+    """Fig 7 (top), Wang et al. (2016)'s per-game improvement of LayerNorm over the baseline, and rliable's
+    aggregates of human-normalised scores (IQM, median, mean, optimality gap, probability of improvement,
+    performance profiles) with stratified bootstrap 95% intervals; figures and CSV files in --output-dir."""
+    from common.atari_stats import aggregate_runs  # rliable is needed only here, not to train
 
-    rows = []
-    for g in games:
-        ln, base = np.mean(finals[(g, True)]), np.mean(finals[(g, False)])
-        random_score, human_score = scores.get(g, (float("nan"), float("nan")))
-        rows.append((g, ln, base, (ln - base) / (max(human_score, base) - random_score),
-                     len(finals[(g, True)]), len(finals[(g, False)])))
-    rows.sort(key=lambda r: r[3])
-    print(f"{'game':<20}{'LayerNorm':>12}{'baseline':>12}{'improvement':>13}{'seeds':>8}")
-    for g, ln, base, improvement, n_ln, n_base in rows:
-        print(f"{g:<20}{ln:>12.1f}{base:>12.1f}{100 * improvement:>12.1f}%{n_ln:>4}/{n_base}")
-    print(f"median improvement {100 * np.median([r[3] for r in rows]):.1f}% over {len(rows)} games")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = [100 * r[3] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
-    ax.bar(range(len(rows)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
-    ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=90, fontsize=7)
-    ax.set_yscale("symlog", linthresh=10)
-    ax.set_ylabel("human-normalised improvement of LayerNorm (%)")
-    ax.axhline(0, color="black", lw=0.5)
-    output = args.output or os.path.join(args.runs_dir, "fig7_layernorm_improvement.png")
-    fig.savefig(output, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    print(f"figure: {output}")
-    return rows
+    return aggregate_runs(args.runs_dir, args.output_dir, args.num_boot, args.num_boot_profile, args.seed)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,8 @@
 """The Arcade Learning Environment pipeline of ddqn_atari_layernorm.py: environment construction and preprocessing,
-game ids and the human-normalisation score table, evaluation videos, the replay that stores each frame once, and
-the final scores of completed runs (for Fig 7)."""
-import collections
+game ids and the human-normalisation score table, evaluation videos and
+the replay that stores each frame once."""
 import csv
-import glob
-import json
 import os
-import sys
 
 import gymnasium as gym
 import numpy as np
@@ -35,30 +31,6 @@ def human_normalized(score, game, scores):
 
 
 # ---------------------------------------------------------------------------------------------------- environment
-def completed_finals(runs_dir):
-    """{(game, layer_norm): final eval returns} of the completed runs in runs_dir. Prints how many runs it skipped
-    and why (interrupted, diverged, no final evaluation), and warns when one game's runs differ in frames."""
-    finals, frames, skipped = {}, {}, collections.Counter()
-    for summary_path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
-        with open(summary_path) as f:
-            summary = json.load(f)
-        final = summary.get("metrics", {}).get("eval/episodic_return")
-        if summary.get("status") != "completed":
-            skipped[f"status {summary.get('status')}"] += 1
-        elif "env_id" not in summary or not isinstance(final, (int, float)):
-            skipped["no final evaluation"] += 1
-        else:
-            game = game_name(summary["env_id"])
-            finals.setdefault((game, summary["layer_norm"]), []).append(final)
-            frames.setdefault(game, set()).add(summary.get("frames"))
-    if skipped:
-        print(f"skipped {sum(skipped.values())} runs: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
-    for game, lengths in sorted(frames.items()):
-        if len(lengths) > 1:
-            print(f"warning: {game} runs differ in length: {sorted(lengths, key=str)} frames", file=sys.stderr)
-    return finals
-
-
 def atari_env_ids():
     """{ALE name: env id} for the 57 games of the score table: their v5 ids, the only ones ale-py 0.12 registers for
     all 57 (Surround has no NoFrameskip-v4 id). make_env overrides v5's frame skip and sticky actions."""

@@ -1,0 +1,360 @@
+"""Aggregate Atari statistics of LayerNorm against the baseline (Sec 6.3, Fig 7 top) and the field's aggregates.
+
+- The paper's per-game improvement (Wang et al. 2016): (LN - baseline) / (max(human, baseline) - random) of the
+  seed-mean final scores.
+- rliable's (Agarwal et al. 2021) aggregates of human-normalised scores, per configuration: IQM, median, mean and
+  optimality gap, each with a stratified bootstrap 95% interval; the probability of improvement of LayerNorm over
+  the baseline; performance profiles (the fraction of runs scoring above tau).
+
+The point estimates are ``rliable.metrics`` (the profiles' is rliable's score distribution, which lives in
+``rliable.library``, written here). The bootstrap is written here: rliable 1.2.0's ``rliable.library``
+needs ``arch < 8``, and every such arch imports a private pandas helper that pandas 3 changed (README, Atari). It
+draws the indices in the order of rliable's ``StratifiedBootstrap`` and ``StratifiedIndependentBootstrap`` (runs
+resampled with replacement within each game, games kept) from ``RandomState(seed)``, and takes percentile
+intervals as arch does, so its intervals equal ``rliable.library.get_interval_estimates`` after
+``np.random.seed(seed)``. The estimators below are rliable's, vectorised over bootstrap replicates: rliable's
+probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test per game).
+
+Runs of different protocols (PROTOCOL_FIELDS) are never pooled: each protocol is analysed on its own.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from rliable import metrics
+
+from common.atari import game_name, load_atari_scores
+from common.errors import UsageError, check
+from common.results import read_runs
+
+CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
+SCORE = "eval/episodic_return"  # the final evaluation's mean episode return (DQN Zoo's protocol)
+PROTOCOL_FIELDS = ("total_frames", "preprocessing", "buffer_size", "min_replay_capacity_fraction", "batch_size",
+                   "train_frequency", "target_network_frequency", "gamma", "learning_rate", "rmsprop_decay",
+                   "rmsprop_eps", "grad_error_bound", "max_abs_reward", "epsilon_start", "epsilon_end",
+                   "epsilon_decay_steps", "noop_max", "max_episode_frames", "num_envs", "eval_every", "eval_frames",
+                   "eval_epsilon", "eval_episodes")  # Args fields that change what a final score measures
+PROFILE_TAUS = np.linspace(0.0, 8.0, 81)  # rliable's Atari 200M example (README): human-normalised 0 to 8
+METRICS = ("IQM", "median", "mean", "optimality gap")
+COLORS = {CONFIGS[True]: "tab:blue", CONFIGS[False]: "tab:gray"}
+
+
+# ---------------------------------------------------------------------------------------------------- estimators
+# Each takes scores of shape (..., runs, games) and reduces the last two axes, as rliable.metrics does for one
+# (runs, games) matrix; the leading axes are bootstrap replicates.
+def iqm(scores):
+    """Interquartile mean over all runs and games: scipy's 25% trimmed mean (rliable.metrics.aggregate_iqm)."""
+    return scipy.stats.trim_mean(scores.reshape(*scores.shape[:-2], -1), 0.25, axis=-1)
+
+
+def median_of_means(scores):
+    return np.median(scores.mean(axis=-2), axis=-1)
+
+
+def mean_of_means(scores):
+    return scores.mean(axis=-2).mean(axis=-1)
+
+
+def optimality_gap(scores, gamma=1.0):
+    """How far runs fall short of human level: gamma - mean(min(score, gamma)) (rliable's gamma = 1)."""
+    return gamma - np.minimum(scores, gamma).mean(axis=(-2, -1))
+
+
+def aggregates(scores):
+    """The four aggregates of METRICS, stacked on a last axis."""
+    return np.stack([iqm(scores), median_of_means(scores), mean_of_means(scores), optimality_gap(scores)], axis=-1)
+
+
+def probability_of_improvement(x, y):
+    """P(X > Y) of a random run of X against one of Y on the same game, ties counting 1/2, averaged over games:
+    the Mann-Whitney U of rliable.metrics.probability_of_improvement divided by the number of pairs."""
+    x, y = x[..., :, None, :], y[..., None, :, :]
+    return ((x > y).mean(axis=(-3, -2)) + 0.5 * (x == y).mean(axis=(-3, -2))).mean(axis=-1)
+
+
+def score_distribution(scores, taus):
+    """Fraction of all runs (of all games) scoring above each tau: rliable's performance profile."""
+    flat = scores.reshape(*scores.shape[:-2], -1)
+    return (flat[..., None, :] > np.asarray(taus)[:, None]).mean(axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------- bootstrap
+def resample(scores, indices):
+    """scores[indices[r, n, m], m]: replicate r keeps every game m and draws its runs."""
+    return np.take_along_axis(scores[None], indices, axis=1)
+
+
+def stratified_bootstrap(statistic, scores, num_boot, rng, chunk=5_000):
+    """Replicates of ``statistic`` (leading axis num_boot) under rliable's StratifiedBootstrap draws, computed
+    ``chunk`` replicates at a time to bound memory (the draws are the same)."""
+    return np.concatenate([statistic(resample(scores, rng.choice(scores.shape[0], (min(chunk, num_boot - start),
+                                                                                   *scores.shape))))
+                           for start in range(0, num_boot, chunk)])
+
+
+def independent_bootstrap(statistic, x, y, num_boot, rng, chunk=5_000):
+    """Replicates of ``statistic(x, y)`` with x's and y's runs drawn independently within each game, one replicate
+    at a time in the order of rliable's StratifiedIndependentBootstrap."""
+    out = []
+    for start in range(0, num_boot, chunk):
+        draws = [(rng.choice(x.shape[0], x.shape), rng.choice(y.shape[0], y.shape))
+                 for _ in range(min(chunk, num_boot - start))]
+        out.append(statistic(resample(x, np.stack([d[0] for d in draws])),
+                             resample(y, np.stack([d[1] for d in draws]))))
+    return np.concatenate(out)
+
+
+def percentile_interval(replicates, size=0.95):
+    """(lower, upper) of the central ``size`` of the replicates (arch's ``percentile`` method)."""
+    alpha = 100 * (1 - size) / 2
+    return np.percentile(replicates, alpha, axis=0), np.percentile(replicates, 100 - alpha, axis=0)
+
+
+def interval_estimates(scores_by_config, num_boot, num_boot_profile, seed):
+    """Point estimates and 95% intervals for one (runs, games) matrix per configuration:
+    ``{"aggregates": {config: (point[4], lower[4], upper[4])}, "improvement": (point, lower, upper),
+    "profiles": {config: (point[taus], lower[taus], upper[taus])}}``. Each of the three draws from its own
+    RandomState(seed), configurations in the order given, as three rliable calls after np.random.seed(seed) do."""
+    x, y = scores_by_config[CONFIGS[True]], scores_by_config[CONFIGS[False]]
+    rng = np.random.RandomState(seed)
+    aggregate_intervals = {c: percentile_interval(stratified_bootstrap(aggregates, s, num_boot, rng))
+                           for c, s in scores_by_config.items()}
+    rng = np.random.RandomState(seed)
+    improvement = percentile_interval(independent_bootstrap(probability_of_improvement, x, y, num_boot, rng))
+    rng = np.random.RandomState(seed)
+    profile = lambda s: score_distribution(s, PROFILE_TAUS)  # noqa: E731
+    profile_intervals = {c: percentile_interval(stratified_bootstrap(profile, s, num_boot_profile, rng))
+                         for c, s in scores_by_config.items()}
+    rliable_aggregates = lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_median(s),  # noqa: E731
+                                             metrics.aggregate_mean(s), metrics.aggregate_optimality_gap(s)])
+    return {"aggregates": {c: (rliable_aggregates(s), *aggregate_intervals[c]) for c, s in scores_by_config.items()},
+            "improvement": (metrics.probability_of_improvement(x, y), *improvement),
+            "profiles": {c: (profile(s), *profile_intervals[c]) for c, s in scores_by_config.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+def final_scores(runs):
+    """One row per usable run of a ``common.results.RunTable``: game, config, seed, score, random and human scores
+    (DQN Zoo's atari_data, in common/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
+    table, scores = runs.table, load_atari_scores()
+    env_ids = table.get("args.env_id", pd.Series(None, index=table.index))
+    layer_norm = table.get("args.layer_norm", pd.Series(None, index=table.index))
+    final = pd.to_numeric(table.get(SCORE, pd.Series(np.nan, index=table.index)), errors="coerce")
+    games = env_ids.map(lambda e: game_name(e) if isinstance(e, str) else None)
+    atari = games.notna() & layer_norm.map(lambda v: isinstance(v, (bool, np.bool_)))
+    known = atari & games.isin(list(scores))
+    scored = known & np.isfinite(final)
+    runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
+    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv")
+    runs.skip(table.loc[known & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
+    rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),
+                                    seed=table.loc[scored].get("args.seed"), score=final[scored])
+    rows["random"] = rows["game"].map(lambda g: scores[g][0])
+    rows["human"] = rows["game"].map(lambda g: scores[g][1])
+    rows["human_normalized"] = (rows["score"] - rows["random"]) / (rows["human"] - rows["random"])
+    return rows.reset_index(drop=True)
+
+
+def protocols(rows):
+    """([(label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
+    The label names total_frames and every differing field."""
+    fields = [f for f in PROTOCOL_FIELDS if f"args.{f}" in rows]
+    columns = [f"args.{f}" for f in fields]
+    key = rows[columns].astype(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)
+    groups = [({f: _plain(group[c].iloc[0]) for f, c in zip(fields, columns)}, group)
+              for _, group in rows.groupby(key, sort=True)]
+    differing = [f for f in fields if len({str(p[f]) for p, _ in groups}) > 1]
+    shown = ["total_frames"] * ("total_frames" in fields) + [f for f in differing if f != "total_frames"]
+    return [(" ".join(f"{f}={p[f]}" for f in shown) or "unknown", p, g) for p, g in groups], differing
+
+
+def _plain(value):
+    """A JSON-ready args value: numpy scalars as Python ones, a field missing from some args.json as None."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def score_matrices(rows):
+    """(games, {config: (runs, games) matrix of human-normalised scores}, dropped): the games with runs of both
+    configurations; a configuration keeps as many runs per game as its sparsest game has (the lowest seeds), as
+    rliable needs one matrix, and ``dropped`` lists the run_dirs left out for that."""
+    counts = rows.groupby(["game", "config"]).size().unstack(fill_value=0)
+    games = sorted(g for g in counts.index if all(counts.get(c, {}).get(g, 0) > 0 for c in CONFIGS.values()))
+    check(games, "no game has completed runs both with and without LayerNorm")
+    matrices, dropped = {}, []
+    for config in CONFIGS.values():
+        runs_per_game = int(counts.loc[games, config].min())
+        sparsest = counts.loc[games, config].idxmin()
+        check(runs_per_game >= 2, f"{sparsest} has {runs_per_game} completed {config} run: the stratified bootstrap "
+                                  f"needs at least 2 runs per game and configuration (train more seeds)")
+        columns = []
+        for game in games:
+            runs = rows[(rows["game"] == game) & (rows["config"] == config)].sort_values(["seed", "run_dir"])
+            columns.append(runs["human_normalized"].to_numpy()[:runs_per_game])
+            dropped += list(runs["run_dir"][runs_per_game:])
+        matrices[config] = np.stack(columns, axis=1)
+    return games, matrices, dropped
+
+
+def per_game_improvement(rows, games):
+    """Wang et al. (2016)'s improvement of LayerNorm over the baseline per game, from the seed means."""
+    means = rows.groupby(["game", "config"])["score"].mean().unstack()
+    counts = rows.groupby(["game", "config"]).size().unstack()
+    first = rows.groupby("game")[["random", "human"]].first()
+    out = []
+    for g in games:
+        ln, base = means.loc[g, CONFIGS[True]], means.loc[g, CONFIGS[False]]
+        random_score, human_score = first.loc[g, "random"], first.loc[g, "human"]
+        out.append({"game": g, "layernorm_mean": ln, "baseline_mean": base, "random": random_score,
+                    "human": human_score, "improvement": (ln - base) / (max(human_score, base) - random_score),
+                    "layernorm_runs": int(counts.loc[g, CONFIGS[True]]),
+                    "baseline_runs": int(counts.loc[g, CONFIGS[False]])})
+    return sorted(out, key=lambda r: r["improvement"])
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def write_csv(path, rows, protocol):
+    pd.DataFrame(rows).assign(protocol=protocol).to_csv(path, index=False)
+
+
+def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
+    """Every statistic of one protocol's runs, printed, drawn into out_dir and written beside as CSV."""
+    games, matrices, dropped = score_matrices(rows)
+    if dropped:
+        print(f"left out {len(dropped)} runs beyond the per-game seed count the sparsest game allows: "
+              + ", ".join(dropped), file=sys.stderr)
+    os.makedirs(out_dir, exist_ok=True)
+    used = rows[~rows["run_dir"].isin(dropped) & rows["game"].isin(games)]
+    improvement = per_game_improvement(used, games)
+    print(f"{'game':<20}{'LayerNorm':>12}{'baseline':>12}{'improvement':>13}{'runs':>8}")
+    for r in improvement:
+        print(f"{r['game']:<20}{r['layernorm_mean']:>12.1f}{r['baseline_mean']:>12.1f}"
+              f"{100 * r['improvement']:>12.1f}%{r['layernorm_runs']:>4}/{r['baseline_runs']}")
+    print(f"median improvement {100 * np.median([r['improvement'] for r in improvement]):.1f}% over "
+          f"{len(improvement)} games")
+    write_csv(os.path.join(out_dir, "human_normalized_scores.csv"),
+              used[["game", "config", "seed", "score", "random", "human", "human_normalized", "run_dir"]], protocol)
+    write_csv(os.path.join(out_dir, "fig7_layernorm_improvement.csv"), improvement, protocol)
+    draw_improvement(improvement, os.path.join(out_dir, "fig7_layernorm_improvement.png"))
+
+    estimates = interval_estimates(matrices, num_boot, num_boot_profile, seed)
+    shape = {c: m.shape for c, m in matrices.items()}
+    aggregate_rows = [{"config": c, "metric": name, "estimate": p[i], "lower": lo[i], "upper": hi[i],
+                       "runs_per_game": shape[c][0], "games": shape[c][1], "num_boot": num_boot}
+                      for c, (p, lo, hi) in estimates["aggregates"].items() for i, name in enumerate(METRICS)]
+    p, lo, hi = estimates["improvement"]
+    improvement_rows = [{"x": CONFIGS[True], "y": CONFIGS[False], "probability_of_improvement": p, "lower": lo,
+                         "upper": hi, "games": len(games), "num_boot": num_boot}]
+    profile_rows = [{"config": c, "tau": t, "fraction_above": p[i], "lower": lo[i], "upper": hi[i],
+                     "num_boot": num_boot_profile}
+                    for c, (p, lo, hi) in estimates["profiles"].items() for i, t in enumerate(PROFILE_TAUS)]
+    write_csv(os.path.join(out_dir, "aggregate_metrics.csv"), aggregate_rows, protocol)
+    write_csv(os.path.join(out_dir, "probability_of_improvement.csv"), improvement_rows, protocol)
+    write_csv(os.path.join(out_dir, "performance_profiles.csv"), profile_rows, protocol)
+    draw_aggregates(aggregate_rows, improvement_rows[0], os.path.join(out_dir, "aggregate_metrics.png"))
+    draw_profiles(estimates["profiles"], os.path.join(out_dir, "performance_profiles.png"))
+
+    for r in aggregate_rows:
+        print(f"{r['config']:<10} {r['metric']:<15} {r['estimate']:8.3f}  [{r['lower']:.3f}, {r['upper']:.3f}]")
+    print(f"P(LayerNorm > baseline) {p:.3f}  [{lo:.3f}, {hi:.3f}]  (95% stratified bootstrap intervals, "
+          f"{num_boot:,} replicates; {shape[CONFIGS[True]][0]}/{shape[CONFIGS[False]][0]} runs per game, "
+          f"{len(games)} games)")
+    print(f"figures and CSV files: {out_dir}")
+    return {"improvement": improvement, "aggregates": aggregate_rows, "probability_of_improvement": improvement_rows[0],
+            "profiles": profile_rows, "games": games}
+
+
+def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=2_000, seed=0):
+    """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}."""
+    check(os.path.isdir(runs_dir), f"--runs-dir {runs_dir} is not a directory")
+    check(num_boot >= 100 and num_boot_profile >= 100, "--num-boot and --num-boot-profile must be at least 100")
+    runs = read_runs(runs_dir)
+    rows = final_scores(runs)
+    print(runs.report())
+    check(len(rows), f"no completed Atari run with a final {SCORE} in {runs_dir}")
+    output_dir = output_dir or runs_dir
+    groups, differing = protocols(rows)
+    if len(groups) > 1:
+        print(f"warning: the runs follow {len(groups)} protocols (they differ in {', '.join(differing)}); each is "
+              f"analysed on its own, in {output_dir}/protocol-<n>", file=sys.stderr)
+    results, failures = {}, []
+    for n, (label, fields, protocol_rows) in enumerate(groups, 1):
+        out_dir = output_dir if len(groups) == 1 else os.path.join(output_dir, f"protocol-{n}")
+        print(f"protocol {label}: {len(protocol_rows)} runs")
+        try:
+            results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
+        except UsageError as e:  # too few runs in this protocol
+            if len(groups) == 1:
+                raise
+            failures.append(f"protocol {label}: {e}")
+            print(f"not analysed: {e}", file=sys.stderr)
+            continue
+        with open(os.path.join(out_dir, "protocol.json"), "w") as f:
+            json.dump(fields, f, indent=2)  # every protocol field of these runs
+    check(results, "; ".join(failures))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_improvement(improvement, path):
+    """Fig 7 (top): one bar per game, sorted."""
+    plt = _pyplot()
+    values = [100 * r["improvement"] for r in improvement]
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(values)), 4))
+    ax.bar(range(len(values)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
+    ax.set_xticks(range(len(values)), [r["game"] for r in improvement], rotation=90, fontsize=7)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylabel("human-normalised improvement of LayerNorm (%)")
+    ax.axhline(0, color="black", lw=0.5)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_aggregates(aggregate_rows, improvement, path):
+    """rliable's interval-estimate panels: one per aggregate, and the probability of improvement."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(3 * (len(METRICS) + 1), 1.8))
+    for ax, metric in zip(axes, METRICS):
+        for y, r in enumerate(r for r in aggregate_rows if r["metric"] == metric):
+            ax.barh(y, r["upper"] - r["lower"], left=r["lower"], height=0.6, color=COLORS[r["config"]], alpha=0.7)
+            ax.vlines(r["estimate"], y - 0.3, y + 0.3, color="black")
+        ax.set_yticks(range(len(CONFIGS)), list(CONFIGS.values()) if metric == METRICS[0] else [])
+        ax.set_title(metric)
+        ax.set_xlabel("human-normalised score")
+    ax = axes[-1]
+    ax.barh(0, improvement["upper"] - improvement["lower"], left=improvement["lower"], height=0.6, color="tab:blue",
+            alpha=0.7)
+    ax.vlines(improvement["probability_of_improvement"], -0.3, 0.3, color="black")
+    ax.axvline(0.5, color="black", lw=0.5, ls="--")
+    ax.set_yticks([])
+    ax.set_title("P(LayerNorm > baseline)")
+    ax.set_xlabel("probability of improvement")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_profiles(profiles, path):
+    """Performance profiles: fraction of runs above each human-normalised score, with 95% bands."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for config, (point, lower, upper) in profiles.items():
+        ax.plot(PROFILE_TAUS, point, label=config, color=COLORS[config])
+        ax.fill_between(PROFILE_TAUS, lower, upper, color=COLORS[config], alpha=0.2)
+    ax.set_xlabel(r"human-normalised score $\tau$")
+    ax.set_ylabel(r"fraction of runs with score > $\tau$")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""`ddqn_atari_layernorm.py aggregate` on synthetic run directories with known human-normalised scores.
+
+The expected statistics are worked out by hand below, and the bootstrap intervals by a plain loop written here
+(one replicate at a time, each game's runs drawn with replacement); neither calls rliable.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common import atari_stats
+from common.atari import load_atari_scores
+from common.errors import UsageError
+from ddqn_atari_layernorm import AggregateArgs, aggregate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Human-normalised scores, 4 seeds per game and configuration.
+LAYERNORM = {"Freeway": [0.2, 0.4, 0.6, 0.8], "Enduro": [1.0, 1.2, 1.4, 3.0], "Venture": [0.0, 0.0, 0.1, 0.3]}
+BASELINE = {"Freeway": [0.1, 0.5, 0.5, 0.7], "Enduro": [1.0, 1.0, 2.0, 2.0], "Venture": [0.0, 0.0, 0.0, 0.0]}
+# All 12 LayerNorm scores sorted: 0 0 .1 .2 .3 .4 .6 .8 1 1.2 1.4 3; the IQM drops 3 at each end: mean(.2 ... 1) = .55.
+# Game means .5, 1.65, .1: median .5, mean .75. min(score, 1) sums to 6.4: optimality gap 1 - 6.4 / 12.
+EXPECTED_LAYERNORM = {"IQM": 0.55, "median": 0.5, "mean": 0.75, "optimality gap": 1 - 6.4 / 12}
+# Baseline sorted: 0 0 0 0 .1 .5 .5 .7 1 1 2 2: IQM mean(0 .1 .5 .5 .7 1) = 2.8 / 6; game means .45, 1.5, 0;
+# min(score, 1) sums to 1.8 + 4 + 0.
+EXPECTED_BASELINE = {"IQM": 2.8 / 6, "median": 0.45, "mean": 1.95 / 3, "optimality gap": 1 - 5.8 / 12}
+# Of the 16 pairs (LN run, baseline run) per game, LN wins: Freeway 1+1+3+4 = 9; Enduro: 1.0 ties two 1.0s (1),
+# 1.2 and 1.4 beat two each, 3.0 beats four: 9; Venture: two zeros tie four zeros (4), .1 and .3 win all: 12.
+EXPECTED_IMPROVEMENT = (9 + 9 + 12) / 48
+# Wang et al.: (LN - base) / (max(human, base) - random) of the seed means, in human-normalised units here since
+# random = 0 for these three games: Freeway .05 / 1; Enduro .15 / 1.5 (the baseline is above human); Venture .1.
+EXPECTED_WANG = {"Freeway": 0.05, "Enduro": 0.1, "Venture": 0.1}
+
+
+def write_run(root, name, game, layer_norm, seed, score, status="completed", total_frames=4000):
+    run = root / name
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"env_id": f"ALE/{game}-v5", "layer_norm": layer_norm, "seed": seed,
+                                               "total_frames": total_frames, "eval_frames": 500,
+                                               "exp_name": "ddqn_atari_layernorm"}))
+    (run / "summary.json").write_text(json.dumps({"status": status, "steps": total_frames // 4, "wall_time_s": 1.0,
+                                                  "metrics": {"eval/episodic_return": score}}))
+    return run
+
+
+def write_runs(root, total_frames=4000, prefix=""):
+    scores = load_atari_scores()
+    for config, table in ((True, LAYERNORM), (False, BASELINE)):
+        for game, normalised in table.items():
+            random_score, human_score = scores[game]
+            for seed, h in enumerate(normalised):
+                write_run(root, f"{prefix}{game}_{config}_{seed}", game, config, seed,
+                          random_score + h * (human_score - random_score), total_frames=total_frames)
+
+
+def reference_bootstrap(statistic, matrices, num_boot, seed):
+    """Plain loop: replicate by replicate, each matrix's runs redrawn with replacement within each game."""
+    rng = np.random.RandomState(seed)
+    replicates = []
+    for _ in range(num_boot):
+        samples = []
+        for m in matrices:
+            runs = rng.choice(m.shape[0], m.shape)
+            samples.append(np.array([[m[runs[n, g], g] for g in range(m.shape[1])] for n in range(m.shape[0])]))
+        replicates.append(statistic(*samples))
+    return np.percentile(replicates, 2.5, axis=0), np.percentile(replicates, 97.5, axis=0)
+
+
+def plain_aggregates(m):
+    flat = np.sort(m.ravel())
+    cut = len(flat) // 4
+    game_means = m.mean(axis=0)
+    return [flat[cut:len(flat) - cut].mean(), np.median(game_means), game_means.mean(), 1 - np.minimum(m, 1).mean()]
+
+
+def plain_improvement(x, y):
+    return np.mean([np.mean([[1.0 if a > b else 0.5 if a == b else 0.0 for b in y[:, g]] for a in x[:, g]])
+                    for g in range(x.shape[1])])
+
+
+def test_aggregates_match_hand_computed_scores(tmp_path, capsys):
+    write_runs(tmp_path)
+    write_run(tmp_path, "interrupted", "Freeway", True, 9, 1000.0, status="interrupted")  # would lift LN's scores
+    write_run(tmp_path, "diverged", "Venture", False, 9, 1000.0, status="diverged")
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=6_000, num_boot_profile=300, seed=3))
+    out = capsys.readouterr().out
+    assert "skipped 2: 1 status diverged; 1 status interrupted" in out
+
+    metrics = pd.read_csv(tmp_path / "aggregate_metrics.csv").set_index(["config", "metric"])
+    for config, expected in (("LayerNorm", EXPECTED_LAYERNORM), ("baseline", EXPECTED_BASELINE)):
+        for metric, value in expected.items():
+            assert metrics.loc[(config, metric), "estimate"] == pytest.approx(value, abs=1e-12), (config, metric)
+    assert set(metrics["runs_per_game"]) == {4} and set(metrics["games"]) == {3}
+    assert set(metrics["protocol"]) == {"total_frames=4000"}
+
+    improvement = pd.read_csv(tmp_path / "probability_of_improvement.csv").iloc[0]
+    assert improvement["probability_of_improvement"] == pytest.approx(EXPECTED_IMPROVEMENT, abs=1e-12)
+
+    wang = pd.read_csv(tmp_path / "fig7_layernorm_improvement.csv").set_index("game")["improvement"]
+    assert wang.to_dict() == pytest.approx(EXPECTED_WANG, abs=1e-12)
+
+    profiles = pd.read_csv(tmp_path / "performance_profiles.csv")
+    at_half = profiles[np.isclose(profiles["tau"], 0.5)].set_index("config")["fraction_above"]
+    assert at_half["LayerNorm"] == pytest.approx(6 / 12) and at_half["baseline"] == pytest.approx(5 / 12)
+
+    # 95% intervals: the same stratified bootstrap as a plain loop, from the same RandomState draws.
+    games = sorted(LAYERNORM)
+    x = np.array([LAYERNORM[g] for g in games]).T
+    y = np.array([BASELINE[g] for g in games]).T
+    lower, upper = reference_bootstrap(plain_aggregates, [x], 6_000, seed=3)
+    for i, metric in enumerate(atari_stats.METRICS):
+        row = metrics.loc[("LayerNorm", metric)]
+        assert (row["lower"], row["upper"]) == pytest.approx((lower[i], upper[i]), abs=1e-9), metric
+        assert row["lower"] <= row["estimate"] <= row["upper"]
+    lower, upper = reference_bootstrap(plain_improvement, [x, y], 6_000, seed=3)
+    assert (improvement["lower"], improvement["upper"]) == pytest.approx((lower, upper), abs=1e-9)
+    for name in ("fig7_layernorm_improvement", "aggregate_metrics", "performance_profiles"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_vectorised_estimators_equal_rliable():
+    from rliable import metrics
+
+    rng = np.random.default_rng(0)
+    for shape in ((3, 57), (5, 4), (2, 1)):
+        x, y = np.round(rng.gamma(1.0, 1.0, shape), 1), np.round(rng.gamma(0.8, 1.0, shape), 1)  # with ties
+        assert atari_stats.aggregates(x) == pytest.approx(
+            [metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
+             metrics.aggregate_optimality_gap(x)], abs=1e-12)
+        assert atari_stats.probability_of_improvement(x, y) == pytest.approx(
+            metrics.probability_of_improvement(x, y), abs=1e-12)
+
+
+def test_truncated_files_are_skipped_and_reported(tmp_path, capsys):
+    write_runs(tmp_path)
+    torn = write_run(tmp_path, "torn_summary", "Freeway", True, 7, 1.0)
+    (torn / "summary.json").write_text('{"status": "completed", "steps": 10, "metr')
+    torn = write_run(tmp_path, "torn_args", "Enduro", False, 7, 1.0)
+    (torn / "args.json").write_text('{"env_id": "ALE/End')
+    results = aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    out = capsys.readouterr().out
+    assert "24 completed runs read" in out and "skipped 2" in out
+    assert "1 summary.json is truncated or corrupt" in out and "1 args.json is truncated or corrupt" in out
+    (only,) = results.values()
+    assert {r["metric"]: r["estimate"] for r in only["aggregates"] if r["config"] == "LayerNorm"} == pytest.approx(
+        EXPECTED_LAYERNORM, abs=1e-12)
+
+
+def test_extra_seeds_beyond_the_sparsest_game_are_left_out(tmp_path, capsys):
+    write_runs(tmp_path)
+    write_run(tmp_path, "Freeway_True_9", "Freeway", True, 9, 1000.0)  # a fifth Freeway seed
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert "left out 1 runs" in capsys.readouterr().err
+    metrics = pd.read_csv(tmp_path / "aggregate_metrics.csv").set_index(["config", "metric"])["estimate"]
+    assert metrics.loc[("LayerNorm", "IQM")] == pytest.approx(EXPECTED_LAYERNORM["IQM"], abs=1e-12)
+    assert pd.read_csv(tmp_path / "fig7_layernorm_improvement.csv").set_index("game")["improvement"].to_dict() == \
+        pytest.approx(EXPECTED_WANG, abs=1e-12)
+
+
+def test_protocols_are_analysed_separately(tmp_path, capsys):
+    write_runs(tmp_path)
+    write_runs(tmp_path, total_frames=8000, prefix="long_")
+    write_run(tmp_path, "long_Freeway_True_9", "Freeway", True, 9, 0.0, total_frames=8000)
+    results = aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert "2 protocols (they differ in total_frames)" in capsys.readouterr().err
+    assert sorted(results) == ["total_frames=4000", "total_frames=8000"]
+    for n, label in ((1, "total_frames=4000"), (2, "total_frames=8000")):
+        folder = tmp_path / f"protocol-{n}"
+        assert json.loads((folder / "protocol.json").read_text())["total_frames"] == int(label.split("=")[1])
+        for name in ("aggregate_metrics", "probability_of_improvement", "performance_profiles",
+                     "fig7_layernorm_improvement", "human_normalized_scores"):
+            assert set(pd.read_csv(folder / f"{name}.csv")["protocol"]) == {label}
+    short = pd.read_csv(tmp_path / "protocol-1" / "aggregate_metrics.csv").set_index(["config", "metric"])["estimate"]
+    assert short.loc[("LayerNorm", "IQM")] == pytest.approx(EXPECTED_LAYERNORM["IQM"], abs=1e-12)  # not pooled
+    assert len(pd.read_csv(tmp_path / "protocol-2" / "human_normalized_scores.csv")) == 24  # its fifth seed left out
+
+
+def test_too_few_runs_give_one_line_errors(tmp_path):
+    for seed in range(3):
+        write_run(tmp_path, f"Pong_base_{seed}", "Pong", False, seed, 0.0)
+    write_run(tmp_path, "Pong_ln_0", "Pong", True, 0, 0.0)
+    with pytest.raises(UsageError, match="Pong has 1 completed LayerNorm run: .* at least 2 runs per game"):
+        aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    with pytest.raises(UsageError, match="at least 100"):
+        aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=10))
+
+    empty = tmp_path / "only_baseline"
+    empty.mkdir()
+    write_run(empty, "Pong_base", "Pong", False, 0, 0.0)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "ddqn_atari_layernorm.py"), "aggregate",
+                             "--runs-dir", str(empty)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: no game has completed runs both with and without LayerNorm"
