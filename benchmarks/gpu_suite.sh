@@ -2,7 +2,8 @@
 # The project's GPU check in one command: the CUDA tests and every benchmark at GPU sizes, each under its own time
 # budget, all figures appended to one results file in benchmarks/RESULTS.md's format (README, "Benchmarks").
 #
-#   bash benchmarks/gpu_suite.sh [--dry-run] [--results PATH] [--budget-s N] [--wheels DIR] [--mnist-gz DIR]
+#   bash benchmarks/gpu_suite.sh [--dry-run] [--results PATH] [--budget-s N] [--only STEP,...] [--wheels DIR]
+#                                [--mnist-gz DIR]
 #
 # The GPU machine has Python 3.12 with torch and no registry, so the tree brings the missing packages as wheels
 # (--wheels, default .whl/: a copy of ../shared/wheels-cp312) and MNIST as its four .gz files (--mnist-gz, default
@@ -20,16 +21,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 PYTHON=${PYTHON:-python3}
-DRY_RUN=0 RESULTS=benchmarks/RESULTS-gpu.md BUDGET_S=420 WHEELS=.whl MNIST_GZ=data/MNIST/gz
-usage="usage: bash benchmarks/gpu_suite.sh [--dry-run] [--results PATH] [--budget-s N] [--wheels DIR] [--mnist-gz DIR]"
+DRY_RUN=0 RESULTS=benchmarks/RESULTS-gpu.md BUDGET_S=420 ONLY= WHEELS=.whl MNIST_GZ=data/MNIST/gz
+usage="usage: bash benchmarks/gpu_suite.sh [--dry-run] [--results PATH] [--budget-s N] [--only STEP,...] [--wheels DIR] [--mnist-gz DIR]"
 die() { echo "gpu_suite.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
-    --results|--budget-s|--wheels|--mnist-gz)
+    --results|--budget-s|--only|--wheels|--mnist-gz)
       [ $# -ge 2 ] || die "$1 needs a value ($usage)"
-      case $1 in --results) RESULTS=$2 ;; --budget-s) BUDGET_S=$2 ;; --wheels) WHEELS=$2 ;; --mnist-gz) MNIST_GZ=$2 ;; esac
+      case $1 in
+        --results) RESULTS=$2 ;; --budget-s) BUDGET_S=$2 ;; --only) ONLY=$2 ;; --wheels) WHEELS=$2 ;; --mnist-gz) MNIST_GZ=$2 ;;
+      esac
       shift ;;
     -h|--help) echo "$usage"; exit 0 ;;
     *) die "unknown argument $1 ($usage)" ;;
@@ -42,13 +45,18 @@ done
 # so a renamed flag costs one figure, not the run. Each benchmark with --budget-s stops starting measurements at
 # 80% of its share, and appends its section to the file given by --results.
 STEPS=(
-  "cuda-tests|140|$PYTHON -m pytest -v -m cuda -rfEs -p no:cacheprovider tests/test_cuda.py"
+  "cuda-tests|160|$PYTHON -m pytest -v -m cuda -rfEs -p no:cacheprovider tests/test_cuda.py"
   "bench_dqn_classification|55|$PYTHON benchmarks/bench_dqn_classification.py --probe-widths 512 128 --probe-steps 100 --repeats 3 --agent-steps 2000 --results @PART --budget-s @BUDGET"
-  "bench_seeds|70|$PYTHON benchmarks/bench_seeds.py --widths 512 --seeds 1 4 16 --steps 500 --probe-steps 50 --results @PART --budget-s @BUDGET"
-  "bench_ddqn_atari|70|$PYTHON benchmarks/bench_ddqn_atari.py --steps 1000 --rounds 1 --num-envs 1 8 --num-seeds 3 --no-write"
-  "bench_curvature|40|$PYTHON benchmarks/bench_curvature.py --cuda --repeats 3 --nv 10 --results @PART --budget-s @BUDGET"
+  "bench_seeds|65|$PYTHON benchmarks/bench_seeds.py --widths 512 --seeds 1 4 16 --steps 500 --probe-steps 50 --results @PART --budget-s @BUDGET"
+  "bench_ddqn_atari|60|$PYTHON benchmarks/bench_ddqn_atari.py --steps 1000 --rounds 1 --num-envs 1 8 --num-seeds 3 --no-write"
+  "bench_curvature|35|$PYTHON benchmarks/bench_curvature.py --cuda --repeats 3 --nv 10 --results @PART --budget-s @BUDGET"
   "paper-run|45|$PYTHON benchmarks/bench_dqn_classification.py --no-stats --no-probe --no-agent --paper-run-steps 2000 --results @PART --budget-s @BUDGET"
 )
+# --only: those steps, each with its share of --budget-s.
+names=$(printf '%s\n' "${STEPS[@]}" | cut -d'|' -f1 | tr '\n' ' ')
+for name in ${ONLY//,/ }; do
+  [[ " $names" == *" $name "* ]] || die "--only: no step $name (the steps: $names)"
+done
 
 # ------------------------------------------------------------------------------------------- what the tree needs
 REQUIRED_WHEELS="gymnasium ale_py tyro stable_baselines3 cloudpickle farama_notifications typeguard docstring_parser"
@@ -113,8 +121,8 @@ print(f'{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, Python {pl
 device=${device% *}
 
 # ------------------------------------------------------------------------------------------------- the budget
-part=0
-# run_step NAME SECONDS COMMAND...: run under `timeout`, then append its section to the results file.
+# run_step NAME SECONDS COMMAND...: run under `timeout`, then append its section to the results file, the
+# benchmark's own "## " headings one level below the step's.
 run_step() {
   local name=$1 budget=$2; shift 2
   local out=$WORK/$name.out partfile=$WORK/$name.md args=() word start status rc unknown
@@ -137,8 +145,8 @@ run_step() {
     echo; echo "### $name ($status; $((SECONDS - start)) s of a $budget s budget)"; echo
     [ -f "$out.notes" ] && sed 's/^/- /' "$out.notes" && echo
     echo "\`${args[*]}\`"; echo
-    if [ -s "$partfile" ]; then cat "$partfile"
-    elif grep -q '^## ' "$out"; then sed -n '/^## /,$p' "$out"
+    if [ -s "$partfile" ]; then sed 's/^## /#### /' "$partfile"
+    elif grep -q '^## ' "$out"; then sed -n '/^## /,$p' "$out" | sed 's/^## /#### /'
     else echo '```'; grep -v '^\s*$' "$out" | tail -n 40; echo '```'
     fi
   } >>"$RESULTS"
@@ -204,6 +212,7 @@ fi
 
 for step in "${STEPS[@]}"; do
   IFS='|' read -r name share command <<<"$step"
+  [ -z "$ONLY" ] || [[ ",$ONLY," == *",$name,"* ]] || continue
   run_step "$name" "$((share * BUDGET_S / 420))" $command
 done
 echo "gpu_suite.sh: done in $SECONDS s; results in $RESULTS, logs in $LOG"

@@ -394,6 +394,9 @@ def test_sigterm_and_resume_on_cuda_is_bit_identical(tmp_path, module_name):
             watcher.join(timeout=60)
             assert first["status"] == "interrupted" and at <= first["steps"] < total, \
                 f"the signal did not stop the run between steps {at} and {total}: {first['status']}, {first['steps']}"
+            if HAS_GPU:  # a CUDA generator's state is 16 bytes (seed and offset)
+                assert any(t.dtype == torch.uint8 and t.shape == (16,) for t in checkpoint_tensors(split).values()), \
+                    "the checkpoint holds no CUDA generator state"
             torch.manual_seed(12345)  # the resumed run must take every RNG state from the checkpoint
             if HAS_GPU:
                 torch.cuda.manual_seed_all(12345)
