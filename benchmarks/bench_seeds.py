@@ -96,7 +96,7 @@ def main(args):
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"] * 3
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.agent:
+        if args.agent and budget.allows("agent warm-up"):
             loop_sps(args, args.widths[0], 1, 0, os.path.join(tmp, "warmup"))  # first-call costs out of the timing
         for width in args.widths:
             for n in args.seeds if args.agent else ():
@@ -112,7 +112,7 @@ def main(args):
                         f"({time.time() - start:.0f} s)")
                 print(line, flush=True)
                 lines.append(line)
-        if args.probes:
+        if args.probes and budget.allows("probe warm-up"):
             images = load_dataset("mnist", args.data_dir, device=device)[0]
             probe_fits_per_s(args, args.widths[0], 2, images, device)  # warm-up
         for width in args.widths:

@@ -19,9 +19,9 @@
 # results file with those outcomes.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-ROOT=$PWD
+ROOT=$PWD INVOCATION="$*"
 PYTHON=${PYTHON:-python3}
-DRY_RUN=0 RESULTS=benchmarks/RESULTS-gpu.md BUDGET_S=420 ONLY= WHEELS=.whl MNIST_GZ=data/MNIST/gz
+DRY_RUN=0 RESULTS= BUDGET_S=420 ONLY= WHEELS=.whl MNIST_GZ=data/MNIST/gz
 usage="usage: bash benchmarks/gpu_suite.sh [--dry-run] [--results PATH] [--budget-s N] [--only STEP,...] [--wheels DIR] [--mnist-gz DIR]"
 die() { echo "gpu_suite.sh: $*" >&2; exit 2; }
 
@@ -39,6 +39,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# Figures go under benchmarks/, ready to commit; a dry run's outcome, by default, outside the tree.
+[ -n "$RESULTS" ] || { [ $DRY_RUN = 1 ] && RESULTS=${TMPDIR:-/tmp}/RESULTS-gpu-dry-run.md || RESULTS=benchmarks/RESULTS-gpu.md; }
 [[ $BUDGET_S =~ ^[0-9]+$ ]] && [ "$BUDGET_S" -ge 6 ] || die "--budget-s must be a whole number of seconds, at least 6, got $BUDGET_S"
 
 # The steps: name, share of the budget (per 420 s), command. Flags a benchmark does not know are dropped and reported,
@@ -174,7 +176,7 @@ drop_flags() {
 
 {
   echo; echo "## GPU suite ($(date -u '+%Y-%m-%d %H:%M') UTC, $device$([ $DRY_RUN = 1 ] && echo ', DRY RUN: no figures'))"; echo
-  echo "\`bash benchmarks/gpu_suite.sh --budget-s $BUDGET_S\`; each step under its own budget, stopped when it overruns."
+  echo "\`bash benchmarks/gpu_suite.sh $INVOCATION\`: each step has its share of $BUDGET_S s and is stopped when it overruns."
 } >>"$RESULTS"
 
 if [ $DRY_RUN = 1 ]; then

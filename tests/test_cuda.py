@@ -286,7 +286,9 @@ def assert_close_runs(a, b, tolerance, checkpoints=True, hint=""):
 
 def assert_identical_runs(a, b):
     """Bit for bit: every metric and every tensor of the final checkpoints, RNG states included."""
-    assert rows(a) == rows(b)
+    rows_a, rows_b = rows(a), rows(b)
+    different = [(x, y) for x, y in zip(rows_a, rows_b) if x != y]
+    assert len(rows_a) == len(rows_b) and not different, f"metrics differ, first at {different[:1]}"
     assert summary(a)["steps"] == summary(b)["steps"]
     tensors_a, tensors_b = checkpoint_tensors(a), checkpoint_tensors(b)
     assert tensors_a.keys() == tensors_b.keys() and tensors_a
