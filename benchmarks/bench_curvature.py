@@ -14,7 +14,7 @@
 Timings alternate between the contenders and report the median, because these CPUs are shared. One torch thread
 by default: on 2 cores shared with other jobs, two OpenMP threads stall each other. About 3 minutes on an idle
 2-core CPU (PyHessian's n_v = 10 density alone is about 10 of its single runs):
-    python benchmarks/bench_curvature.py [--repeats 3] [--threads 1] [--nv 10] [--no-write]
+    python benchmarks/bench_curvature.py [--repeats 3] [--threads 1] [--nv 10] [--no-write] [--cuda] [--budget-s 60]
 """
 import argparse
 import datetime
@@ -28,16 +28,19 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_dqn_classification import Budget, append  # noqa: E402
 from common.grad_cov import per_example_grads  # noqa: E402
 from common.hessian import hessian_matvec, lanczos, lanczos_batched  # noqa: E402
 from common.networks import build_network  # noqa: E402
 
+DEVICE = torch.device("cpu")  # --cuda: the GPU
+
 
 def setup(width, batch=512, seed=0):
     torch.manual_seed(seed)
-    net = build_network("mlp", (1, 28, 28), 10, width=width)
-    x = torch.rand(batch, 1, 28, 28)
-    eps = torch.randn(batch, 10)
+    net = build_network("mlp", (1, 28, 28), 10, width=width).to(DEVICE)
+    x = torch.rand(batch, 1, 28, 28).to(DEVICE)
+    eps = torch.randn(batch, 10).to(DEVICE)
     return net, x, eps
 
 
@@ -47,9 +50,16 @@ def probe_loss(out, eps):
 
 
 def timed(fn):
+    synchronize()
     start = time.perf_counter()
     result = fn()
+    synchronize()
     return time.perf_counter() - start, result
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def interleaved(contenders, repeats):
@@ -67,7 +77,7 @@ def bench_hvp(repeats, products=20):
     params = list(net.parameters())
     loss_fn = lambda: probe_loss(net(x), eps)  # noqa: E731
     matvec, dim = hessian_matvec(loss_fn, params)
-    v = torch.randn(dim)
+    v = torch.randn(dim).to(DEVICE)
     split = [c.view_as(p) for c, p in zip(v.split([p.numel() for p in params]), params)]
 
     def fresh():
@@ -129,9 +139,9 @@ def pyhessian_reimplementation(loss_fn, params, num_iters, start):
 
 def reference_lanczos(matvec, dim, num_iters):
     """The simplest accurate Lanczos: float64 vectors, full reorthogonalisation (twice) at every step."""
-    v = torch.randn(dim, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
-    basis = torch.zeros(num_iters, dim, dtype=torch.float64)
-    alphas, betas = torch.zeros(num_iters, dtype=torch.float64), torch.zeros(num_iters, dtype=torch.float64)
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(12345), dtype=torch.float64).to(DEVICE)
+    basis = torch.zeros(num_iters, dim, dtype=torch.float64, device=DEVICE)
+    alphas, betas = (torch.zeros(num_iters, dtype=torch.float64, device=DEVICE) for _ in range(2))
     v /= v.norm()
     for i in range(num_iters):
         basis[i] = v
@@ -142,7 +152,7 @@ def reference_lanczos(matvec, dim, num_iters):
         betas[i] = w.norm()
         v = w / betas[i]
     T = torch.diag(alphas) + torch.diag(betas[:-1], 1) + torch.diag(betas[:-1], -1)
-    return torch.linalg.eigvalsh(T)
+    return torch.linalg.eigvalsh(T.cpu())
 
 
 def import_pyhessian():
@@ -168,7 +178,7 @@ def bench_lanczos(repeats, nv, reference_iters, num_iters=90):
     params = list(net.parameters())
     loss_fn = lambda: probe_loss(net(x), eps)  # noqa: E731
     dim = sum(p.numel() for p in params)
-    start = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    start = torch.randn(dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(DEVICE)
     hessian = import_pyhessian()
 
     def ours(runs):
@@ -179,7 +189,8 @@ def bench_lanczos(repeats, nv, reference_iters, num_iters=90):
 
     def pyhessian(runs):
         net.zero_grad(set_to_none=True)  # its backward(create_graph=True) accumulates into .grad
-        eigenvalues, _ = hessian(net, probe_loss, data=(x, eps), cuda=False).density(iter=num_iters, n_v=runs)
+        eigenvalues, _ = hessian(net, probe_loss, data=(x, eps), cuda=DEVICE.type == "cuda").density(
+            iter=num_iters, n_v=runs)
         return torch.tensor(eigenvalues, dtype=torch.float64).sort(dim=1).values
 
     contenders = {"ours": lambda: ours(1)}
@@ -222,20 +233,31 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     parser.add_argument("--nv", type=int, default=10, help="runs of the averaged density (PyHessian's n_v)")
     parser.add_argument("--reference-iters", type=int, default=150, help="steps of the accuracy reference run")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to --results")
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
+                        help="the Markdown file the results are appended to")
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU")
+    parser.add_argument("--budget-s", type=float, default=0.0,
+                        help="start no section after this many seconds (0: no limit); the results name what it cut")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device("cuda" if args.cuda else "cpu")
+    budget = Budget(args.budget_s)
     torch.set_num_threads(args.threads)
     lines = [f"\n## Curvature tools\n",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-             f"{platform.processor() or platform.machine()}, "
+             f"{torch.cuda.get_device_name() if args.cuda else platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), load average {os.getloadavg()[0]:.1f}; "
              f"torch {torch.__version__}, Python {platform.python_version()}; median of {args.repeats} alternating "
              f"repeats (`python benchmarks/bench_curvature.py --repeats {args.repeats} --threads {args.threads} "
-             f"--nv {args.nv} --reference-iters {args.reference_iters}`); measured under load.\n"]
+             f"--nv {args.nv} --reference-iters {args.reference_iters}{' --cuda' if args.cuda else ''}`).\n"]
+    write = (lambda: None) if args.no_write else (lambda: append(args.results, lines + budget.note()))
     hvp = bench_hvp(args.repeats)
     lines.append("HVP, 784-128-128-10 MLP, batch 512, probe loss of Sec 4.2 (ms per product): " +
                  ", ".join(f"{name} {ms:.1f}" for name, ms in hvp.items()) + ".\n")
     print(lines[-1], flush=True)
+    if not budget.allows("Lanczos density and per-example gradients"):
+        return write()
     dim, one, many, reference = bench_lanczos(args.repeats, args.nv, args.reference_iters)
     base = one.get("PyHessian")
     lines.append(f"90-step Lanczos density, 784-512-512-10 MLP (d = {dim:,}), batch 512, probe loss; Ritz-value errors "
@@ -255,13 +277,13 @@ def main():
     lines[-1] += f"\nLoad average {os.getloadavg()[0]:.1f}.\n"
     print("\n".join(lines[-8:]), flush=True)
     for width in (128, 512):
+        if not budget.allows(f"per-example gradients at width {width}"):
+            continue
         vmap_s, loop_s = bench_per_example(args.repeats, width)
         lines.append(f"Per-example gradients, k = 512, 784-{width}-{width}-10 MLP: vmap(grad) {vmap_s * 1e3:.0f} ms, "
                      f"Python loop {loop_s * 1e3:.0f} ms: **{loop_s / vmap_s:.1f}x**.\n")
         print(lines[-1], flush=True)
-    if not args.no_write:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
-            f.write("\n".join(lines))
+    write()
 
 
 if __name__ == "__main__":

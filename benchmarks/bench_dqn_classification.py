@@ -4,9 +4,11 @@
     each width and torch thread count, with the step time the machine's matrix-multiply throughput allows for the
     step's FLOPs (a 1024^3 float32 matmul timed in the same interleaved rounds);
 (b) the agent: environment steps and optimizer steps per second (no probes), with 1 and 8 envs;
-(c) what the Sec 5.2 statistics and the TD Hessian's top eigenvalue add to a probe at the default sizes.
-Appends a section to benchmarks/RESULTS.md. About 2-3 minutes on an idle 2-core CPU:
-    python benchmarks/bench_dqn_classification.py [--no-agent] [--no-write] [--stats-only]
+(c) what the Sec 5.2 statistics and the TD Hessian's top eigenvalue add to a probe at the default sizes;
+(d) with --paper-run-steps N: the minutes a full run at the paper's protocol takes (Sec 5.1: 100k steps, a probe
+    every 5k), from two N-step runs of the real agent, one without probes and one probing at its start and end.
+Appends a section to benchmarks/RESULTS.md (or --results). About 2-3 minutes on an idle 2-core CPU:
+    python benchmarks/bench_dqn_classification.py [--no-agent] [--no-write] [--stats-only] [--budget-s 60]
 """
 import json
 import os
@@ -55,8 +57,41 @@ class Args:
     """architectures for (c); the CNN's probe at 28x28 takes hours on a 2-core CPU"""
     stats_only: bool = False
     """run only (c), the cost of the statistics and the top eigenvalue"""
+    stats: bool = True
+    """run (c)"""
+    probe: bool = True
+    """run (a)"""
+    paper_run_steps: int = 0
+    """run (d) with runs of this many steps (0: skip it)"""
+    budget_s: float = 0.0
+    """start no measurement after this many seconds (0: no limit); the results name what the budget cut"""
     write: bool = True
-    """append the results to benchmarks/RESULTS.md"""
+    """append the results to --results"""
+    results: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    """the Markdown file the results are appended to"""
+
+
+class Budget:
+    """Wall-clock seconds for a benchmark: ``allows(what)`` is false once they are spent, and remembers ``what``
+    so that the results can say which measurements the budget cut."""
+
+    def __init__(self, seconds):
+        self.seconds, self.deadline, self.skipped = seconds, time.time() + (seconds or float("inf")), []
+
+    def allows(self, what):
+        if time.time() < self.deadline:
+            return True
+        self.skipped.append(what)
+        print(f"budget of {self.seconds:g} s spent: skipping {what}", flush=True)
+        return False
+
+    def note(self):
+        return [f"\n- The budget of {self.seconds:g} s was spent before: {', '.join(self.skipped)}."] if self.skipped else []
+
+
+def append(path, lines):
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def timed(fn, device):
@@ -155,24 +190,60 @@ def bench_statistics(args, device, images, arch):
     return stats_time, probe_time
 
 
+def bench_paper_run(args):
+    """(d): wall seconds of the set-up, of one agent step and of one probe at the paper's protocol (the Args'
+    defaults), from two ``paper_run_steps`` runs: without probes, and with probes at step 0 and at the end."""
+    steps = args.paper_run_steps
+
+    def run(probe_every):
+        with tempfile.TemporaryDirectory() as run_dir:
+            start = time.perf_counter()
+            dqn.train(dqn.Args(data_dir=args.data_dir, run_dir=run_dir, cuda=args.cuda, total_steps=steps,
+                               probe_every=probe_every, log_every=min(steps, 1_000)))
+            wall = time.perf_counter() - start
+            rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        return wall, statistics.median(r["charts/SPS"] for r in rows if "charts/SPS" in r)
+
+    plain, sps = run(0)
+    probed, _ = run(steps)
+    return dict(setup=plain - steps / sps, step=1 / sps, probe=(probed - plain) / 2)
+
+
+def paper_run_lines(args, r, name):
+    paper = dqn.Args()
+    probes = paper.total_steps // paper.probe_every + 1
+    agent_min, probe_min = paper.total_steps * r["step"] / 60, probes * r["probe"] / 60
+    total = r["setup"] / 60 + agent_min + probe_min
+    return [f"\n## Paper-protocol run of dqn_classification_mdp.py ({time.strftime('%Y-%m-%d %H:%M')}, {name}, "
+            f"torch {torch.__version__})\n",
+            f"- Sec 5.1 protocol (the Args' defaults: {paper.total_steps:,} steps, {probes} probes of K = "
+            f"{paper.probe_targets} x {paper.probe_steps:,} steps with statistics and Hessian), extrapolated from two "
+            f"{args.paper_run_steps:,}-step runs (without probes; with probes at its start and end): set-up "
+            f"{r['setup']:.1f} s, agent {1 / r['step']:,.0f} steps/s, one probe {r['probe']:.1f} s; a full run takes "
+            f"**{total:.1f} min** ({agent_min:.1f} min agent, {probe_min:.1f} min probes)"]
+
+
 def main(args):
+    budget = Budget(args.budget_s)
     device = select_device(args.cuda)
     images, _ = load_dataset("mnist", args.data_dir, device=device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
     stats_lines = [f"\n## Probe statistics cost ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, load average {' '.join(load)})\n"]
-    for arch in args.stats_archs:
+    for arch in args.stats_archs if args.stats else ():
+        if not budget.allows(f"statistics cost of {arch}"):
+            continue
         stats_time, probe_time = bench_statistics(args, device, images, arch)
         stats_lines.append(f"- {arch} (defaults: 2,048 probe inputs, Hessian batch 512, 20 Lanczos steps): statistics "
                            f"and top eigenvalue {stats_time:.2f} s; probe (K=10, 2,000 steps, extrapolated from "
                            f"{args.probe_steps} and {2 * args.probe_steps}) {probe_time:.1f} s: "
                            f"**+{100 * stats_time / probe_time:.1f}%**")
+    stats_lines = stats_lines if len(stats_lines) > 1 else []
     print("\n".join(stats_lines))
     if args.stats_only:  # (c) alone
         if args.write:
-            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
-                f.write("\n".join(stats_lines) + "\n")
+            append(args.results, stats_lines + budget.note())
         return
     lines = [f"\n## dqn_classification_mdp.py ({time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__})\n",
              f"Probe: MLP 784-w-w-10, K={args.probe_targets} targets, {args.probe_steps} steps of batch 32, 2,048 "
@@ -181,16 +252,20 @@ def main(args):
              "Both include the final losses on all inputs (a forward pass of the K copies over the 2,048 inputs, about 20 steps' worth of FLOPs). Step: the vectorised fit alone / steps. Bound: the step's matmul FLOPs at the 1024^3 matmul rate measured in the same rounds.\n",
              "| width | threads | load avg | vectorised s | sequential s | speed-up | matmul GFLOP/s | step ms | bound ms | step / bound |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for threads in (args.threads if device.type == "cpu" else (torch.get_num_threads(),)):
+    if not args.probe:
+        lines = lines[:1]
+    for threads in (args.threads if device.type == "cpu" and args.probe else (torch.get_num_threads(),)):
         torch.set_num_threads(threads)
-        for width in args.probe_widths:
+        for width in args.probe_widths if args.probe else ():
+            if not budget.allows(f"probe at width {width}, {threads} threads"):
+                continue
             load = os.getloadavg()[0]
             r = bench_probe(args, device, images, width)
             lines.append(f"| {width} | {threads} | {load:.1f} | {r['vectorised']:.2f} | {r['sequential']:.2f} | "
                          f"**{r['sequential'] / r['vectorised']:.2f}x** | {r['gflops']:.0f} | {r['step_ms']:.1f} | "
                          f"{r['bound_ms']:.1f} | {r['step_ms'] / r['bound_ms']:.2f} |")
             print(lines[-1], flush=True)
-    if args.agent:
+    if args.agent and budget.allows("agent"):
         results = {}
         for num_envs in (1, 8):
             results.update(bench_agent(args, num_envs))
@@ -199,10 +274,13 @@ def main(args):
                      f"= {results['agent_updates_per_s_1env']:,.0f} updates/s; 8 envs "
                      f"{results['agent_env_steps_per_s_8env']:,.0f} env steps/s = {results['agent_updates_per_s_8env']:,.0f} updates/s")
         print(lines[-1])
-    lines += stats_lines
+    if args.paper_run_steps and budget.allows("paper-protocol run"):
+        paper_lines = paper_run_lines(args, bench_paper_run(args), name)
+        print("\n".join(paper_lines), flush=True)
+        lines = (lines if len(lines) > 1 else []) + paper_lines
+    lines = (lines if len(lines) > 1 else []) + stats_lines + budget.note()
     if args.write:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+        append(args.results, lines)
 
 
 if __name__ == "__main__":

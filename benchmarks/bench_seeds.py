@@ -6,8 +6,8 @@ summed over the N seeds. Sequential: N single runs one after another, their tota
 Probes: ``common.probe.run_probes`` on N networks (the N seeds' probes in one lockstep of N x K fits, as the
 agent runs them) against N calls of ``run_probe`` (each vectorised over its K targets, as a single run probes);
 probe fits per second, target construction and final losses included.
-Appends a section to benchmarks/RESULTS.md:
-    python benchmarks/bench_seeds.py [--widths 128] [--seeds 1 4 16] [--steps 200] [--threads 2] [--no-write]
+Appends a section to benchmarks/RESULTS.md (or --results):
+    python benchmarks/bench_seeds.py [--widths 128] [--seeds 1 4 16] [--steps 200] [--threads 2] [--budget-s 60]
 """
 import os
 import platform
@@ -21,7 +21,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dqn_classification_mdp as dqn  # noqa: E402
-from bench_dqn_classification import timed  # noqa: E402
+from bench_dqn_classification import Budget, append, timed  # noqa: E402
 from common.cli import select_device  # noqa: E402
 from common.data import load_dataset  # noqa: E402
 from common.networks import build_network  # noqa: E402
@@ -55,8 +55,12 @@ class Args:
     """time the agent's loop"""
     probes: bool = True
     """time the probes"""
+    budget_s: float = 0.0
+    """start no measurement after this many seconds (0: no limit); the results name what the budget cut"""
     write: bool = True
-    """append the results to benchmarks/RESULTS.md"""
+    """append the results to --results"""
+    results: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    """the Markdown file the results are appended to"""
 
 
 def loop_sps(args, width, num_seeds, seed, run_dir):
@@ -86,15 +90,18 @@ def probe_fits_per_s(args, width, num_seeds, images, device):
 
 
 def main(args):
+    budget = Budget(args.budget_s)
     torch.set_num_threads(args.threads)
     device = select_device(args.cuda)
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"] * 3
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.agent:
+        if args.agent and budget.allows("agent warm-up"):
             loop_sps(args, args.widths[0], 1, 0, os.path.join(tmp, "warmup"))  # first-call costs out of the timing
         for width in args.widths:
             for n in args.seeds if args.agent else ():
+                if not budget.allows(f"agent at width {width}, N = {n}"):
+                    continue
                 start = time.time()
                 lockstep = loop_sps(args, width, n, 1, os.path.join(tmp, f"w{width}n{n}"))
                 seq_time = sum(args.steps / loop_sps(args, width, 1, 1 + k, os.path.join(tmp, f"w{width}n{n}s{k}"))
@@ -105,11 +112,13 @@ def main(args):
                         f"({time.time() - start:.0f} s)")
                 print(line, flush=True)
                 lines.append(line)
-        if args.probes:
+        if args.probes and budget.allows("probe warm-up"):
             images = load_dataset("mnist", args.data_dir, device=device)[0]
             probe_fits_per_s(args, args.widths[0], 2, images, device)  # warm-up
         for width in args.widths:
             for n in args.seeds if args.probes else ():
+                if not budget.allows(f"probes at width {width}, N = {n}"):
+                    continue
                 lockstep, sequential = probe_fits_per_s(args, width, n, images, device)
                 line = (f"- probes, {args.arch} width {width}, N = {n} x K = {args.probe_targets}, "
                         f"{args.probe_steps} steps: lockstep {lockstep:,.2f} probe fits/s, sequential "
@@ -123,8 +132,7 @@ def main(args):
               f"{torch.__version__}, {args.threads} threads, {args.steps} agent steps per run, load average "
               f"{' '.join(load)} before and {' '.join(load_after)} after)\n\n")
     if args.write:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"), "a") as f:
-            f.write(header + "\n".join(lines) + "\n")
+        append(args.results, [header + "\n".join(lines)] + budget.note())
 
 
 if __name__ == "__main__":
