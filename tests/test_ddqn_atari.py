@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.atari import FrameReplay, atari_env_ids, game_name, load_atari_scores, luminance_84x84, make_env
+from common.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores, luminance_84x84,
+                          make_env, rom_name)
 from common.cli import UsageError
 from common.grad_cov import gradient_covariance
 from ddqn_atari_layernorm import (AggregateArgs, Args, QNetwork, aggregate, double_q_targets, epsilon_at,
@@ -122,11 +123,13 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     with the reset frame)."""
     env = gym.wrappers.FrameStackObservation(CountingEnv(), stack_size=4)  # the naive reference: full stacks
     replay = FrameReplay(capacity, history=4, zero_pad=zero_pad)
+    one = lambda value: torch.tensor([value])
+    start_episode = lambda frame: replay.start_episodes(torch.from_numpy(frame)[None])
     naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame needed, truncated)
     rng = np.random.default_rng(1)
     truncations = 0
     obs, _ = env.reset()
-    replay.start_episode(obs[-1])
+    start_episode(obs[-1])
     episode_first, written = 0, 1
     episode = [obs[-1]]
     if zero_pad:
@@ -137,15 +140,15 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
         episode.append(next_obs[-1])
         if zero_pad:
             next_obs = dqn_zoo_stack(episode)
-        slot, frame_id = (replay.pos - 1) % capacity, written - 1
-        replay.add(action, reward, terminated, episode[-1])
+        slot, frame_id = (replay.pos[0] - 1) % capacity, written - 1
+        replay.add(one(action), one(reward), one(terminated), torch.from_numpy(episode[-1])[None])
         written += 1
         naive[slot] = (obs, action, reward, terminated, next_obs, max(frame_id - 3, episode_first), truncated)
         obs = next_obs
         if terminated or truncated:
             truncations += truncated
             obs, _ = env.reset()
-            replay.start_episode(obs[-1])
+            start_episode(obs[-1])
             episode_first, written = written, written + 1
             episode = [obs[-1]]
             if zero_pad:
@@ -156,10 +159,10 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     checked = 0
     for slot, (obs, action, reward, terminal, next_obs, oldest_needed, truncated) in naive.items():
         complete = oldest_needed >= written - capacity  # all its frames are still in the store
-        assert bool(replay.valid[slot]) == complete
+        assert bool(replay.valid[0, slot]) == complete
         if not complete:
             continue
-        got = replay.transitions(torch.tensor([slot]))
+        got = replay.transitions(torch.tensor([0]), torch.tensor([slot]))
         assert np.array_equal(got[0][0].numpy(), obs)
         assert (int(got[1]), float(got[2]), float(got[3])) == (action, reward, float(terminal))
         assert np.array_equal(got[4][0].numpy(), next_obs)
@@ -170,12 +173,12 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     assert checked >= min(capacity, 300) * 0.6
     sampled = replay.sample(256, torch.Generator().manual_seed(0))
     assert sampled[0].shape == (256, 4, 84, 84)
-    assert all(any(np.array_equal(s.numpy(), naive[k][0]) for k in naive if replay.valid[k]) for s in sampled[0][:8])
+    assert all(any(np.array_equal(s.numpy(), naive[k][0]) for k in naive if replay.valid[0, k]) for s in sampled[0][:8])
 
 
 def test_frame_store_uses_a_quarter_of_a_stacked_buffer():
     replay = FrameReplay(1000)
-    per_transition = sum(t.element_size() * t[0].numel() for t in replay.state_dict().values()
+    per_transition = sum(t.element_size() * t[0, 0].numel() for t in replay.state_dict().values()
                          if isinstance(t, torch.Tensor))
     assert per_transition <= 28_244 / 3  # CleanRL's memory-optimised stacked buffer
     assert per_transition < 84 * 84 + 20
@@ -200,19 +203,23 @@ def test_shared_output_bias_starts_uniform_like_the_other_biases():
     assert biases.std() == pytest.approx(bound / 3**0.5, rel=0.35)  # the standard deviation of U(-b, b)
 
 
-def test_all_57_games_build_and_step_under_one_protocol():
+def test_all_57_games_have_roms_and_a_sample_steps_under_one_protocol():
+    """Every game's ROM resolves; a sample builds and steps in the vector env (each build loads its ROM twice, so
+    all 57 would take most of a minute on the shared CI cores)."""
+    from ale_py import roms
+
     ids = atari_env_ids()
     assert sorted(ids) == sorted(load_atari_scores()) and len(ids) == 57
     for name, env_id in ids.items():
-        assert game_name(env_id) == name
-        env = make_env(env_id, noop_max=0, max_episode_frames=1_000)
-        frame, info = env.reset()  # no seed: seeding reloads the ROM, doubling the time of this test
-        frame, reward, terminated, truncated, info = env.step(env.action_space.n - 1)
-        ale = env.unwrapped.ale
-        assert frame.shape == (84, 84) and frame.dtype == np.uint8 and "lives" in info
-        assert env.unwrapped._frameskip == 1 and ale.getFloat("repeat_action_probability") == 0.0
-        assert env.action_space.n == len(ale.getMinimalActionSet())
-        env.close()
+        assert game_name(env_id) == name and roms.get_rom_path(rom_name(env_id)) is not None
+    minimal_actions = {"Breakout": 4, "Pong": 6, "MsPacman": 9, "Seaquest": 18, "Surround": 5, "Skiing": 3}
+    for name, actions in minimal_actions.items():
+        envs = VectorAtari(ids[name], 1, noop_max=0, max_episode_frames=1_000, seed=0, device="cpu")
+        envs.reset()
+        frames, rewards, terminated, truncated, lives = envs.step(np.array([envs.num_actions - 1]))
+        assert frames.shape == (1, 84, 84) and frames.dtype == torch.uint8 and lives.shape == (1,)
+        assert envs.num_actions == actions
+        envs.close()
 
 
 def pil_bilinear_by_hand(image, size=84):
@@ -263,7 +270,7 @@ def tiny_args(run_dir, **overrides):
     args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, batch_size=8, buffer_size=120,
                 min_replay_capacity_fraction=1 / 3, target_network_frequency=50, max_episode_frames=80, eval_every=80,
                 eval_frames=120, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
-                hessian_iters=6, log_every=10, checkpoint_every=160)
+                hessian_iters=6, log_every=10, checkpoint_every=160, eval_envs=1)
     return dataclasses.replace(args, **overrides)
 
 
@@ -299,11 +306,8 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
     assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, tmp_path):
-    """SIGTERM mid-run writes a checkpoint and exits; --resume then finishes with exactly the network, optimizer
-    state, replay contents and step count of the run that was never interrupted."""
-    full_dir, _ = finished_run
-    run_dir = tmp_path / "resumed"
+def interrupted_and_resumed(run_dir, args, after_step):
+    """Train with a SIGTERM once metrics.jsonl reaches ``after_step``, then --resume: both summaries."""
     metrics = run_dir / "metrics.jsonl"
 
     def interrupt_after_step(step):
@@ -314,27 +318,66 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, t
     # A harmless handler outside train(): a late signal must not kill pytest.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        threading.Thread(target=interrupt_after_step, args=(70,), daemon=True).start()
-        first = train(tiny_args(run_dir))
+        threading.Thread(target=interrupt_after_step, args=(after_step,), daemon=True).start()
+        first = train(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert first["status"] == "interrupted" and 70 <= first["steps"] < 160
     at_interruption = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert at_interruption["state"]["step"] == first["steps"]
+    return first, train(dataclasses.replace(args, resume=True))
 
-    second = train(tiny_args(run_dir, resume=True))
-    assert second["status"] == "completed" and second["steps"] == 160
-    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    reference = torch.load(full_dir / "checkpoint.pt", weights_only=False)
-    assert resumed["state"]["step"] == reference["state"]["step"] == 160
-    for part in ("q_net", "target_net", "replay"):
+
+def assert_same_checkpoints(resumed_dir, reference_dir):
+    """The network, optimizer state, replay contents, emulators and step count of two runs are equal."""
+    resumed = torch.load(resumed_dir / "checkpoint.pt", weights_only=False)
+    reference = torch.load(reference_dir / "checkpoint.pt", weights_only=False)
+    assert resumed["state"]["step"] == reference["state"]["step"]
+    for part in ("q_net", "target_net", "replay", "envs"):
         for key, value in reference[part].items():
-            assert torch.equal(torch.as_tensor(resumed[part][key]), torch.as_tensor(value)), (part, key)
+            if key == "actions":  # each env's actions since its reset
+                assert all(np.array_equal(a, b) for a, b in zip(resumed[part][key], value, strict=True))
+            elif key != "rng":
+                assert torch.equal(torch.as_tensor(resumed[part][key]), torch.as_tensor(value)), (part, key)
+    assert resumed["envs"]["rng"] == reference["envs"]["rng"]
     for key, value in reference["optimizer"]["state"].items():
         for name, tensor in value.items():
             assert torch.equal(resumed["optimizer"]["state"][key][name], tensor), (key, name)
-    steps = [json.loads(line)["step"] for line in open(metrics)]
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, tmp_path):
+    """SIGTERM mid-run writes a checkpoint and exits; --resume then finishes with exactly the network, optimizer
+    state, replay contents, emulators and step count of the run that was never interrupted."""
+    full_dir, _ = finished_run
+    run_dir = tmp_path / "resumed"
+    first, second = interrupted_and_resumed(run_dir, tiny_args(run_dir), after_step=70)
+    assert first["status"] == "interrupted" and 70 <= first["steps"] < 160
+    assert second["status"] == "completed" and second["steps"] == 160
+    assert_same_checkpoints(run_dir, full_dir)
+    steps = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
     assert steps == sorted(steps) and steps[-1] == 160  # one metrics.jsonl continued across the interruption
+
+
+def tiny_vector_args(run_dir, **overrides):
+    """tiny_args with 4 environments: every period a multiple of 4, two updates per vector step at train
+    frequency 2, two evaluation environments."""
+    return tiny_args(run_dir, num_envs=4, train_frequency=2, target_network_frequency=48, log_every=20,
+                     eval_envs=2, eval_frames=4 * 40, hessian_every=0, **overrides)
+
+
+def test_four_envs_interrupted_and_resumed_equal_an_uninterrupted_run(tmp_path):
+    full = train(tiny_vector_args(tmp_path / "full"))
+    assert full["status"] == "completed" and full["steps"] == 160
+    rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    assert {r["step"] % 4 for r in rows} == {0}
+    assert len([r for r in rows if "charts/episodic_return" in r]) >= 8  # the four envs' episodes interleave
+    assert [r["step"] for r in rows if "eval/episodic_return" in r] == [80, 160]
+    replay = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["replay"]
+    assert replay["frames"].shape[:2] == (4, 30)  # four lanes of 120 / 4 frames
+
+    run_dir = tmp_path / "resumed"
+    first, second = interrupted_and_resumed(run_dir, tiny_vector_args(run_dir), after_step=60)
+    assert first["status"] == "interrupted" and second["status"] == "completed"
+    assert_same_checkpoints(run_dir, tmp_path / "full")
 
 
 def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
