@@ -328,8 +328,23 @@ def check_args(args):
           "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
+def check_resumable(args):
+    """A run directory that a SIGKILL stopped before its first checkpoint, or whose checkpoint was deleted, holds
+    args.json but no checkpoint.pt: say how to start it again rather than only refusing --resume."""
+    if not args.resume or not args.run_dir or os.path.exists(os.path.join(args.run_dir, "checkpoint.pt")):
+        return
+    summary = os.path.join(args.run_dir, "summary.json")
+    if os.path.exists(summary) and '"interrupted"' not in open(summary).read():
+        return  # completed or diverged: Run says so
+    check(not os.path.exists(os.path.join(args.run_dir, "args.json")),
+          f"--run-dir {args.run_dir} has no checkpoint.pt to resume (the run stopped before its first checkpoint, "
+          f"every --checkpoint-every {args.checkpoint_every:,} agent steps, or it was deleted): move it aside "
+          f"(mv {args.run_dir} {args.run_dir}.stale) and start again without --resume")
+
+
 def train(args):
     check_args(args)
+    check_resumable(args)
     run = Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads"))
     if run.finished:
         return run.finished

@@ -170,13 +170,13 @@ def rom_name(env_id):
 
 def luminance_84x84_torch(rgb):
     """DQN Zoo's frame on the device, as luminance_84x84 computes it with numpy and PIL: (n, 210, 160, 3) uint8 ->
-    (n, 84, 84) uint8. The luminance is truncated to uint8 as DQN Zoo's rgb2y does; PIL's bilinear downscale is a
-    triangle filter as wide as the scale, horizontal pass first and each pass rounded to 8 bits, which torch's
-    antialiased bilinear interpolation computes in floating point (PIL's fixed-point weights differ from them by at
-    most one grey level; tests/test_atari_vector.py)."""
+    (n, 84, 84) uint8. The luminance is computed in float64 and truncated to uint8 as DQN Zoo's rgb2y does (float32
+    misses exact integers); PIL's bilinear downscale is a triangle filter as wide as the scale, horizontal pass
+    first and each pass rounded to 8 bits, which torch's antialiased bilinear interpolation computes in floating
+    point (PIL's fixed-point weights differ by at most one grey level; tests/test_atari_vector.py)."""
     weights = torch.tensor([0.299, 0.587, 1 - (0.299 + 0.587)], dtype=torch.float64, device=rgb.device)
-    y = (rgb.double() @ weights).floor_()[:, None]  # float64, as numpy's tensordot: float32 misses exact integers
-    y = F.interpolate(y.float(), size=(y.shape[2], 84), mode="bilinear", antialias=True, align_corners=False)
+    y = (rgb.double() @ weights).floor_()[:, None].float()
+    y = F.interpolate(y, size=(y.shape[2], 84), mode="bilinear", antialias=True, align_corners=False)
     y = y.round_().clamp_(0, 255)
     y = F.interpolate(y, size=(84, 84), mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8)[:, 0]

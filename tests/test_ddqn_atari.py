@@ -434,3 +434,19 @@ def test_diverging_run_records_diverged(tmp_path):
                               grad_cov_every=0, checkpoint_every=0, preprocessing="gymnasium"))  # the option runs
     assert summary["status"] == "diverged" and summary["steps"] < 120
     assert json.load(open(tmp_path / "diverged" / "summary.json"))["status"] == "diverged"
+
+
+def test_resume_without_a_checkpoint_says_how_to_start_again(tmp_path):
+    """A run killed before its first periodic checkpoint (or whose checkpoint was deleted): the advice works."""
+    run_dir = tmp_path / "killed"
+    args = tiny_args(run_dir, checkpoint_every=0, eval_every=10**6, grad_cov_every=0, hessian_every=0,
+                     total_frames=4 * 40)
+    train(args)
+    os.remove(run_dir / "checkpoint.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "steps": 20}))
+    with pytest.raises(UsageError, match="move it aside") as error:
+        train(dataclasses.replace(args, resume=True))
+    stale = str(error.value).split("(mv ")[1].split(")")[0].split()[1]
+    os.rename(run_dir, stale)  # following the advice: a fresh start in the same directory works
+    assert train(args)["status"] == "completed"
+    assert Args().checkpoint_every == 250_000  # a SIGKILL loses at most this many agent steps by default
