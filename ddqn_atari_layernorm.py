@@ -409,6 +409,13 @@ def train(args):
         """The measurements and the evaluation due at ``step`` and not made yet. A signal abandons the one under
         way at once (Interrupted); the resumed run redoes it."""
         learning = step >= args.learning_starts
+        with allowed_sync():  # periodic measurements: their results come to the host
+            measure_curvature(step, learning)
+        if (step % args.eval_every == 0 or step == total_steps) and state["eval_step"] < step:
+            evaluation(step)
+        state["measured"] = step
+
+    def measure_curvature(step, learning):
         if learning and args.grad_cov_every and step % args.grad_cov_every == 0 and last_step("grad_cov") < step:
             with run.measurement(sampler):
                 batch = replay.sample(args.grad_cov_samples, sampler)
@@ -423,9 +430,6 @@ def train(args):
             state["hessian"].append((step, nodes, weights))
             record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
                           "curvature/hessian_bottom_eigenvalue": nodes[0]})
-        if (step % args.eval_every == 0 or step == total_steps) and state["eval_step"] < step:
-            evaluation(step)
-        state["measured"] = step
 
     def evaluation(step):
         with run.measurement():
