@@ -296,8 +296,8 @@ def evaluate(q_net, envs, args, seed, device, video_path=None):
 
 
 # ---------------------------------------------------------------------------------------------------- training
-PERIODS = ("train_frequency", "target_network_frequency", "eval_every", "log_every", "checkpoint_every",
-           "grad_cov_every", "hessian_every")
+PERIODS = ("target_network_frequency", "eval_every", "log_every", "checkpoint_every", "grad_cov_every",
+           "hessian_every")  # in agent steps summed over the environments: multiples of --num-envs
 
 
 def check_args(args):
@@ -308,11 +308,12 @@ def check_args(args):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max", "env_threads"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check(args.train_frequency % args.num_envs == 0 or args.num_envs % args.train_frequency == 0,
+          f"--train-frequency {args.train_frequency} and --num-envs {args.num_envs}: one must divide the other")
     for name in (*PERIODS, "buffer_size", "learning_starts"):
         value = getattr(args, name)
-        check(value % args.num_envs == 0 or (name == "train_frequency" and args.num_envs % value == 0),
-              f"--{name.replace('_', '-')} {value} must be a multiple of --num-envs {args.num_envs}: every period "
-              f"counts agent steps summed over the environments" + (" (or divide it)" * (name == "train_frequency")))
+        check(value % args.num_envs == 0, f"--{name.replace('_', '-')} {value} must be a multiple of --num-envs "
+                                          f"{args.num_envs}: every period counts agent steps summed over the envs")
     check(args.total_frames // 4 % args.num_envs == 0, f"--total-frames / 4 must be a multiple of --num-envs")
     check(args.buffer_size // args.num_envs > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small "
           f"for the batch and --num-envs {args.num_envs}")

@@ -424,6 +424,12 @@ def test_bad_arguments_give_usage_errors(tmp_path):
         train(Args(total_frames=0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="to resume"):
         train(Args(resume=True, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--train-frequency 4 and --num-envs 7: one must divide the other"):
+        train(Args(num_envs=7, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--log-every 1000 must be a multiple of --num-envs 16"):
+        train(Args(num_envs=16, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="capture-video needs --preprocessing dqn_zoo"):
+        train(Args(capture_video=True, preprocessing="gymnasium", run_dir=str(tmp_path)))
     for learning_rate in (-1e-4, float("nan")):
         with pytest.raises(UsageError, match="--learning-rate must be positive"):
             train(Args(learning_rate=learning_rate, run_dir=str(tmp_path)))
