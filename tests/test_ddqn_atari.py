@@ -456,3 +456,29 @@ def test_resume_without_a_checkpoint_says_how_to_start_again(tmp_path):
     os.rename(run_dir, stale)  # following the advice: a fresh start in the same directory works
     assert train(args)["status"] == "completed"
     assert Args().checkpoint_every == 250_000  # a SIGKILL loses at most this many agent steps by default
+
+
+def test_atari_sbatch_maps_tasks_to_games_and_moves_checkpointless_directories_aside(tmp_path):
+    """slurm/atari.sbatch without Slurm: task 3 is Amidar's baseline (sorted games x {LN, baseline}); a seed
+    directory without checkpoint.pt is moved aside and the seed trains; a bad task id is a usage error (2)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    stale = tmp_path / "Amidar_baseline__1"
+    stale.mkdir()
+    (stale / "args.json").write_text("{}")  # killed before its first checkpoint
+    flags = ["--total-frames", "160", "--buffer-size", "120", "--min-replay-capacity-fraction", "0.34",
+             "--batch-size", "8", "--eval-frames", "40", "--eval-envs", "1", "--eval-every", "40", "--no-cuda",
+             "--grad-cov-every", "0", "--hessian-every", "0", "--log-every", "10"]
+    done = subprocess.run(["slurm/atari.sbatch", *flags], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": "3"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.load(open(stale / "summary.json"))
+    assert summary["status"] == "completed" and summary["env_id"] == "ALE/Amidar-v5" and not summary["layer_norm"]
+    assert len(list(tmp_path.glob("Amidar_baseline__1.stale-*"))) == 1
+    for task in ("abc", "114"):
+        bad = subprocess.run(["slurm/atari.sbatch"], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": task},
+                             capture_output=True, text=True)
+        assert bad.returncode == 2, (task, bad.stderr)
