@@ -1,6 +1,7 @@
-"""The Arcade Learning Environment pipeline of ddqn_atari_layernorm.py: environment construction and preprocessing,
-game ids and the human-normalisation score table, evaluation videos, the replay that stores each frame once, and
-the final scores of completed runs (for Fig 7)."""
+"""The Arcade Learning Environment pipeline of ddqn_atari_layernorm.py: the emulators in C++ threads under DQN Zoo's
+protocol (VectorAtari) with DQN Zoo's frames made on the device, the one-environment Python pipeline they are
+tested against (make_env, DQNZooPreprocessing), game ids and the human-normalisation score table, evaluation videos,
+the replay that stores each frame once, and the final scores of completed runs (for Fig 7)."""
 import collections
 import csv
 import glob
@@ -103,10 +104,10 @@ def luminance_84x84(rgb):
 
 class DQNZooPreprocessing(gym.Wrapper):
     """DQN Zoo's Atari pipeline (gym_atari.RandomNoopsEnvironmentWrapper and processors.atari) on a frameskip-1 RGB
-    env: 1 to noop_max no-op frames after each reset (their count drawn with the env's np_random, so env_state
-    restores it); each step repeats the action for 4 frames, sums the rewards, takes the pixel-wise max of the last
-    two RGB frames and returns its 84x84 luminance. The reset frame is returned alone (DQN Zoo: max with zeros).
-    An episode that ends within a repeat returns the max of its last two frames (its last if it has one); DQN Zoo
+    env, in Python: the reference VectorAtari is tested against. 1 to noop_max no-op frames after each reset (drawn
+    with the env's np_random); each step repeats the action for 4 frames, sums the rewards, takes the pixel-wise max
+    of the last two RGB frames and returns its 84x84 luminance. The reset frame is returned alone (DQN Zoo: max
+    with zeros). An episode that ends within a repeat returns the max of its last two frames (its last if it has one); DQN Zoo
     pools zero padding there instead (a black frame, or the last frame alone), but a terminal state is never
     bootstrapped from. Truncation by max_num_frames_per_episode comes from the ALE, which counts no-op frames too."""
 
@@ -133,18 +134,6 @@ class DQNZooPreprocessing(gym.Wrapper):
             if terminated or truncated:
                 break
         return luminance_84x84(np.maximum(last_two[0], last_two[-1])), total_reward, terminated, truncated, info
-
-
-def env_state(env):
-    """The emulator (with its RNG) and the no-op RNG: enough to continue an episode bit for bit."""
-    return {"ale": env.unwrapped.clone_state(include_rng=True),
-            "np_random": env.unwrapped.np_random.bit_generator.state}
-
-
-def restore_env_state(env, state):
-    env.unwrapped.restore_state(state["ale"])
-    env.unwrapped.np_random.bit_generator.state = state["np_random"]
-    env.lives = env.unwrapped.ale.lives()  # for gymnasium's AtariPreprocessing; DQNZooPreprocessing keeps none
 
 
 def write_video(frames, path):
