@@ -295,7 +295,8 @@ def main():
              f"{BASELINE_COMMIT}. Load: `{uptime_before}` before, `{uptime_after}` after.", "",
              "| part | configuration | agent steps/s | ratio |", "|---|---|---|---|"]
     reference = {"a": sps("a", "today's loop, 1 env"), "b": sps("b", "CleanRL-style, 1 env"),
-                 "d": sps("d", "today's pipeline (DQNZooPreprocessing)"), "eval": sps("eval", "today's evaluate, 1 env")}
+                 "d": sps("d", "today's pipeline (DQNZooPreprocessing)"),
+                 "eval": sps("eval", "today's evaluate, 1 env")}
     for part, name, row in results:
         if "sps" in row:
             lines.append(f"| {part} | {name} | {row['sps']:.0f} | {row['sps'] / reference[part]:.2f}x |")

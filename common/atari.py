@@ -107,9 +107,9 @@ class DQNZooPreprocessing(gym.Wrapper):
     env, in Python: the reference VectorAtari is tested against. 1 to noop_max no-op frames after each reset (drawn
     with the env's np_random); each step repeats the action for 4 frames, sums the rewards, takes the pixel-wise max
     of the last two RGB frames and returns its 84x84 luminance. The reset frame is returned alone (DQN Zoo: max
-    with zeros). An episode that ends within a repeat returns the max of its last two frames (its last if it has one); DQN Zoo
-    pools zero padding there instead (a black frame, or the last frame alone), but a terminal state is never
-    bootstrapped from. Truncation by max_num_frames_per_episode comes from the ALE, which counts no-op frames too."""
+    with zeros). An episode that ends within a repeat returns the max of its last two frames (its last if it has
+    one); DQN Zoo pools zero padding there instead (a black frame, or the last frame alone), but a terminal state is
+    never bootstrapped from. Truncation by max_num_frames_per_episode comes from the ALE, which counts no-op frames too."""
 
     def __init__(self, env, noop_max, frame_skip=4):
         super().__init__(env)
