@@ -11,7 +11,8 @@ sampled batch (eq. 3; Fig 7 bottom, 19-20).
 Step counts are agent steps (4 frames each, summed over the `--num-envs` environments) unless the name says frames.
 The emulators step in C++ threads (common.atari.VectorAtari); the frames, the replay and the networks stay on the
 device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; `--resume` continues exactly where
-the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses.
+the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
+trains N seeds in lockstep in one process, each its single run's equal (common.lockstep).
 """
 import os
 import sys
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import lockstep
 from common.atari import (FrameReplay, VectorAtari, check_env_id, completed_finals, game_name, human_normalized,
                           load_atari_scores, write_video)
 from common.cli import check, main, select_device, seed_everything
@@ -41,6 +43,10 @@ class Args:
     """name of the experiment (CleanRL)"""
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
+    num_seeds: int = 1
+    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.lockstep: their updates are one
+    vmapped call, as several runs share one GPU); each equals its single run and writes its own run directory,
+    <run-dir>__seed<seed> with --run-dir"""
     cuda: bool = True
     """use the GPU when there is one (CleanRL)"""
     track: bool = False
@@ -179,7 +185,7 @@ class QNetwork(nn.Module):
         self.to(memory_format=self.memory_format)
 
     def forward(self, frames):
-        x = frames.float().div_(255.0).contiguous(memory_format=self.memory_format)
+        x = frames.to(self.head.weight.dtype).div_(255.0).contiguous(memory_format=self.memory_format)
         return self.head(self.torso(x)) + self.shared_bias
 
 
@@ -302,7 +308,7 @@ PERIODS = ("target_network_frequency", "eval_every", "log_every", "checkpoint_ev
 
 def check_args(args):
     check_env_id(args.env_id)
-    for name in ("total_frames", "num_envs", "eval_envs", "buffer_size", "batch_size", "train_frequency",
+    for name in ("total_frames", "num_seeds", "num_envs", "eval_envs", "buffer_size", "batch_size", "train_frequency",
                  "target_network_frequency", "eval_every", "eval_frames", "log_every", "max_episode_frames",
                  "grad_cov_samples", "hessian_samples", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -343,10 +349,25 @@ def check_resumable(args):
           f"(mv {args.run_dir} {args.run_dir}.stale) and start again without --resume")
 
 
-def train(args):
-    check_args(args)
+def open_run(args):
     check_resumable(args)
-    run = Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads"))
+    return Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads"))
+
+
+def train(args):
+    """One run, or --num-seeds runs in lockstep; the agent's updates are made by common.lockstep."""
+    check_args(args)
+    huber_delta = args.batch_size * args.grad_error_bound
+    return lockstep.train(args, open_run, agent,
+                          lambda params: RMSProp(params, lr=args.learning_rate, decay=args.rmsprop_decay,
+                                                 eps=args.rmsprop_eps, centered=True),
+                          lambda q_net, target_net, batch: td_loss(q_net, target_net, batch, args.gamma, huber_delta))
+
+
+def agent(args, run):
+    """One run's training loop. A generator: it yields its networks and receives their RMSProp, then yields each
+    minibatch and receives the update's (loss, Q-values), so that lockstep.train can make several seeds' updates
+    at once."""
     if run.finished:
         return run.finished
     device = select_device(args.cuda)
@@ -362,8 +383,7 @@ def train(args):
     q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net.load_state_dict(q_net.state_dict())
-    optimizer = RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay, eps=args.rmsprop_eps,
-                        centered=True)
+    optimizer = yield q_net, target_net
     replay = FrameReplay(args.buffer_size, zero_pad=args.preprocessing == "dqn_zoo", device=device, lanes=num_envs)
     rng = np.random.default_rng(args.seed)  # exploration
     sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
@@ -478,11 +498,7 @@ def train(args):
             for _ in range(step // args.train_frequency - (step - num_envs) // args.train_frequency):
                 if step <= args.learning_starts:
                     break
-                batch = replay.sample(args.batch_size, sampler)
-                loss, q_values = td_loss(q_net, target_net, batch, args.gamma, huber_delta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss, q_values = yield replay.sample(args.batch_size, sampler)  # the update of q_net on it
             if step % args.target_network_frequency == 0:
                 target_net.load_state_dict(q_net.state_dict())
 

@@ -6,13 +6,15 @@ process, one torch thread unless --threads says otherwise):
 (b) the real Nature CNN with LayerNorm against a CleanRL-style dqn_atari.py loop with the same network (gymnasium
     SyncVectorEnv of AtariPreprocessing + FrameStackObservation, SB3's memory-optimised replay, Adam, MSE), at 1
     and 8 environments, one update per 4 agent steps in every loop;
+(c) --num-seeds 3 against 3 single runs one after another, the Nature CNN with 8 environments per seed;
 (d) emulation alone with DQN Zoo frames and random actions: today's pipeline against VectorAtari at 1 and 8
     environments on 2 emulator threads;
 and the costs of evaluation (today's one-environment evaluate against --eval-envs 8) and of a checkpoint at the
-paper's replay capacity. (c), --num-seeds for Atari, is not built.
+paper's replay capacity.
 
     python benchmarks/bench_ddqn_atari.py                  # appends to benchmarks/RESULTS.md
     python benchmarks/bench_ddqn_atari.py --steps 200 --no-write
+    python benchmarks/bench_ddqn_atari.py --parts c        # only (c)
 """
 import argparse
 import datetime
@@ -75,6 +77,27 @@ def script_loop(steps, learning_starts, buffer_size, num_envs, stand_in):
 
     run(learning_starts + 8 * num_envs)  # warm-up: first environment, first updates
     return run(learning_starts + steps) - run(learning_starts)
+
+
+def seeds_loop(steps, learning_starts, buffer_size, num_seeds, one_by_one):
+    """The real train() with the Nature CNN, 8 envs per seed: num_seeds seeds in lockstep (--num-seeds) or one run
+    after another, each run to learning_starts and to learning_starts + steps. Returns the learning phase's wall
+    seconds, all seeds together."""
+    import ddqn_atari_layernorm as script
+
+    def run(total, seed, n):
+        with tempfile.TemporaryDirectory() as directory:
+            start = time.perf_counter()
+            script.train(script.Args(run_dir=os.path.join(directory, "run"), seed=seed, num_seeds=n, num_envs=8,
+                                     eval_envs=1, total_frames=4 * total, buffer_size=buffer_size,
+                                     min_replay_capacity_fraction=learning_starts / buffer_size, grad_cov_every=0,
+                                     hessian_every=0, eval_every=10**9, eval_frames=4 * 8, log_every=8,
+                                     checkpoint_every=0, cuda=False))
+            return time.perf_counter() - start
+
+    groups = [(seed, 1) for seed in range(1, num_seeds + 1)] if one_by_one else [(1, num_seeds)]
+    run(learning_starts + 64, *groups[0])  # warm-up: first environment, first updates
+    return sum(run(learning_starts + steps, *g) - run(learning_starts, *g) for g in groups)
 
 
 def cleanrl_loop(steps, learning_starts, buffer_size, num_envs):
@@ -218,6 +241,10 @@ def child(spec):
     sys.path.insert(0, ROOT)
     if spec.get("tree") == "baseline":
         sys.path.insert(0, spec["baseline_path"])
+    if kind == "seeds":
+        seconds = seeds_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"], spec["num_seeds"],
+                             spec["one_by_one"])
+        return {"sps": spec["num_seeds"] * spec["steps"] / seconds}
     if kind == "cleanrl":
         return {"sps": spec["steps"] / cleanrl_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"],
                                                     spec["num_envs"])}
@@ -236,6 +263,7 @@ def main():
     parser.add_argument("--buffer-size", type=int, default=20_000, help="replay capacity of the timed loops")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--parts", default="a,b,c,d,eval,checkpoint", help="comma-separated parts to run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -255,6 +283,9 @@ def main():
         ("b", "new loop, 1 env", {**loop, "tree": "new", "num_envs": 1, "stand_in": False}),
         ("b", "CleanRL-style, 8 envs", {**loop, "kind": "cleanrl", "num_envs": 8}),
         ("b", "new loop, 8 envs", {**loop, "tree": "new", "num_envs": 8, "stand_in": False}),
+        ("c", "3 runs one after another, 8 envs each", {**loop, "kind": "seeds", "num_seeds": 3,
+                                                         "one_by_one": True}),
+        ("c", "--num-seeds 3, 8 envs each", {**loop, "kind": "seeds", "num_seeds": 3, "one_by_one": False}),
         ("d", "today's pipeline (DQNZooPreprocessing)", {**common, "kind": "emulation", "steps": 2000,
                                                          "num_envs": 1, "pipeline": "today"}),
         ("d", "VectorAtari, 1 env, 2 threads", {**common, "kind": "emulation", "steps": 2000, "num_envs": 1,
@@ -267,6 +298,8 @@ def main():
         ("checkpoint", "checkpoint, replay capacity 100,000", {**common, "kind": "checkpoint",
                                                                "buffer_size": 100_000}),
     ]
+    parts = args.parts.split(",")
+    configs = [config for config in configs if config[0] in parts]
     load_before = os.getloadavg()
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     results = []
@@ -284,7 +317,7 @@ def main():
     import torch
 
     def sps(part, name):
-        return next(row["sps"] for p, n, row in results if p == part and n == name)
+        return next((row["sps"] for p, n, row in results if p == part and n == name), float("nan"))
 
     lines = ["", "## ddqn_atari_layernorm.py: vector environments (bench_ddqn_atari.py)", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU ({os.cpu_count()} cores, "
@@ -296,6 +329,7 @@ def main():
              "| part | configuration | agent steps/s | ratio |", "|---|---|---|---|"]
     reference = {"a": sps("a", "today's loop, 1 env"), "b": sps("b", "CleanRL-style, 1 env"),
                  "d": sps("d", "today's pipeline (DQNZooPreprocessing)"),
+                 "c": sps("c", "3 runs one after another, 8 envs each"),
                  "eval": sps("eval", "today's evaluate, 1 env")}
     for part, name, row in results:
         if "sps" in row:
@@ -308,10 +342,14 @@ def main():
     eval_before, eval_after = sps("eval", "today's evaluate, 1 env"), sps("eval", "new evaluate, --eval-envs 8")
     eval_steps, train_steps = 125_000, 250_000  # DQN Zoo: 500k frames of evaluation per 1M frames of training
     share = lambda e: (eval_steps / e) / (eval_steps / e + train_steps / train_sps)
-    lines += ["", f"Ratios against the first row of each part. (b) at 8 envs: new loop / CleanRL-style = {b8:.2f}x. "
-              f"Evaluation's share of wall time at the default schedule (125k evaluation steps per 250k training "
-              f"steps, training at the 8-env rate): {100 * share(eval_before):.0f}% with today's evaluate, "
-              f"{100 * share(eval_after):.0f}% with --eval-envs 8. (c) --num-seeds for Atari is not built.", ""]
+    notes = ["Ratios against the first row of each part; (c) counts the agent steps of all 3 seeds."]
+    if "b" in parts:
+        notes.append(f"(b) at 8 envs: new loop / CleanRL-style = {b8:.2f}x.")
+    if "b" in parts and "eval" in parts:
+        notes.append(f"Evaluation's share of wall time at the default schedule (125k evaluation steps per 250k "
+                     f"training steps, training at the 8-env rate): {100 * share(eval_before):.0f}% with today's "
+                     f"evaluate, {100 * share(eval_after):.0f}% with --eval-envs 8.")
+    lines += ["", " ".join(notes), ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

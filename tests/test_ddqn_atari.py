@@ -307,7 +307,8 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
 
 
 def interrupted_and_resumed(run_dir, args, after_step):
-    """Train with a SIGTERM once metrics.jsonl reaches ``after_step``, then --resume: both summaries."""
+    """Train with a SIGTERM once run_dir's metrics.jsonl reaches ``after_step``, then --resume: both summaries.
+    With --num-seeds, run_dir is the first seed's directory."""
     metrics = run_dir / "metrics.jsonl"
 
     def interrupt_after_step(step):
@@ -323,7 +324,7 @@ def interrupted_and_resumed(run_dir, args, after_step):
     finally:
         signal.signal(signal.SIGTERM, previous)
     at_interruption = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert at_interruption["state"]["step"] == first["steps"]
+    assert at_interruption["state"]["step"] == (first["runs"][0] if "runs" in first else first)["steps"]
     return first, train(dataclasses.replace(args, resume=True))
 
 
@@ -380,6 +381,70 @@ def test_four_envs_interrupted_and_resumed_equal_an_uninterrupted_run(tmp_path):
     assert_same_checkpoints(run_dir, tmp_path / "full")
 
 
+@pytest.fixture(scope="module")
+def float64_single_runs(tmp_path_factory):
+    """The single runs of seeds 3 and 4 in float64: {seed: run directory}."""
+    runs = {seed: tmp_path_factory.mktemp("single") / f"seed{seed}" for seed in (3, 4)}
+    torch.set_default_dtype(torch.float64)
+    try:
+        for seed, run_dir in runs.items():
+            assert train(tiny_args(run_dir, seed=seed))["status"] == "completed"
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return runs
+
+
+def assert_close_checkpoints(lockstep_dir, single_dir):
+    """Two runs' checkpoints agree: the networks and optimizer states to float64 rounding, and everything the
+    agent acted on and stored (replay, emulators, counters, measurements' steps) exactly."""
+    lock = torch.load(lockstep_dir / "checkpoint.pt", weights_only=False)
+    single = torch.load(single_dir / "checkpoint.pt", weights_only=False)
+    for part in ("q_net", "target_net"):
+        assert lock[part].keys() == single[part].keys()
+        for key, value in single[part].items():
+            torch.testing.assert_close(lock[part][key], value, rtol=1e-9, atol=1e-12, msg=(part, key))
+    assert lock["optimizer"]["state"].keys() == single["optimizer"]["state"].keys()
+    for i, entry in single["optimizer"]["state"].items():
+        for name, value in entry.items():
+            torch.testing.assert_close(lock["optimizer"]["state"][i][name], value, rtol=1e-9, atol=1e-14)
+    for key, value in single["replay"].items():
+        assert torch.equal(torch.as_tensor(lock["replay"][key]), torch.as_tensor(value)), key
+    assert lock["envs"]["rng"] == single["envs"]["rng"] and lock["rng"] == single["rng"]
+    assert all(np.array_equal(a, b) for a, b in zip(lock["envs"]["actions"], single["envs"]["actions"], strict=True))
+    for key in ("step", "eval_step", "measured"):
+        assert lock["state"][key] == single["state"][key], key
+    assert [s for s, _ in lock["state"]["grad_cov"]] == [s for s, _ in single["state"]["grad_cov"]]
+    for (_, a), (_, b) in zip(lock["state"]["grad_cov"], single["state"]["grad_cov"]):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
+    for key, value in single["state"]["last"].items():
+        if key != "charts/SPS":
+            np.testing.assert_allclose(lock["state"]["last"][key], value, rtol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize("after_step", [10, 70])
+def test_seeds_in_lockstep_across_a_sigterm_equal_their_single_runs(float64_single_runs, tmp_path, after_step):
+    """--num-seeds 2 (seeds 3 and 4), interrupted by one SIGTERM and resumed: each seed's run directory ends as its
+    single run's, in float64, and each args.json is its single run's. The signal stops both seeds, also at step 10,
+    in seed 3's warm-up before seed 4 has started (then seed 4 stops at step 0 and the two resume at different
+    steps)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        args = tiny_args(tmp_path / "lock", seed=3, num_seeds=2)
+        first, second = interrupted_and_resumed(tmp_path / "lock__seed3", args, after_step=after_step)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert first["status"] == "interrupted" and [r["status"] for r in first["runs"]] == ["interrupted"] * 2
+    assert all(r["steps"] < 160 for r in first["runs"])
+    assert second["status"] == "completed" and [r["steps"] for r in second["runs"]] == [160, 160]
+    for seed, single_dir in float64_single_runs.items():
+        seed_dir = tmp_path / f"lock__seed{seed}"
+        saved = json.load(open(seed_dir / "args.json"))
+        assert (saved["seed"], saved["num_seeds"], saved["run_dir"]) == (seed, 1, str(seed_dir))
+        assert_close_checkpoints(seed_dir, single_dir)
+        rows, single_rows = ([json.loads(line) for line in open(d / "metrics.jsonl")] for d in (seed_dir, single_dir))
+        assert [r["step"] for r in rows] == [r["step"] for r in single_rows]
+
+
 def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
     random_score, human_score = load_atari_scores()["Breakout"]
     finals = {("BreakoutNoFrameskip-v4", True): [40.0, 60.0], ("BreakoutNoFrameskip-v4", False): [10.0, 20.0],
@@ -426,6 +491,8 @@ def test_bad_arguments_give_usage_errors(tmp_path):
         train(Args(resume=True, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="--train-frequency 4 and --num-envs 7: one must divide the other"):
         train(Args(num_envs=7, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--num-seeds"):
+        train(Args(num_seeds=0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="--log-every 1000 must be a multiple of --num-envs 16"):
         train(Args(num_envs=16, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="capture-video needs --preprocessing dqn_zoo"):
@@ -459,14 +526,15 @@ def test_resume_without_a_checkpoint_says_how_to_start_again(tmp_path):
 
 
 def test_atari_sbatch_maps_tasks_to_games_and_moves_checkpointless_directories_aside(tmp_path):
-    """slurm/atari.sbatch without Slurm: task 3 is Amidar's baseline (sorted games x {LN, baseline}); a seed
-    directory without checkpoint.pt is moved aside and the seed trains; a bad task id is a usage error (2)."""
+    """slurm/atari.sbatch without Slurm: task 3 is Amidar's baseline (sorted games x {LN, baseline}), its two seeds
+    in one --num-seeds process; a seed directory without checkpoint.pt is moved aside and the seeds train; a bad
+    task id is a usage error (2)."""
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    stale = tmp_path / "Amidar_baseline__1"
+    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    stale = tmp_path / "Amidar_baseline__seed1"
     stale.mkdir()
     (stale / "args.json").write_text("{}")  # killed before its first checkpoint
     flags = ["--total-frames", "160", "--buffer-size", "120", "--min-replay-capacity-fraction", "0.34",
@@ -475,9 +543,11 @@ def test_atari_sbatch_maps_tasks_to_games_and_moves_checkpointless_directories_a
     done = subprocess.run(["slurm/atari.sbatch", *flags], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": "3"},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.load(open(stale / "summary.json"))
-    assert summary["status"] == "completed" and summary["env_id"] == "ALE/Amidar-v5" and not summary["layer_norm"]
-    assert len(list(tmp_path.glob("Amidar_baseline__1.stale-*"))) == 1
+    for seed in (1, 2):
+        summary = json.load(open(tmp_path / f"Amidar_baseline__seed{seed}" / "summary.json"))
+        assert summary["status"] == "completed" and summary["env_id"] == "ALE/Amidar-v5" and not summary["layer_norm"]
+        assert summary["seed"] == seed
+    assert len(list(tmp_path.glob("Amidar_baseline__seed1.stale-*"))) == 1
     for task in ("abc", "114"):
         bad = subprocess.run(["slurm/atari.sbatch"], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": task},
                              capture_output=True, text=True)
