@@ -410,6 +410,10 @@ def assert_close_checkpoints(lockstep_dir, single_dir):
     for key, value in single["replay"].items():
         assert torch.equal(torch.as_tensor(lock["replay"][key]), torch.as_tensor(value)), key
     assert lock["envs"]["rng"] == single["envs"]["rng"] and lock["rng"] == single["rng"]
+    global_rng, single_global_rng = lock["lifecycle"]["rng"], single["lifecycle"]["rng"]  # each seed its own stream
+    assert torch.equal(global_rng["torch"], single_global_rng["torch"])
+    assert global_rng["python"] == single_global_rng["python"]
+    assert all(np.array_equal(a, b) for a, b in zip(global_rng["numpy"], single_global_rng["numpy"]))
     assert all(np.array_equal(a, b) for a, b in zip(lock["envs"]["actions"], single["envs"]["actions"], strict=True))
     for key in ("step", "eval_step", "measured"):
         assert lock["state"][key] == single["state"][key], key
