@@ -176,6 +176,7 @@ def _spread_signal(runs):
 
 
 def _global_rng():
+    """The CPU's global RNGs (torch, numpy, Python); on the device the loop draws only from its own generators."""
     return torch.get_rng_state(), np.random.get_state(), random.getstate()
 
 
