@@ -8,8 +8,11 @@ sampled batch (eq. 3; Fig 7 bottom, 19-20).
     python ddqn_atari_layernorm.py --env-id ALE/Breakout-v5                    # one run
     python ddqn_atari_layernorm.py aggregate --runs-dir runs                    # Fig 7 (top) over many runs
 
-Step counts are agent steps (4 frames each) unless the name says frames. SIGTERM or SIGUSR1 (Slurm preemption)
-writes `checkpoint.pt` and exits; `--resume` continues exactly where the run stopped.
+Step counts are agent steps (4 frames each, summed over the `--num-envs` environments) unless the name says frames.
+The emulators step in C++ threads (common.atari.VectorAtari); the frames, the replay and the networks stay on the
+device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; `--resume` continues exactly where
+the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
+trains N seeds in lockstep in one process, each its single run's equal (common.lockstep).
 """
 import os
 import sys
@@ -22,8 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.atari import (FrameReplay, check_env_id, env_state, game_name, human_normalized,
-                          load_atari_scores, make_env, restore_env_state, write_video)
+from common import lockstep
+from common.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized, load_atari_scores,
+                          write_video)
 from common.cli import main, select_device, seed_everything
 from common.errors import check
 from common.grad_cov import gradient_covariance, interference, per_example_grads
@@ -31,6 +35,7 @@ from common.hessian import hessian_matvec, lanczos
 from common.optim import RMSProp
 from common.plots import draw_grad_cov, draw_spectral_densities
 from common.run import Interrupted, Run
+from common.sync import allowed_sync
 
 
 @dataclass
@@ -39,6 +44,10 @@ class Args:
     """name of the experiment (CleanRL)"""
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
+    num_seeds: int = 1
+    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.lockstep: their updates are one
+    vmapped call, as several runs share one GPU); each equals its single run and writes its own run directory,
+    <run-dir>__seed<seed> with --run-dir"""
     cuda: bool = True
     """use the GPU when there is one (CleanRL)"""
     track: bool = False
@@ -58,6 +67,13 @@ class Args:
     zero-padded first stacks) or as gymnasium's AtariPreprocessing (ALE grey, INTER_AREA, first-frame padding)"""
     total_frames: int = 200_000_000
     """environment frames of training (A.3: 200M)"""
+    num_envs: int = 1
+    """environments stepped at once, acting with one batched forward (DQN Zoo: 1). N > 1 interleaves N episodes in
+    the replay (one lane of buffer_size / N frames each), draws epsilon per environment, and makes the updates
+    come in bursts of N / train_frequency per vector step; the replay ratio, the target period and every schedule
+    stay in agent steps summed over the environments, so each period must be a multiple of N"""
+    env_threads: int = 0
+    """C++ threads stepping the emulators (0: ale_py's default)"""
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
@@ -103,6 +119,10 @@ class Args:
     """frames per evaluation (DQN Zoo num_eval_frames)"""
     eval_epsilon: float = 0.01
     """evaluation epsilon (DQN Zoo double_q)"""
+    eval_envs: int = 8
+    """environments of the evaluation, each running eval_frames / eval_envs frames (DQN Zoo: 1, the whole budget
+    in one). Only completed episodes score, as in DQN Zoo; with several environments up to eval_envs unfinished
+    episodes are dropped instead of one, which weighs short episodes a little more"""
     grad_cov_every: int = 250_000
     """agent steps between gradient-covariance snapshots (Fig 7 bottom, 19-20); 0 turns them off"""
     grad_cov_samples: int = 32
@@ -115,8 +135,10 @@ class Args:
     """Lanczos steps per density (Ghorbani et al. 2019); the float64 basis holds this many parameter vectors"""
     log_every: int = 1_000
     """agent steps between metric logs (each log syncs with the device once)"""
-    checkpoint_every: int = 0
-    """agent steps between checkpoints; 0 writes one only at the end and on SIGTERM/SIGUSR1/SIGINT"""
+    checkpoint_every: int = 250_000
+    """agent steps between checkpoints, besides the one at the end and on SIGTERM/SIGUSR1/SIGINT: a SIGKILL loses at
+    most this much (a checkpoint holds the replay, about 0.7 GB at capacity 100,000; its cost is in
+    benchmarks/RESULTS.md); 0 writes one only at the end and on a signal"""
     resume: bool = False
     """continue the run in --run-dir from its checkpoint.pt"""
 
@@ -170,7 +192,7 @@ class QNetwork(nn.Module):
         self.to(memory_format=self.memory_format)
 
     def forward(self, frames):
-        x = frames.float().div_(255.0).contiguous(memory_format=self.memory_format)
+        x = frames.to(self.head.weight.dtype).div_(255.0).contiguous(memory_format=self.memory_format)
         return self.head(self.torso(x)) + self.shared_bias
 
 
@@ -238,85 +260,148 @@ def epsilon_at(step, args):
     return args.epsilon_start + fraction * (args.epsilon_end - args.epsilon_start)
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------------------------------------- acting
+def act(q_net, stacks, epsilon, rng, num_actions):
+    """Epsilon-greedy actions of every environment, numpy: one batched forward and one host transfer of the greedy
+    actions (none while every environment explores, as in the warm-up)."""
+    explore = rng.random(stacks.lanes) < epsilon
+    random_actions = rng.integers(num_actions, size=stacks.lanes)
+    if explore.all():
+        return random_actions
+    with torch.no_grad(), allowed_sync():  # the emulators need the actions
+        greedy = q_net(stacks.latest()).argmax(1).cpu().numpy()
+    return np.where(explore, random_actions, greedy)
+
+
 @torch.no_grad()
-def evaluate(q_net, env, args, seed, device, video_path=None):
-    """Epsilon-greedy episodes (epsilon 0.01) for eval_frames frames on a separate environment. Returns the mean
-    return of the episodes completed within the budget, as DQN Zoo reports it (the unfinished episode's return if
-    none completed), and how many completed. Stacks come from a small FrameReplay, padded as the training ones."""
+def evaluate(q_net, envs, args, seed, device, video_path=None):
+    """Epsilon-greedy episodes (epsilon 0.01) for eval_frames frames on the evaluation's own environments, each
+    running its share of the budget. Returns the mean return of the episodes completed within the budget, as DQN
+    Zoo reports it, and how many completed. Stacks come from a small FrameReplay, padded as the training ones; the
+    video shows environment 0's first episode in the pooled RGB frames the agent sees."""
     rng = np.random.default_rng(seed)
-    stacks = FrameReplay(8, zero_pad=args.preprocessing == "dqn_zoo", device=device)
-    stacks.start_episode(env.reset(seed=seed)[0])
-    returns, episode_return, video = [], 0.0, [] if video_path else None
-    for _ in range(args.eval_frames // 4):
-        if rng.random() < args.eval_epsilon:
-            action = int(rng.integers(env.action_space.n))
-        else:
-            action = int(q_net(stacks.latest()).argmax())
-        frame, reward, terminated, truncated, _ = env.step(action)
-        episode_return += reward
+    envs.seed(seed)
+    stacks = FrameReplay(8 * envs.num_envs, zero_pad=args.preprocessing == "dqn_zoo", device=device,
+                         lanes=envs.num_envs)
+    stacks.start_episodes(envs.reset()[0])
+    returns, episode_returns = [], np.zeros(envs.num_envs)
+    video = [envs.last_rgb[0]] if video_path else None
+    no_reward = torch.zeros(envs.num_envs, device=device)
+    no_terminal = torch.zeros(envs.num_envs, dtype=torch.bool, device=device)
+    for _ in range(args.eval_frames // 4 // envs.num_envs):
+        actions = act(q_net, stacks, args.eval_epsilon, rng, envs.num_actions)
+        frames, rewards, terminated, truncated, _ = envs.step(actions)
+        episode_returns += rewards
+        stacks.add(torch.as_tensor(actions, device=device), no_reward, no_terminal, frames)
+        done = np.flatnonzero(terminated | truncated)
         if video is not None:
-            video.append(env.render())
-        if terminated or truncated:
-            returns.append(episode_return)
-            if video is not None:  # the first episode only
+            video.append(envs.last_rgb[0])
+        if len(done):
+            returns += episode_returns[done].tolist()
+            episode_returns[done] = 0.0
+            if video is not None and 0 in done:  # the first episode only
                 write_video(video, video_path)
                 video = None
-            stacks.start_episode(env.reset()[0])
-            episode_return = 0.0
-        else:
-            stacks.add(action, 0.0, False, frame)
+            stacks.start_episodes(envs.reset(done)[0], done)
     if video:  # the first episode did not finish
         write_video(video, video_path)
-    return float(np.mean(returns)) if returns else episode_return, len(returns)
+    return float(np.mean(returns)) if returns else float("nan"), len(returns)
 
 
 # ---------------------------------------------------------------------------------------------------- training
+PERIODS = ("target_network_frequency", "eval_every", "log_every", "checkpoint_every", "grad_cov_every",
+           "hessian_every")  # in agent steps summed over the environments: multiples of --num-envs
+
+
 def check_args(args):
     check_env_id(args.env_id)
-    for name in ("total_frames", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
-                 "eval_every", "eval_frames", "log_every", "max_episode_frames", "grad_cov_samples",
-                 "hessian_samples", "hessian_iters"):
+    for name in ("total_frames", "num_seeds", "num_envs", "eval_envs", "buffer_size", "batch_size", "train_frequency",
+                 "target_network_frequency", "eval_every", "eval_frames", "log_every", "max_episode_frames",
+                 "grad_cov_samples", "hessian_samples", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max"):
+    for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max", "env_threads"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    check(args.buffer_size > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small for the batch")
+    check(args.train_frequency % args.num_envs == 0 or args.num_envs % args.train_frequency == 0,
+          f"--train-frequency {args.train_frequency} and --num-envs {args.num_envs}: one must divide the other")
+    for name in (*PERIODS, "buffer_size", "learning_starts"):
+        value = getattr(args, name)
+        check(value % args.num_envs == 0, f"--{name.replace('_', '-')} {value} must be a multiple of --num-envs "
+                                          f"{args.num_envs}: every period counts agent steps summed over the envs")
+    check(args.total_frames // 4 % args.num_envs == 0, f"--total-frames / 4 must be a multiple of --num-envs")
+    check(args.buffer_size // args.num_envs > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small "
+          f"for the batch and --num-envs {args.num_envs}")
     check(0 < args.min_replay_capacity_fraction <= 1 and args.learning_starts >= args.batch_size,
           "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
+    check(args.eval_frames // 4 >= args.eval_envs, f"--eval-frames {args.eval_frames} is too few for --eval-envs")
+    check(not args.capture_video or args.preprocessing == "dqn_zoo",
+          "--capture-video needs --preprocessing dqn_zoo (the gymnasium frames come grey from the emulator)")
     check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
     check(args.hessian_iters <= 1_000, f"--hessian-iters must be at most 1,000, got {args.hessian_iters}: Lanczos "
           "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
+def check_resumable(args):
+    """A run directory that a SIGKILL stopped before its first checkpoint, or whose checkpoint was deleted, holds
+    args.json but no checkpoint.pt: say how to start it again rather than only refusing --resume."""
+    if not args.resume or not args.run_dir or os.path.exists(os.path.join(args.run_dir, "checkpoint.pt")):
+        return
+    summary = os.path.join(args.run_dir, "summary.json")
+    if os.path.exists(summary) and '"interrupted"' not in open(summary).read():
+        return  # completed or diverged: Run says so
+    check(not os.path.exists(os.path.join(args.run_dir, "args.json")),
+          f"--run-dir {args.run_dir} has no checkpoint.pt to resume (the run stopped before its first checkpoint, "
+          f"every --checkpoint-every {args.checkpoint_every:,} agent steps, or it was deleted): move it aside "
+          f"(mv {args.run_dir} {args.run_dir}.stale) and start again without --resume")
+
+
+def open_run(args):
+    check_resumable(args)
+    return Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads"))
+
+
 def train(args):
+    """One run, or --num-seeds runs in lockstep; the agent's updates are made by common.lockstep."""
     check_args(args)
-    run = Run(args, total="total_frames", may_change=("capture_video", "save_model"))
+    huber_delta = args.batch_size * args.grad_error_bound
+    return lockstep.train(args, open_run, agent,
+                          lambda params: RMSProp(params, lr=args.learning_rate, decay=args.rmsprop_decay,
+                                                 eps=args.rmsprop_eps, centered=True),
+                          lambda q_net, target_net, batch: td_loss(q_net, target_net, batch, args.gamma, huber_delta))
+
+
+def agent(args, run):
+    """One run's training loop. A generator: it yields its networks and receives their RMSProp, then yields each
+    minibatch and receives the update's (loss, Q-values), so that lockstep.train can make several seeds' updates
+    at once."""
     if run.finished:
         return run.finished
     device = select_device(args.cuda)
     seed_everything(args.seed)
-    total_steps = args.total_frames // 4
+    total_steps, num_envs = args.total_frames // 4, args.num_envs
     huber_delta = args.batch_size * args.grad_error_bound
 
-    env = make_env(args.env_id, args.noop_max, args.max_episode_frames, args.preprocessing)
-    eval_env = make_env(args.env_id, args.noop_max, args.max_episode_frames, args.preprocessing, args.capture_video)
-    num_actions = env.action_space.n
+    envs = VectorAtari(args.env_id, num_envs, args.noop_max, args.max_episode_frames, args.seed, device,
+                       args.preprocessing, args.env_threads)
+    eval_envs = VectorAtari(args.env_id, args.eval_envs, args.noop_max, args.max_episode_frames, args.seed, device,
+                            args.preprocessing, args.env_threads)
+    num_actions = envs.num_actions
     q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
     target_net.load_state_dict(q_net.state_dict())
-    optimizer = RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay, eps=args.rmsprop_eps,
-                        centered=True)
-    replay = FrameReplay(args.buffer_size, zero_pad=args.preprocessing == "dqn_zoo", device=device)
+    optimizer = yield q_net, target_net
+    replay = FrameReplay(args.buffer_size, zero_pad=args.preprocessing == "dqn_zoo", device=device, lanes=num_envs)
     rng = np.random.default_rng(args.seed)  # exploration
     sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
     scores = load_atari_scores()
     game = game_name(args.env_id)
 
-    # Counters and everything else a checkpoint must restore.
-    state = {"step": 0, "episode_return": 0.0, "episode_length": 0, "lives": 0, "grad_cov": [], "hessian": [],
-             "eval_step": 0, "last": {}}
+    # Counters and everything else a checkpoint must restore; "measured" is the last step whose measurements
+    # all ran, and each measurement keeps its own last step, so that one a signal abandoned is redone on resume.
+    state = {"step": 0, "episode_return": np.zeros(num_envs), "episode_length": np.zeros(num_envs, np.int64),
+             "lives": np.zeros(num_envs, np.int64), "grad_cov": [], "hessian": [], "eval_step": 0, "measured": 0,
+             "last": {}}
     ckpt = run.load_checkpoint(device)
     if ckpt:
         q_net.load_state_dict(ckpt["q_net"])
@@ -325,19 +410,17 @@ def train(args):
         replay.load_state_dict(ckpt["replay"])
         rng.bit_generator.state = ckpt["rng"]
         sampler.set_state(ckpt["sampler"].cpu())
-        env.reset(seed=args.seed)
-        restore_env_state(env, ckpt["env"])
+        envs.load_state_dict(ckpt["envs"])
         state = ckpt["state"]
     else:
-        frame, info = env.reset(seed=args.seed)
-        replay.start_episode(frame)
-        state["lives"] = info["lives"]
+        frames, state["lives"] = envs.reset()
+        replay.start_episodes(frames)
 
     def save_checkpoint():
         run.save_checkpoint({"q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
                              "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
-                             "rng": rng.bit_generator.state, "sampler": sampler.get_state(), "env": env_state(env),
-                             "state": state}, state["step"])
+                             "rng": rng.bit_generator.state, "sampler": sampler.get_state(),
+                             "envs": envs.state_dict(), "state": state}, state["step"])
 
     run.start(state["step"])
 
@@ -347,34 +430,39 @@ def train(args):
         state["last"].update({key: value for key, value in row.items() if key != "step"})
         return row
 
-    def due(step):
-        """The measurements and the evaluation due at ``step`` and not yet made (a signal abandons them)."""
+    def last_step(name):
+        return state[name][-1][0] if state[name] else -1
+
+    def measure(step):
+        """The measurements and the evaluation due at ``step`` and not made yet. A signal abandons the one under
+        way at once (Interrupted); the resumed run redoes it."""
         learning = step >= args.learning_starts
-        return [name for name, every, done in (
-            ("grad_cov", args.grad_cov_every, state["grad_cov"][-1][0] if state["grad_cov"] else -1),
-            ("hessian", args.hessian_every, state["hessian"][-1][0] if state["hessian"] else -1),
-            ("eval", args.eval_every, state["eval_step"]))
-            if step > done and ((every and step % every == 0 and (learning or name == "eval"))
-                                or (name == "eval" and step == total_steps))]
+        with allowed_sync():  # periodic measurements: their results come to the host
+            measure_curvature(step, learning)
+        if (step % args.eval_every == 0 or step == total_steps) and state["eval_step"] < step:
+            evaluation(step)
+        state["measured"] = step
 
-    def grad_cov_snapshot(step):
-        with run.measurement(sampler):
-            batch = replay.sample(args.grad_cov_samples, sampler)
-            cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
-        state["grad_cov"].append((step, cov.cpu().numpy()))
-        record(step, grad_cov_summary(cov))
-
-    def hessian_snapshot(step):
-        with run.measurement(sampler):
-            batch = replay.sample(args.hessian_samples, sampler)
-            nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta, args.hessian_iters)
-        state["hessian"].append((step, nodes, weights))
-        record(step, {"curvature/hessian_top_eigenvalue": nodes[-1], "curvature/hessian_bottom_eigenvalue": nodes[0]})
+    def measure_curvature(step, learning):
+        if learning and args.grad_cov_every and step % args.grad_cov_every == 0 and last_step("grad_cov") < step:
+            with run.measurement(sampler):
+                batch = replay.sample(args.grad_cov_samples, sampler)
+                cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
+            state["grad_cov"].append((step, cov.cpu().numpy()))
+            record(step, grad_cov_summary(cov))
+        if learning and args.hessian_every and step % args.hessian_every == 0 and last_step("hessian") < step:
+            with run.measurement(sampler):
+                batch = replay.sample(args.hessian_samples, sampler)
+                nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta,
+                                                 args.hessian_iters)
+            state["hessian"].append((step, nodes, weights))
+            record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
+                          "curvature/hessian_bottom_eigenvalue": nodes[0]})
 
     def evaluation(step):
         with run.measurement():
             video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
-            eval_return, episodes = evaluate(q_net, eval_env, args, args.seed + step, device, video)
+            eval_return, episodes = evaluate(q_net, eval_envs, args, args.seed + step, device, video)
         state["eval_step"] = step
         if episodes:
             record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
@@ -385,47 +473,39 @@ def train(args):
             print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
                   f"no score logged", flush=True)
 
-    def measure(step):
-        """What is due at ``step``; a signal abandons it at once (Interrupted), and the resumed run redoes it."""
-        for name in due(step):
-            {"grad_cov": grad_cov_snapshot, "hessian": hessian_snapshot, "eval": evaluation}[name](step)
-
     loss = q_values = None
     start_time, start_step, last_print = time.time(), state["step"], time.time()
     try:
-        if state["step"] > 0:
+        if state["measured"] < state["step"]:
             measure(state["step"])  # what a signal abandoned before the checkpoint
         while state["step"] < total_steps and not run.stopping:
             step = state["step"]
 
-            # Act: one host sync per step (the emulator needs the action).
-            if rng.random() < epsilon_at(step, args):
-                action = int(rng.integers(num_actions))
-            else:
-                with torch.no_grad():
-                    action = int(q_net(replay.latest()).argmax())
-            frame, reward, terminated, truncated, info = env.step(action)
-            life_lost = info["lives"] < state["lives"]  # terminal for learning (DQN Zoo), not an episode end
-            state["lives"] = info["lives"]
-            replay.add(action, float(np.clip(reward, -args.max_abs_reward, args.max_abs_reward)),
-                       terminated or life_lost, frame)
-            state["episode_return"] += reward
+            # Act: one batched forward, one host transfer of the actions.
+            actions = act(q_net, replay, epsilon_at(step, args), rng, num_actions)
+            frames, rewards, terminated, truncated, lives = envs.step(actions)
+            life_lost = lives < state["lives"]  # terminal for learning (DQN Zoo), not an episode end
+            state["lives"] = lives
+            clipped = np.clip(rewards, -args.max_abs_reward, args.max_abs_reward)
+            replay.add(torch.as_tensor(actions, device=device), torch.as_tensor(clipped, device=device),
+                       torch.as_tensor(terminated | life_lost, device=device), frames)
+            state["episode_return"] += rewards
             state["episode_length"] += 1
-            state["step"] = step = step + 1
-            if terminated or truncated:
-                record(step, {"charts/episodic_return": state["episode_return"],
-                              "charts/episodic_length": state["episode_length"]})
-                frame, info = env.reset()
-                replay.start_episode(frame)
-                state.update(episode_return=0.0, episode_length=0, lives=info["lives"])
+            state["step"] = step = step + num_envs
+            done = np.flatnonzero(terminated | truncated)
+            for k in done:
+                record(step, {"charts/episodic_return": float(state["episode_return"][k]),
+                              "charts/episodic_length": int(state["episode_length"][k])})
+            if len(done):
+                frames, state["lives"][done] = envs.reset(done)
+                replay.start_episodes(frames, done)
+                state["episode_return"][done], state["episode_length"][done] = 0.0, 0
 
-            # Learn: no host sync here; the loss is checked for non-finite values when logged.
-            if step > args.learning_starts and step % args.train_frequency == 0:
-                batch = replay.sample(args.batch_size, sampler)
-                loss, q_values = td_loss(q_net, target_net, batch, args.gamma, huber_delta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            # Learn: one update per train_frequency agent steps, no host sync; the loss is checked when logged.
+            for _ in range(step // args.train_frequency - (step - num_envs) // args.train_frequency):
+                if step <= args.learning_starts:
+                    break
+                loss, q_values = yield replay.sample(args.batch_size, sampler)  # the update of q_net on it
             if step % args.target_network_frequency == 0:
                 target_net.load_state_dict(q_net.state_dict())
 
@@ -434,7 +514,8 @@ def train(args):
                 metrics = {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args)}
                 if loss is not None:  # learning has started (in this process)
                     metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
-                record(step, metrics)
+                with allowed_sync():  # the log window's one sync
+                    record(step, metrics)
             if time.time() - last_print >= 30:  # progress at least every 30 s, whatever the speed
                 last_print = time.time()
                 print(f"step {step:,}/{total_steps:,}  {(step - start_step) / (last_print - start_time):.1f} steps/s  "
@@ -457,9 +538,9 @@ def train(args):
                         "hessian_density.png")
     if args.save_model:
         torch.save(q_net.state_dict(), os.path.join(run.run_dir, f"{args.exp_name}.model"))
-    return run.finish(state["step"], done=state["step"] >= total_steps and not due(state["step"]),
-                      metrics=state["last"], env_id=args.env_id, layer_norm=args.layer_norm, seed=args.seed,
-                      frames=state["step"] * 4)
+    done = state["step"] >= total_steps and state["measured"] == state["step"]
+    return run.finish(state["step"], done=done, metrics=state["last"], env_id=args.env_id,
+                      layer_norm=args.layer_norm, seed=args.seed, frames=state["step"] * 4)
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation

@@ -1,168 +1,355 @@
-"""Agent steps per second in the learning phase, and replay memory: ddqn_atari_layernorm.py against a CleanRL-style
-loop (gymnasium FrameStackObservation, SB3's memory-optimised numpy replay of stacked frames, per-step host-to-device
-copies, default memory format), measured the same way in one run. Each configuration runs in its own process;
-the configurations alternate so that load from other processes falls on all of them.
+"""Agent steps per second of ddqn_atari_layernorm.py, side by side in one run (each configuration in its own
+process, one torch thread unless --threads says otherwise):
+
+(a) the loop's ceiling: a stand-in network of negligible cost, today's loop (the script at BASELINE_COMMIT: one
+    Python environment, DQNZooPreprocessing) against the new one (C++ vector env) at 1 and 8 environments;
+(b) the real Nature CNN with LayerNorm against a CleanRL-style dqn_atari.py loop with the same network (gymnasium
+    SyncVectorEnv of AtariPreprocessing + FrameStackObservation, SB3's memory-optimised replay, Adam, MSE), at 1
+    and 8 environments, one update per 4 agent steps in every loop;
+(c) --num-seeds 3 against 3 single runs one after another, the Nature CNN with 8 environments per seed;
+(d) emulation alone with DQN Zoo frames and random actions: today's pipeline against VectorAtari at 1 and 8
+    environments on 2 emulator threads;
+and the costs of evaluation (today's one-environment evaluate against --eval-envs 8) and of a checkpoint at the
+paper's replay capacity.
 
     python benchmarks/bench_ddqn_atari.py                  # appends to benchmarks/RESULTS.md
-    python benchmarks/bench_ddqn_atari.py --steps 400 --no-write
+    python benchmarks/bench_ddqn_atari.py --steps 200 --no-write
+    python benchmarks/bench_ddqn_atari.py --parts c        # only (c)
 """
 import argparse
 import datetime
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+BASELINE_COMMIT = "7628a95"  # the script before the vector environments: one Python env, DQNZooPreprocessing
+ENV_ID = "ALE/Breakout-v5"
 
 
-def ours(steps, learning_starts, buffer_size, layer_norm):
-    """The real train() loop, run to learning_starts and to learning_starts + steps: the difference is the
-    learning phase (set-up and the acting-only phase cancel out). Returns (wall seconds, CPU seconds, bytes)."""
-    from common.atari import FrameReplay
-    from ddqn_atari_layernorm import Args, train
+def baseline_tree():
+    """The script and common/ at BASELINE_COMMIT, extracted into a temporary directory."""
+    path = tempfile.mkdtemp(prefix="bench_atari_baseline_")
+    archive = subprocess.run(["git", "archive", BASELINE_COMMIT, "common", "ddqn_atari_layernorm.py"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+    return path
+
+
+def stand_in_network():
+    import torch.nn as nn
+
+    class StandIn(nn.Module):
+        """A network of negligible cost with the QNetwork interface: the loop's own cost is what remains."""
+
+        def __init__(self, num_actions, layer_norm=False, channels_last=False):
+            super().__init__()
+            self.head = nn.Linear(1, num_actions)
+            self.memory_format = None
+
+        def forward(self, frames):
+            return self.head(frames[:, :, ::12, ::12].float().mean((1, 2, 3))[:, None])
+
+    return StandIn
+
+
+def script_loop(steps, learning_starts, buffer_size, num_envs, stand_in):
+    """The real train() (this tree's or the baseline's, whichever is imported), run to learning_starts and to
+    learning_starts + steps: the difference is the learning phase. Returns wall seconds."""
+    import ddqn_atari_layernorm as script
+
+    if stand_in:
+        script.QNetwork = stand_in_network()
+    extra = {"num_envs": num_envs, "eval_envs": 1} if hasattr(script.Args, "num_envs") else {}
 
     def run(total):
         with tempfile.TemporaryDirectory() as run_dir:
-            wall, cpu = time.perf_counter(), time.process_time()
-            train(Args(run_dir=run_dir, total_frames=4 * total, buffer_size=buffer_size,
-                       min_replay_capacity_fraction=learning_starts / buffer_size, layer_norm=layer_norm,
-                       grad_cov_every=0, eval_every=10**9, eval_frames=4, log_every=100))
-            return time.perf_counter() - wall, time.process_time() - cpu
+            start = time.perf_counter()
+            script.train(script.Args(run_dir=run_dir, total_frames=4 * total, buffer_size=buffer_size,
+                                     min_replay_capacity_fraction=learning_starts / buffer_size, grad_cov_every=0,
+                                     hessian_every=0, eval_every=10**9, eval_frames=4 * 8, log_every=8,
+                                     checkpoint_every=0, cuda=False, **extra))
+            return time.perf_counter() - start
 
-    run(learning_starts + 8)  # warm-up: first environment, first updates
-    short, full = run(learning_starts), run(learning_starts + steps)
-    replay = FrameReplay(1000)
-    per_transition = sum(t[0].numel() * t.element_size() for t in replay.state_dict().values() if hasattr(t, "numel"))
-    return full[0] - short[0], full[1] - short[1], per_transition
+    run(learning_starts + 8 * num_envs)  # warm-up: first environment, first updates
+    return run(learning_starts + steps) - run(learning_starts)
 
 
-def cleanrl(steps, learning_starts, buffer_size):
-    """CleanRL's dqn_atari.py learning loop, with its Adam and MSE loss, on gymnasium 1.x wrappers."""
+def seeds_loop(steps, learning_starts, buffer_size, num_seeds, one_by_one):
+    """The real train() with the Nature CNN, 8 envs per seed: num_seeds seeds in lockstep (--num-seeds) or one run
+    after another, each run to learning_starts and to learning_starts + steps. Returns the learning phase's wall
+    seconds, all seeds together."""
+    import ddqn_atari_layernorm as script
+
+    def run(total, seed, n):
+        with tempfile.TemporaryDirectory() as directory:
+            start = time.perf_counter()
+            script.train(script.Args(run_dir=os.path.join(directory, "run"), seed=seed, num_seeds=n, num_envs=8,
+                                     eval_envs=1, total_frames=4 * total, buffer_size=buffer_size,
+                                     min_replay_capacity_fraction=learning_starts / buffer_size, grad_cov_every=0,
+                                     hessian_every=0, eval_every=10**9, eval_frames=4 * 8, log_every=8,
+                                     checkpoint_every=0, cuda=False))
+            return time.perf_counter() - start
+
+    groups = [(seed, 1) for seed in range(1, num_seeds + 1)] if one_by_one else [(1, num_seeds)]
+    run(learning_starts + 64, *groups[0])  # warm-up: first environment, first updates
+    return sum(run(learning_starts + steps, *g) - run(learning_starts, *g) for g in groups)
+
+
+def cleanrl_loop(steps, learning_starts, buffer_size, num_envs):
+    """CleanRL's dqn_atari.py structure (vwxyzjn/cleanrl, cleanrl/dqn_atari.py) on gymnasium 1.x with N envs and
+    this repository's Nature CNN with LayerNorm: one epsilon draw per vector step, SB3's ReplayBuffer, Adam and an
+    MSE loss, num_envs / 4 updates per vector step (the same replay ratio), the loss read every 100 steps."""
     import gymnasium as gym
     import numpy as np
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
     from stable_baselines3.common.buffers import ReplayBuffer
 
     from common.atari import make_env
+    from ddqn_atari_layernorm import QNetwork
 
-    env = gym.wrappers.FrameStackObservation(make_env("ALE/Breakout-v5", 30, 108_000, "gymnasium"), 4)
-    device = torch.device("cpu")
+    def thunk():
+        return gym.wrappers.FrameStackObservation(make_env(ENV_ID, 30, 108_000, "gymnasium"), 4)
 
-    def network():
-        return nn.Sequential(nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512),
-                             nn.ReLU(), nn.Linear(512, env.action_space.n))
-
-    q_network, target_network = network(), network()
+    envs = gym.vector.SyncVectorEnv([thunk] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    q_network = QNetwork(envs.single_action_space.n, layer_norm=True)
+    target_network = QNetwork(envs.single_action_space.n, layer_norm=True)
     target_network.load_state_dict(q_network.state_dict())
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4)
-    rb = ReplayBuffer(buffer_size, env.observation_space, env.action_space, device, optimize_memory_usage=True,
-                      handle_timeout_termination=False)
+    rb = ReplayBuffer(buffer_size, envs.single_observation_space, envs.single_action_space, "cpu",
+                      n_envs=num_envs, optimize_memory_usage=True, handle_timeout_termination=False)
     rng = np.random.default_rng(0)
-    obs, _ = env.reset(seed=0)
-    for step in range(learning_starts + steps):
-        if step == learning_starts:
-            wall, cpu = time.perf_counter(), time.process_time()
-        if rng.random() < 0.1:
-            action = int(rng.integers(env.action_space.n))
+    obs, _ = envs.reset(seed=0)
+    for global_step in range(0, learning_starts + steps, num_envs):
+        if global_step == learning_starts:
+            start = time.perf_counter()
+        if global_step < learning_starts or rng.random() < 0.1:
+            actions = rng.integers(envs.single_action_space.n, size=num_envs)
         else:
-            action = int(q_network(torch.Tensor(obs[None]).to(device) / 255.0).argmax(dim=1).cpu().numpy()[0])
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        rb.add(obs[None], next_obs[None], np.array([action]), np.array([np.sign(reward)]), np.array([terminated]),
-               [info])
-        obs = next_obs if not (terminated or truncated) else env.reset()[0]
-        if step > learning_starts and step % 4 == 0:
+            actions = q_network(torch.as_tensor(obs)).argmax(dim=1).cpu().numpy()
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        real_next_obs = next_obs.copy()
+        for idx, done in enumerate(terminations | truncations):
+            if done:
+                real_next_obs[idx] = infos["final_obs"][idx]
+        rb.add(obs, real_next_obs, actions, np.sign(rewards), terminations, [{}] * num_envs)
+        obs = next_obs
+        for update in range(max(num_envs // 4, 1) if global_step > learning_starts else 0):
+            if num_envs < 4 and global_step % 4:
+                break
             data = rb.sample(32)
             with torch.no_grad():
-                target_max, _ = target_network(data.next_observations / 255.0).max(dim=1)
+                target_max, _ = target_network(data.next_observations).max(dim=1)
                 td_target = data.rewards.flatten() + 0.99 * target_max * (1 - data.dones.flatten())
-            old_val = q_network(data.observations / 255.0).gather(1, data.actions).squeeze()
+            old_val = q_network(data.observations).gather(1, data.actions).squeeze()
             loss = F.mse_loss(td_target, old_val)
-            if step % 100 == 0:
-                loss.item()  # CleanRL logs every 100 steps
+            if global_step % 100 < num_envs and update == 0:
+                loss.item()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    per_transition = (rb.observations.nbytes + rb.actions.nbytes + rb.rewards.nbytes + rb.dones.nbytes) / buffer_size
-    return wall, cpu, per_transition
+    return time.perf_counter() - start
 
 
-def child(config, steps, learning_starts, buffer_size, threads):
+def emulation(steps, num_envs, pipeline):
+    """Agent steps/s of the environments alone, random actions, DQN Zoo frames (84x84 grey on the CPU)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if pipeline == "today":
+        from common.atari import make_env
+
+        env = make_env(ENV_ID, 30, 108_000)
+        env.reset(seed=0)
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+            if terminated or truncated:
+                env.reset()
+        return time.perf_counter() - start
+    from common.atari import VectorAtari
+
+    envs = VectorAtari(ENV_ID, num_envs, 30, 108_000, 0, "cpu", num_threads=2)
+    envs.reset()
+    start = time.perf_counter()
+    for _ in range(steps // num_envs):
+        _, _, terminated, truncated, _ = envs.step(rng.integers(envs.num_actions, size=num_envs))
+        done = np.flatnonzero(terminated | truncated)
+        if len(done):
+            envs.reset(done)
+    return time.perf_counter() - start
+
+
+def evaluation(steps, eval_envs):
+    """Seconds of evaluate() for `steps` agent steps with the Nature CNN: today's (one Python env) or the new one."""
     import torch
 
-    torch.set_num_threads(threads)
-    if config == "cleanrl":
-        wall, cpu, per_transition = cleanrl(steps, learning_starts, buffer_size)
+    import ddqn_atari_layernorm as script
+
+    args = script.Args(eval_frames=4 * steps, cuda=False, **({"eval_envs": eval_envs} if eval_envs else {}))
+    q_net = script.QNetwork(4, layer_norm=True, channels_last=True)
+    if eval_envs:
+        from common.atari import VectorAtari
+
+        env = VectorAtari(ENV_ID, eval_envs, 30, 108_000, 0, "cpu", num_threads=2)
     else:
-        wall, cpu, per_transition = ours(steps, learning_starts, buffer_size, layer_norm=config == "ours_layernorm")
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"config": config, "sps": steps / wall, "cpu_sps": steps / cpu,
-                      "replay_bytes_per_transition": per_transition, "peak_rss_mib": peak_mib}))
+        from common.atari import make_env
+
+        env = make_env(ENV_ID, 30, 108_000)
+    start = time.perf_counter()
+    script.evaluate(q_net, env, args, 0, torch.device("cpu"))
+    return time.perf_counter() - start
+
+
+def checkpoint(buffer_size):
+    """Seconds to write (atomically) and read a checkpoint's replay at capacity buffer_size, and its bytes."""
+    import torch
+
+    from common.atari import FrameReplay
+    from common.logger import atomic_torch_save
+
+    replay = FrameReplay(buffer_size)
+    with tempfile.TemporaryDirectory(dir=ROOT) as directory:
+        path = os.path.join(directory, "checkpoint.pt")
+        start = time.perf_counter()
+        atomic_torch_save({"replay": replay.state_dict()}, path)
+        written = time.perf_counter() - start
+        size = os.path.getsize(path)
+        start = time.perf_counter()
+        torch.load(path, weights_only=False)
+        return written, time.perf_counter() - start, size
+
+
+def child(spec):
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    kind = spec["kind"]
+    if kind == "loop":
+        if spec["tree"] == "baseline":
+            sys.path.insert(0, spec["baseline_path"])
+        else:
+            sys.path.insert(0, ROOT)
+        seconds = script_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"], spec["num_envs"],
+                              spec["stand_in"])
+        return {"sps": spec["steps"] / seconds}
+    sys.path.insert(0, ROOT)
+    if spec.get("tree") == "baseline":
+        sys.path.insert(0, spec["baseline_path"])
+    if kind == "seeds":
+        seconds = seeds_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"], spec["num_seeds"],
+                             spec["one_by_one"])
+        return {"sps": spec["num_seeds"] * spec["steps"] / seconds}
+    if kind == "cleanrl":
+        return {"sps": spec["steps"] / cleanrl_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"],
+                                                    spec["num_envs"])}
+    if kind == "emulation":
+        return {"sps": spec["steps"] / emulation(spec["steps"], spec["num_envs"], spec["pipeline"])}
+    if kind == "evaluation":
+        return {"sps": spec["steps"] / evaluation(spec["steps"], spec["num_envs"])}
+    written, read, size = checkpoint(spec["buffer_size"])
+    return {"write_s": written, "read_s": read, "bytes": size}
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=1000, help="timed agent steps after learning starts")
-    parser.add_argument("--learning-starts", type=int, default=1000)
-    parser.add_argument("--buffer-size", type=int, default=100_000, help="A.3's replay capacity")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the configurations")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 on this shared 2-core machine (2 threads spin-wait when oversubscribed)")
+    parser.add_argument("--steps", type=int, default=800, help="timed agent steps of each loop after learning starts")
+    parser.add_argument("--learning-starts", type=int, default=400)
+    parser.add_argument("--buffer-size", type=int, default=20_000, help="replay capacity of the timed loops")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on the shared 2-core machine)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--parts", default="a,b,c,d,eval,checkpoint", help="comma-separated parts to run")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.steps, args.learning_starts, args.buffer_size, args.threads)
+        print(json.dumps(child(json.loads(args.child))))
+        return
 
-    configs = ["ours_layernorm", "cleanrl", "ours_no_layernorm"]
-    results = {c: [] for c in configs}
-    for _ in range(args.rounds):
-        for config in configs:
-            out = subprocess.run([sys.executable, __file__, "--child", config, "--steps", str(args.steps),
-                                  "--learning-starts", str(args.learning_starts), "--buffer-size",
-                                  str(args.buffer_size), "--threads", str(args.threads)],
-                                 cwd=ROOT, capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            results[config].append(row)
-            print(row, flush=True)
+    baseline_path = baseline_tree()
+    common = {"threads": args.threads, "learning_starts": args.learning_starts, "buffer_size": args.buffer_size,
+              "baseline_path": baseline_path}
+    loop = {**common, "kind": "loop", "steps": args.steps}
+    configs = [
+        ("a", "today's loop, 1 env", {**loop, "tree": "baseline", "num_envs": 1, "stand_in": True}),
+        ("a", "new loop, 1 env", {**loop, "tree": "new", "num_envs": 1, "stand_in": True}),
+        ("a", "new loop, 8 envs", {**loop, "tree": "new", "num_envs": 8, "stand_in": True}),
+        ("b", "CleanRL-style, 1 env", {**loop, "kind": "cleanrl", "num_envs": 1}),
+        ("b", "today's loop, 1 env", {**loop, "tree": "baseline", "num_envs": 1, "stand_in": False}),
+        ("b", "new loop, 1 env", {**loop, "tree": "new", "num_envs": 1, "stand_in": False}),
+        ("b", "CleanRL-style, 8 envs", {**loop, "kind": "cleanrl", "num_envs": 8}),
+        ("b", "new loop, 8 envs", {**loop, "tree": "new", "num_envs": 8, "stand_in": False}),
+        ("c", "3 runs one after another, 8 envs each", {**loop, "kind": "seeds", "num_seeds": 3,
+                                                         "one_by_one": True}),
+        ("c", "--num-seeds 3, 8 envs each", {**loop, "kind": "seeds", "num_seeds": 3, "one_by_one": False}),
+        ("d", "today's pipeline (DQNZooPreprocessing)", {**common, "kind": "emulation", "steps": 2000,
+                                                         "num_envs": 1, "pipeline": "today"}),
+        ("d", "VectorAtari, 1 env, 2 threads", {**common, "kind": "emulation", "steps": 2000, "num_envs": 1,
+                                                "pipeline": "new"}),
+        ("d", "VectorAtari, 8 envs, 2 threads", {**common, "kind": "emulation", "steps": 4000, "num_envs": 8,
+                                                 "pipeline": "new"}),
+        ("eval", "today's evaluate, 1 env", {**common, "kind": "evaluation", "steps": 600, "num_envs": 0,
+                                             "tree": "baseline"}),
+        ("eval", "new evaluate, --eval-envs 8", {**common, "kind": "evaluation", "steps": 1600, "num_envs": 8}),
+        ("checkpoint", "checkpoint, replay capacity 100,000", {**common, "kind": "checkpoint",
+                                                               "buffer_size": 100_000}),
+    ]
+    parts = args.parts.split(",")
+    configs = [config for config in configs if config[0] in parts]
+    load_before = os.getloadavg()
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    results = []
+    for part, name, spec in configs:
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], cwd=ROOT, capture_output=True,
+                             text=True)
+        if out.returncode:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{part} {name} failed")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append((part, name, row))
+        print(part, name, row, flush=True)
+    uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     import torch
 
-    def best(config, key):
-        return max(row[key] for row in results[config])
+    def sps(part, name):
+        return next((row["sps"] for p, n, row in results if p == part and n == name), float("nan"))
 
-    base, cpu_base = best("cleanrl", "sps"), best("cleanrl", "cpu_sps")
-    lines = [
-        "", "## ddqn_atari_layernorm.py", "",
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: CPU "
-        f"({os.cpu_count()} cores, {platform.machine()}, shared with other jobs), {args.threads} torch thread(s), "
-        f"torch {torch.__version__}, Python {platform.python_version()}; Breakout, {args.learning_starts} steps "
-        f"before learning, then {args.steps} timed agent steps (one update of batch 32 every 4); replay capacity "
-        f"{args.buffer_size}; best of {args.rounds} alternating rounds, each in its own process. Steps/s per wall "
-        "second and per CPU second of the process (the latter is less sensitive to the other jobs).", "",
-        "| loop | steps/s wall (rounds) | vs CleanRL | steps/s per CPU s | vs CleanRL | replay bytes/transition "
-        "| peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for config in configs:
-        rounds = ", ".join(f"{row['sps']:.1f}" for row in results[config])
-        lines.append(f"| {config} | {best(config, 'sps'):.1f} ({rounds}) | {best(config, 'sps') / base:.2f}x | "
-                     f"{best(config, 'cpu_sps'):.1f} | {best(config, 'cpu_sps') / cpu_base:.2f}x | "
-                     f"{results[config][0]['replay_bytes_per_transition']:,.0f} | "
-                     f"{best(config, 'peak_rss_mib'):.0f} |")
-    lines.append("")
-    lines.append("Bytes per transition: allocated replay capacity / transitions. Peak RSS: ours zero-fills its "
-                 "whole replay up front (0.7 GB at 100k); numpy's stacked buffer is allocated lazily, so its RSS "
-                 "counts only the pages touched so far (2.8 GB when full).")
+    lines = ["", "## ddqn_atari_layernorm.py: vector environments (bench_ddqn_atari.py)", "",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; CPU ({os.cpu_count()} cores, "
+             f"{platform.machine()}, shared with other engineers' jobs), {args.threads} torch thread, torch "
+             f"{torch.__version__}; {ENV_ID}; {args.learning_starts} agent steps before learning, then "
+             f"{args.steps} timed agent steps, one update of batch 32 per 4 agent steps; replay capacity "
+             f"{args.buffer_size:,} in the timed loops; one process per row, one pass. Today's loop: the script at "
+             f"{BASELINE_COMMIT}. Load: `{uptime_before}` before, `{uptime_after}` after.", "",
+             "| part | configuration | agent steps/s | ratio |", "|---|---|---|---|"]
+    reference = {"a": sps("a", "today's loop, 1 env"), "b": sps("b", "CleanRL-style, 1 env"),
+                 "d": sps("d", "today's pipeline (DQNZooPreprocessing)"),
+                 "c": sps("c", "3 runs one after another, 8 envs each"),
+                 "eval": sps("eval", "today's evaluate, 1 env")}
+    for part, name, row in results:
+        if "sps" in row:
+            lines.append(f"| {part} | {name} | {row['sps']:.0f} | {row['sps'] / reference[part]:.2f}x |")
+        else:
+            lines.append(f"| {part} | {name} | write {row['write_s']:.1f} s, read {row['read_s']:.1f} s, "
+                         f"{row['bytes'] / 2**30:.2f} GiB | |")
+    b8 = sps("b", "new loop, 8 envs") / sps("b", "CleanRL-style, 8 envs")
+    train_sps = sps("b", "new loop, 8 envs")
+    eval_before, eval_after = sps("eval", "today's evaluate, 1 env"), sps("eval", "new evaluate, --eval-envs 8")
+    eval_steps, train_steps = 125_000, 250_000  # DQN Zoo: 500k frames of evaluation per 1M frames of training
+    share = lambda e: (eval_steps / e) / (eval_steps / e + train_steps / train_sps)
+    notes = ["Ratios against the first row of each part; (c) counts the agent steps of all 3 seeds."]
+    if "b" in parts:
+        notes.append(f"(b) at 8 envs: new loop / CleanRL-style = {b8:.2f}x.")
+    if "b" in parts and "eval" in parts:
+        notes.append(f"Evaluation's share of wall time at the default schedule (125k evaluation steps per 250k "
+                     f"training steps, training at the 8-env rate): {100 * share(eval_before):.0f}% with today's "
+                     f"evaluate, {100 * share(eval_after):.0f}% with --eval-envs 8.")
+    lines += ["", " ".join(notes), ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.atari import FrameReplay, atari_env_ids, game_name, load_atari_scores, luminance_84x84, make_env
+from common.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores, luminance_84x84,
+                          make_env, rom_name)
 from common.errors import UsageError
 from common.grad_cov import gradient_covariance
 from ddqn_atari_layernorm import Args, QNetwork, double_q_targets, epsilon_at, td_error_grads, td_loss, train
@@ -121,11 +122,13 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     with the reset frame)."""
     env = gym.wrappers.FrameStackObservation(CountingEnv(), stack_size=4)  # the naive reference: full stacks
     replay = FrameReplay(capacity, history=4, zero_pad=zero_pad)
+    one = lambda value: torch.tensor([value])
+    start_episode = lambda frame: replay.start_episodes(torch.from_numpy(frame)[None])
     naive = {}  # slot -> (stacked obs, action, reward, terminal, stacked next obs, oldest frame needed, truncated)
     rng = np.random.default_rng(1)
     truncations = 0
     obs, _ = env.reset()
-    replay.start_episode(obs[-1])
+    start_episode(obs[-1])
     episode_first, written = 0, 1
     episode = [obs[-1]]
     if zero_pad:
@@ -136,15 +139,15 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
         episode.append(next_obs[-1])
         if zero_pad:
             next_obs = dqn_zoo_stack(episode)
-        slot, frame_id = (replay.pos - 1) % capacity, written - 1
-        replay.add(action, reward, terminated, episode[-1])
+        slot, frame_id = (replay.pos[0] - 1) % capacity, written - 1
+        replay.add(one(action), one(reward), one(terminated), torch.from_numpy(episode[-1])[None])
         written += 1
         naive[slot] = (obs, action, reward, terminated, next_obs, max(frame_id - 3, episode_first), truncated)
         obs = next_obs
         if terminated or truncated:
             truncations += truncated
             obs, _ = env.reset()
-            replay.start_episode(obs[-1])
+            start_episode(obs[-1])
             episode_first, written = written, written + 1
             episode = [obs[-1]]
             if zero_pad:
@@ -155,10 +158,10 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     checked = 0
     for slot, (obs, action, reward, terminal, next_obs, oldest_needed, truncated) in naive.items():
         complete = oldest_needed >= written - capacity  # all its frames are still in the store
-        assert bool(replay.valid[slot]) == complete
+        assert bool(replay.valid[0, slot]) == complete
         if not complete:
             continue
-        got = replay.transitions(torch.tensor([slot]))
+        got = replay.transitions(torch.tensor([0]), torch.tensor([slot]))
         assert np.array_equal(got[0][0].numpy(), obs)
         assert (int(got[1]), float(got[2]), float(got[3])) == (action, reward, float(terminal))
         assert np.array_equal(got[4][0].numpy(), next_obs)
@@ -169,12 +172,12 @@ def test_frame_store_matches_naive_stacked_buffer_across_episode_ends_and_trunca
     assert checked >= min(capacity, 300) * 0.6
     sampled = replay.sample(256, torch.Generator().manual_seed(0))
     assert sampled[0].shape == (256, 4, 84, 84)
-    assert all(any(np.array_equal(s.numpy(), naive[k][0]) for k in naive if replay.valid[k]) for s in sampled[0][:8])
+    assert all(any(np.array_equal(s.numpy(), naive[k][0]) for k in naive if replay.valid[0, k]) for s in sampled[0][:8])
 
 
 def test_frame_store_uses_a_quarter_of_a_stacked_buffer():
     replay = FrameReplay(1000)
-    per_transition = sum(t.element_size() * t[0].numel() for t in replay.state_dict().values()
+    per_transition = sum(t.element_size() * t[0, 0].numel() for t in replay.state_dict().values()
                          if isinstance(t, torch.Tensor))
     assert per_transition <= 28_244 / 3  # CleanRL's memory-optimised stacked buffer
     assert per_transition < 84 * 84 + 20
@@ -199,19 +202,23 @@ def test_shared_output_bias_starts_uniform_like_the_other_biases():
     assert biases.std() == pytest.approx(bound / 3**0.5, rel=0.35)  # the standard deviation of U(-b, b)
 
 
-def test_all_57_games_build_and_step_under_one_protocol():
+def test_all_57_games_have_roms_and_a_sample_steps_under_one_protocol():
+    """Every game's ROM resolves; a sample builds and steps in the vector env (each build loads its ROM twice, so
+    all 57 would take most of a minute on the shared CI cores)."""
+    from ale_py import roms
+
     ids = atari_env_ids()
     assert sorted(ids) == sorted(load_atari_scores()) and len(ids) == 57
     for name, env_id in ids.items():
-        assert game_name(env_id) == name
-        env = make_env(env_id, noop_max=0, max_episode_frames=1_000)
-        frame, info = env.reset()  # no seed: seeding reloads the ROM, doubling the time of this test
-        frame, reward, terminated, truncated, info = env.step(env.action_space.n - 1)
-        ale = env.unwrapped.ale
-        assert frame.shape == (84, 84) and frame.dtype == np.uint8 and "lives" in info
-        assert env.unwrapped._frameskip == 1 and ale.getFloat("repeat_action_probability") == 0.0
-        assert env.action_space.n == len(ale.getMinimalActionSet())
-        env.close()
+        assert game_name(env_id) == name and roms.get_rom_path(rom_name(env_id)) is not None
+    minimal_actions = {"Breakout": 4, "Pong": 6, "MsPacman": 9, "Seaquest": 18, "Surround": 5, "Skiing": 3}
+    for name, actions in minimal_actions.items():
+        envs = VectorAtari(ids[name], 1, noop_max=0, max_episode_frames=1_000, seed=0, device="cpu")
+        envs.reset()
+        frames, rewards, terminated, truncated, lives = envs.step(np.array([envs.num_actions - 1]))
+        assert frames.shape == (1, 84, 84) and frames.dtype == torch.uint8 and lives.shape == (1,)
+        assert envs.num_actions == actions
+        envs.close()
 
 
 def pil_bilinear_by_hand(image, size=84):
@@ -262,7 +269,7 @@ def tiny_args(run_dir, **overrides):
     args = Args(run_dir=str(run_dir), cuda=False, total_frames=4 * 160, batch_size=8, buffer_size=120,
                 min_replay_capacity_fraction=1 / 3, target_network_frequency=50, max_episode_frames=80, eval_every=80,
                 eval_frames=120, grad_cov_every=60, grad_cov_samples=4, hessian_every=80, hessian_samples=16,
-                hessian_iters=6, log_every=10, checkpoint_every=160)
+                hessian_iters=6, log_every=10, checkpoint_every=160, eval_envs=1)
     return dataclasses.replace(args, **overrides)
 
 
@@ -298,11 +305,9 @@ def test_smoke_run_on_breakout_writes_the_run_directory(finished_run):
     assert json.load(open(run_dir / "summary.json"))["status"] == "completed"
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, tmp_path):
-    """SIGTERM mid-run writes a checkpoint and exits; --resume then finishes with exactly the network, optimizer
-    state, replay contents and step count of the run that was never interrupted."""
-    full_dir, _ = finished_run
-    run_dir = tmp_path / "resumed"
+def interrupted_and_resumed(run_dir, args, after_step):
+    """Train with a SIGTERM once run_dir's metrics.jsonl reaches ``after_step``, then --resume: both summaries.
+    With --num-seeds, run_dir is the first seed's directory."""
     metrics = run_dir / "metrics.jsonl"
 
     def interrupt_after_step(step):
@@ -313,27 +318,169 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, t
     # A harmless handler outside train(): a late signal must not kill pytest.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        threading.Thread(target=interrupt_after_step, args=(70,), daemon=True).start()
-        first = train(tiny_args(run_dir))
+        threading.Thread(target=interrupt_after_step, args=(after_step,), daemon=True).start()
+        first = train(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert first["status"] == "interrupted" and 70 <= first["steps"] < 160
     at_interruption = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert at_interruption["state"]["step"] == first["steps"]
+    assert at_interruption["state"]["step"] == (first["runs"][0] if "runs" in first else first)["steps"]
+    return first, train(dataclasses.replace(args, resume=True))
 
-    second = train(tiny_args(run_dir, resume=True))
-    assert second["status"] == "completed" and second["steps"] == 160
-    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    reference = torch.load(full_dir / "checkpoint.pt", weights_only=False)
-    assert resumed["state"]["step"] == reference["state"]["step"] == 160
-    for part in ("q_net", "target_net", "replay"):
+
+def assert_same_checkpoints(resumed_dir, reference_dir):
+    """The network, optimizer state, replay contents, emulators and step count of two runs are equal."""
+    resumed = torch.load(resumed_dir / "checkpoint.pt", weights_only=False)
+    reference = torch.load(reference_dir / "checkpoint.pt", weights_only=False)
+    assert resumed["state"]["step"] == reference["state"]["step"]
+    for part in ("q_net", "target_net", "replay", "envs"):
         for key, value in reference[part].items():
-            assert torch.equal(torch.as_tensor(resumed[part][key]), torch.as_tensor(value)), (part, key)
+            if key == "actions":  # each env's actions since its reset
+                assert all(np.array_equal(a, b) for a, b in zip(resumed[part][key], value, strict=True))
+            elif key != "rng":
+                assert torch.equal(torch.as_tensor(resumed[part][key]), torch.as_tensor(value)), (part, key)
+    assert resumed["envs"]["rng"] == reference["envs"]["rng"]
     for key, value in reference["optimizer"]["state"].items():
         for name, tensor in value.items():
             assert torch.equal(resumed["optimizer"]["state"][key][name], tensor), (key, name)
-    steps = [json.loads(line)["step"] for line in open(metrics)]
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(finished_run, tmp_path):
+    """SIGTERM mid-run writes a checkpoint and exits; --resume then finishes with exactly the network, optimizer
+    state, replay contents, emulators and step count of the run that was never interrupted."""
+    full_dir, _ = finished_run
+    run_dir = tmp_path / "resumed"
+    first, second = interrupted_and_resumed(run_dir, tiny_args(run_dir), after_step=70)
+    assert first["status"] == "interrupted" and 70 <= first["steps"] < 160
+    assert second["status"] == "completed" and second["steps"] == 160
+    assert_same_checkpoints(run_dir, full_dir)
+    steps = [json.loads(line)["step"] for line in open(run_dir / "metrics.jsonl")]
     assert steps == sorted(steps) and steps[-1] == 160  # one metrics.jsonl continued across the interruption
+
+
+def tiny_vector_args(run_dir, **overrides):
+    """tiny_args with 4 environments: every period a multiple of 4, two updates per vector step at train
+    frequency 2, two evaluation environments."""
+    return tiny_args(run_dir, num_envs=4, train_frequency=2, target_network_frequency=48, log_every=20,
+                     eval_envs=2, eval_frames=4 * 40, hessian_every=0, **overrides)
+
+
+def test_four_envs_interrupted_and_resumed_equal_an_uninterrupted_run(tmp_path):
+    full = train(tiny_vector_args(tmp_path / "full"))
+    assert full["status"] == "completed" and full["steps"] == 160
+    rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    assert {r["step"] % 4 for r in rows} == {0}
+    assert len([r for r in rows if "charts/episodic_return" in r]) >= 8  # the four envs' episodes interleave
+    assert [r["step"] for r in rows if "eval/episodic_return" in r] == [80, 160]
+    replay = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["replay"]
+    assert replay["frames"].shape[:2] == (4, 30)  # four lanes of 120 / 4 frames
+
+    run_dir = tmp_path / "resumed"
+    first, second = interrupted_and_resumed(run_dir, tiny_vector_args(run_dir), after_step=60)
+    assert first["status"] == "interrupted" and second["status"] == "completed"
+    assert_same_checkpoints(run_dir, tmp_path / "full")
+
+
+@pytest.fixture(scope="module")
+def float64_single_runs(tmp_path_factory):
+    """The single runs of seeds 3 and 4 in float64: {seed: run directory}."""
+    runs = {seed: tmp_path_factory.mktemp("single") / f"seed{seed}" for seed in (3, 4)}
+    torch.set_default_dtype(torch.float64)
+    try:
+        for seed, run_dir in runs.items():
+            assert train(tiny_args(run_dir, seed=seed))["status"] == "completed"
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return runs
+
+
+def assert_close_checkpoints(lockstep_dir, single_dir):
+    """Two runs' checkpoints agree: the networks and optimizer states to float64 rounding, and everything the
+    agent acted on and stored (replay, emulators, counters, measurements' steps) exactly."""
+    lock = torch.load(lockstep_dir / "checkpoint.pt", weights_only=False)
+    single = torch.load(single_dir / "checkpoint.pt", weights_only=False)
+    for part in ("q_net", "target_net"):
+        assert lock[part].keys() == single[part].keys()
+        for key, value in single[part].items():
+            torch.testing.assert_close(lock[part][key], value, rtol=1e-9, atol=1e-12, msg=(part, key))
+    assert lock["optimizer"]["state"].keys() == single["optimizer"]["state"].keys()
+    for i, entry in single["optimizer"]["state"].items():
+        for name, value in entry.items():
+            torch.testing.assert_close(lock["optimizer"]["state"][i][name], value, rtol=1e-9, atol=1e-14)
+    for key, value in single["replay"].items():
+        assert torch.equal(torch.as_tensor(lock["replay"][key]), torch.as_tensor(value)), key
+    assert lock["envs"]["rng"] == single["envs"]["rng"] and lock["rng"] == single["rng"]
+    global_rng, single_global_rng = lock["lifecycle"]["rng"], single["lifecycle"]["rng"]  # each seed its own stream
+    assert torch.equal(global_rng["torch"], single_global_rng["torch"])
+    assert global_rng["python"] == single_global_rng["python"]
+    assert all(np.array_equal(a, b) for a, b in zip(global_rng["numpy"], single_global_rng["numpy"]))
+    assert all(np.array_equal(a, b) for a, b in zip(lock["envs"]["actions"], single["envs"]["actions"], strict=True))
+    for key in ("step", "eval_step", "measured"):
+        assert lock["state"][key] == single["state"][key], key
+    assert [s for s, _ in lock["state"]["grad_cov"]] == [s for s, _ in single["state"]["grad_cov"]]
+    for (_, a), (_, b) in zip(lock["state"]["grad_cov"], single["state"]["grad_cov"]):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
+    for key, value in single["state"]["last"].items():
+        if key != "charts/SPS":
+            np.testing.assert_allclose(lock["state"]["last"][key], value, rtol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize("after_step", [10, 70])
+def test_seeds_in_lockstep_across_a_sigterm_equal_their_single_runs(float64_single_runs, tmp_path, after_step):
+    """--num-seeds 2 (seeds 3 and 4), interrupted by one SIGTERM and resumed: each seed's run directory ends as its
+    single run's, in float64, and each args.json is its single run's. The signal stops both seeds, also at step 10,
+    in seed 3's warm-up before seed 4 has started (then seed 4 stops at step 0 and the two resume at different
+    steps)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        args = tiny_args(tmp_path / "lock", seed=3, num_seeds=2)
+        first, second = interrupted_and_resumed(tmp_path / "lock__seed3", args, after_step=after_step)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert first["status"] == "interrupted" and [r["status"] for r in first["runs"]] == ["interrupted"] * 2
+    assert all(r["steps"] < 160 for r in first["runs"])
+    assert second["status"] == "completed" and [r["steps"] for r in second["runs"]] == [160, 160]
+    for seed, single_dir in float64_single_runs.items():
+        seed_dir = tmp_path / f"lock__seed{seed}"
+        saved = json.load(open(seed_dir / "args.json"))
+        assert (saved["seed"], saved["num_seeds"], saved["run_dir"]) == (seed, 1, str(seed_dir))
+        assert_close_checkpoints(seed_dir, single_dir)
+        rows, single_rows = ([json.loads(line) for line in open(d / "metrics.jsonl")] for d in (seed_dir, single_dir))
+        assert [r["step"] for r in rows] == [r["step"] for r in single_rows]
+
+
+def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
+    random_score, human_score = load_atari_scores()["Breakout"]
+    finals = {("BreakoutNoFrameskip-v4", True): [40.0, 60.0], ("BreakoutNoFrameskip-v4", False): [10.0, 20.0],
+              ("PongNoFrameskip-v4", True): [0.0], ("PongNoFrameskip-v4", False): [5.0],
+              ("SeaquestNoFrameskip-v4", True): [100.0]}  # no baseline: left out
+    for (env_id, layer_norm), returns in finals.items():
+        for seed, value in enumerate(returns):
+            run = tmp_path / f"{env_id}_{layer_norm}_{seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps(
+                {"status": "completed", "env_id": env_id, "layer_norm": layer_norm, "frames": 4000,
+                 "metrics": {"eval/episodic_return": value}}))
+    # Runs that must not count: interrupted, diverged (their last evaluation would pull Breakout's means away).
+    for name, status in (("interrupted", "interrupted"), ("diverged", "diverged"), ("diverged2", "diverged")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"status": status, "env_id": "BreakoutNoFrameskip-v4", "layer_norm": False, "frames": 400,
+             "metrics": {"eval/episodic_return": 1000.0}}))
+    rows = {row[0]: row for row in aggregate(AggregateArgs(runs_dir=str(tmp_path)))}
+    assert set(rows) == {"Breakout", "Pong"}
+    assert rows["Breakout"][3] == pytest.approx((50 - 15) / (max(human_score, 15) - random_score))
+    assert rows["Pong"][3] == pytest.approx((0 - 5) / (14.6 - -20.7))
+    out, err = capsys.readouterr()
+    assert "Breakout" in out and "skipped 3 runs: 2 status diverged, 1 status interrupted" in out
+    assert "warning" not in err
+    assert (tmp_path / "fig7_layernorm_improvement.png").exists()
+
+    (tmp_path / "longer").mkdir()  # a completed Pong run of another length
+    (tmp_path / "longer" / "summary.json").write_text(json.dumps(
+        {"status": "completed", "env_id": "ALE/Pong-v5", "layer_norm": True, "frames": 8000,
+         "metrics": {"eval/episodic_return": 0.0}}))
+    aggregate(AggregateArgs(runs_dir=str(tmp_path)))
+    assert "warning: Pong runs differ in length: [4000, 8000] frames" in capsys.readouterr().err
 
 
 def test_bad_arguments_give_usage_errors(tmp_path):
@@ -345,6 +492,14 @@ def test_bad_arguments_give_usage_errors(tmp_path):
         train(Args(total_frames=0, run_dir=str(tmp_path)))
     with pytest.raises(UsageError, match="to resume"):
         train(Args(resume=True, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--train-frequency 4 and --num-envs 7: one must divide the other"):
+        train(Args(num_envs=7, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--num-seeds"):
+        train(Args(num_seeds=0, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="--log-every 1000 must be a multiple of --num-envs 16"):
+        train(Args(num_envs=16, run_dir=str(tmp_path)))
+    with pytest.raises(UsageError, match="capture-video needs --preprocessing dqn_zoo"):
+        train(Args(capture_video=True, preprocessing="gymnasium", run_dir=str(tmp_path)))
     for learning_rate in (-1e-4, float("nan")):
         with pytest.raises(UsageError, match="--learning-rate must be positive"):
             train(Args(learning_rate=learning_rate, run_dir=str(tmp_path)))
@@ -355,3 +510,48 @@ def test_diverging_run_records_diverged(tmp_path):
                               grad_cov_every=0, checkpoint_every=0, preprocessing="gymnasium"))  # the option runs
     assert summary["status"] == "diverged" and summary["steps"] < 120
     assert json.load(open(tmp_path / "diverged" / "summary.json"))["status"] == "diverged"
+
+
+def test_resume_without_a_checkpoint_says_how_to_start_again(tmp_path):
+    """A run killed before its first periodic checkpoint (or whose checkpoint was deleted): the advice works."""
+    run_dir = tmp_path / "killed"
+    args = tiny_args(run_dir, checkpoint_every=0, eval_every=10**6, grad_cov_every=0, hessian_every=0,
+                     total_frames=4 * 40)
+    train(args)
+    os.remove(run_dir / "checkpoint.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "steps": 20}))
+    with pytest.raises(UsageError, match="move it aside") as error:
+        train(dataclasses.replace(args, resume=True))
+    stale = str(error.value).split("(mv ")[1].split(")")[0].split()[1]
+    os.rename(run_dir, stale)  # following the advice: a fresh start in the same directory works
+    assert train(args)["status"] == "completed"
+    assert Args().checkpoint_every == 250_000  # a SIGKILL loses at most this many agent steps by default
+
+
+def test_atari_sbatch_maps_tasks_to_games_and_moves_checkpointless_directories_aside(tmp_path):
+    """slurm/atari.sbatch without Slurm: task 3 is Amidar's baseline (sorted games x {LN, baseline}), its two seeds
+    in one --num-seeds process; a seed directory without checkpoint.pt is moved aside and the seeds train; a bad
+    task id is a usage error (2)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    stale = tmp_path / "Amidar_baseline__seed1"
+    stale.mkdir()
+    (stale / "args.json").write_text("{}")  # killed before its first checkpoint
+    flags = ["--total-frames", "160", "--buffer-size", "120", "--min-replay-capacity-fraction", "0.34",
+             "--batch-size", "8", "--eval-frames", "40", "--eval-envs", "1", "--eval-every", "40", "--no-cuda",
+             "--grad-cov-every", "0", "--hessian-every", "0", "--log-every", "10"]
+    done = subprocess.run(["slurm/atari.sbatch", *flags], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": "3"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for seed in (1, 2):
+        summary = json.load(open(tmp_path / f"Amidar_baseline__seed{seed}" / "summary.json"))
+        assert summary["status"] == "completed" and summary["env_id"] == "ALE/Amidar-v5" and not summary["layer_norm"]
+        assert summary["seed"] == seed
+    assert len(list(tmp_path.glob("Amidar_baseline__seed1.stale-*"))) == 1
+    for task in ("abc", "114"):
+        bad = subprocess.run(["slurm/atari.sbatch"], cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": task},
+                             capture_output=True, text=True)
+        assert bad.returncode == 2, (task, bad.stderr)

@@ -233,7 +233,8 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp
 def test_a_resubmission_while_the_first_array_runs_never_shares_a_cell(slurm, tmp_path, data_dir):
     """The same array task submitted again while the first still trains: the second finds every seed's directory
     locked, exits 73 at once and is not requeued; the first is untouched and completes, every row logged once."""
-    total, flags = 600, ("--set", "total_steps=600", "--set", "probe_every=300", "--set", "log_every=50")
+    # long enough that the second submission starts and exits while the first still trains, on a loaded machine too
+    total, flags = 3_000, ("--set", "total_steps=3000", "--set", "probe_every=1500", "--set", "log_every=50")
     first = submit(slurm, tmp_path, data_dir, "0", *flags)
     run_dirs = [tmp_path / "runs" / "falsification" / cell.name
                 for cell in falsification.make_grid(argparse.Namespace(datasets="offline")).cells()[:4]]
