@@ -327,7 +327,7 @@ def check_args(args):
         value = getattr(args, name)
         check(value % args.num_envs == 0, f"--{name.replace('_', '-')} {value} must be a multiple of --num-envs "
                                           f"{args.num_envs}: every period counts agent steps summed over the envs")
-    check(args.total_frames // 4 % args.num_envs == 0, f"--total-frames / 4 must be a multiple of --num-envs")
+    check(args.total_frames // 4 % args.num_envs == 0, "--total-frames / 4 must be a multiple of --num-envs")
     check(args.buffer_size // args.num_envs > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small "
           f"for the batch and --num-envs {args.num_envs}")
     check(0 < args.min_replay_capacity_fraction <= 1 and args.learning_starts >= args.batch_size,

@@ -2,7 +2,6 @@
 protocol (VectorAtari) with DQN Zoo's frames made on the device, the one-environment Python pipeline they are
 tested against (make_env, DQNZooPreprocessing), game ids and the human-normalisation score table, evaluation videos,
 and the replay that stores each frame once."""
-import collections
 import csv
 import os
 

@@ -5,8 +5,7 @@ import sys
 import tyro
 
 from common import run
-from common.errors import (EXIT_COMPLETED, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED,  # noqa: F401
-                           EXIT_STATUS, EXIT_USAGE, UsageError, check)
+from common.errors import EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE, UsageError
 
 
 def main(train, args_cls):

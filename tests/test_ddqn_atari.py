@@ -448,41 +448,6 @@ def test_seeds_in_lockstep_across_a_sigterm_equal_their_single_runs(float64_sing
         assert [r["step"] for r in rows] == [r["step"] for r in single_rows]
 
 
-def test_aggregate_prints_wang_et_al_improvement(tmp_path, capsys):
-    random_score, human_score = load_atari_scores()["Breakout"]
-    finals = {("BreakoutNoFrameskip-v4", True): [40.0, 60.0], ("BreakoutNoFrameskip-v4", False): [10.0, 20.0],
-              ("PongNoFrameskip-v4", True): [0.0], ("PongNoFrameskip-v4", False): [5.0],
-              ("SeaquestNoFrameskip-v4", True): [100.0]}  # no baseline: left out
-    for (env_id, layer_norm), returns in finals.items():
-        for seed, value in enumerate(returns):
-            run = tmp_path / f"{env_id}_{layer_norm}_{seed}"
-            run.mkdir()
-            (run / "summary.json").write_text(json.dumps(
-                {"status": "completed", "env_id": env_id, "layer_norm": layer_norm, "frames": 4000,
-                 "metrics": {"eval/episodic_return": value}}))
-    # Runs that must not count: interrupted, diverged (their last evaluation would pull Breakout's means away).
-    for name, status in (("interrupted", "interrupted"), ("diverged", "diverged"), ("diverged2", "diverged")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"status": status, "env_id": "BreakoutNoFrameskip-v4", "layer_norm": False, "frames": 400,
-             "metrics": {"eval/episodic_return": 1000.0}}))
-    rows = {row[0]: row for row in aggregate(AggregateArgs(runs_dir=str(tmp_path)))}
-    assert set(rows) == {"Breakout", "Pong"}
-    assert rows["Breakout"][3] == pytest.approx((50 - 15) / (max(human_score, 15) - random_score))
-    assert rows["Pong"][3] == pytest.approx((0 - 5) / (14.6 - -20.7))
-    out, err = capsys.readouterr()
-    assert "Breakout" in out and "skipped 3 runs: 2 status diverged, 1 status interrupted" in out
-    assert "warning" not in err
-    assert (tmp_path / "fig7_layernorm_improvement.png").exists()
-
-    (tmp_path / "longer").mkdir()  # a completed Pong run of another length
-    (tmp_path / "longer" / "summary.json").write_text(json.dumps(
-        {"status": "completed", "env_id": "ALE/Pong-v5", "layer_norm": True, "frames": 8000,
-         "metrics": {"eval/episodic_return": 0.0}}))
-    aggregate(AggregateArgs(runs_dir=str(tmp_path)))
-    assert "warning: Pong runs differ in length: [4000, 8000] frames" in capsys.readouterr().err
-
-
 def test_bad_arguments_give_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="unknown Atari env id"):
         train(Args(env_id="CartPole-v1", run_dir=str(tmp_path)))

@@ -1,5 +1,4 @@
 """common.hessian against independent references: eigvalsh of explicit matrices and of exact Hessians."""
-import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
