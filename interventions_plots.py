@@ -99,6 +99,9 @@ def plot_fig5(table, protocol):
         axes[0, j].set(xscale="log", ylabel="plasticity loss", title=arch)
         axes[1, j].set(xscale="log", ylabel="probe fit P / b", ylim=(0, 1.05),
                        xlabel="hidden units" if arch == "mlp" else "width (x A.2's CNN: 64 channels, 256 units)")
+        widths = sorted(data.loc[data["arch"] == arch, "x"].unique())
+        axes[1, j].set_xticks(widths, [f"{w:g}" for w in widths])  # the grid's widths, not log-axis decades
+        axes[1, j].minorticks_off()
         axes[0, j].legend(fontsize=8)
         axes[1, j].legend(fontsize=6)
     save(fig, data, protocol, "fig5_width")
