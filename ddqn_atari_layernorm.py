@@ -334,7 +334,8 @@ def check_args(args):
           "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
-    check(args.eval_frames // 4 >= args.eval_envs, f"--eval-frames {args.eval_frames} is too few for --eval-envs")
+    check(args.eval_frames // 4 >= args.eval_envs, f"--eval-frames {args.eval_frames} gives fewer agent steps than "
+          f"--eval-envs {args.eval_envs}: use at least {4 * args.eval_envs} frames or fewer --eval-envs")
     check(not args.capture_video or args.preprocessing == "dqn_zoo",
           "--capture-video needs --preprocessing dqn_zoo (the gymnasium frames come grey from the emulator)")
     check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")

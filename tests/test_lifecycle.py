@@ -360,8 +360,8 @@ def test_track_without_wandb_fails_before_anything_is_written(tmp_path, data_dir
 
 
 def test_an_evaluation_that_finishes_no_episode_logs_no_score(tmp_path, capsys):
-    config = {**ATARI, "total_frames": 4 * 40, "eval_every": 40, "eval_frames": 8, "grad_cov_every": 0,
-              "hessian_every": 0}
+    config = {**ATARI, "total_frames": 4 * 40, "eval_every": 40, "eval_frames": 8, "eval_envs": 1,
+              "grad_cov_every": 0, "hessian_every": 0}
     atari.train(atari.Args(run_dir=str(tmp_path / "run"), **config))
     evaluations = [r for r in read_rows(tmp_path / "run") if "eval/episodes" in r]
     assert evaluations == [{"step": 40, "eval/episodes": 0}]
