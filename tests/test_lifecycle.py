@@ -1,4 +1,4 @@
-"""The run lifecycle (issue 9), the same in every script: run directories, resume, interruption, divergence, exit
+"""The run lifecycle, the same in every script: run directories, resume, interruption, divergence, exit
 statuses and one-line errors. Tiny configurations; subprocesses where signals and exit statuses are the point."""
 import importlib.util
 import json
