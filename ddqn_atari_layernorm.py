@@ -30,7 +30,7 @@ from common.atari import (FrameReplay, VectorAtari, check_env_id, game_name, hum
                           write_video)
 from common.cli import main, select_device, seed_everything
 from common.errors import check
-from common.grad_cov import gradient_covariance, interference, per_example_grads
+from common.grad_cov import gradient_covariance, interference_summary, per_example_grads
 from common.hessian import hessian_matvec, lanczos
 from common.optim import RMSProp
 from common.plots import draw_grad_cov, draw_spectral_densities
@@ -78,6 +78,10 @@ class Args:
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
     """channels_last CNN (2x faster per update reported on an idle 2-core CPU; no gain measured at 1 thread)"""
+    compile: bool = False
+    """torch.compile the update's forward and backward (the optimizer step stays eager): equal to eager to float
+    rounding, compiled once at the first update (about a minute on a CPU); its speed-up is measured in
+    benchmarks/bench_ddqn_atari.py (part b) and on a GPU by benchmarks/gpu_suite.sh"""
 
     buffer_size: int = 100_000
     """replay capacity in frames, about one transition each (A.3: 100,000; DQN Zoo uses 1M)"""
@@ -242,14 +246,6 @@ def td_loss_hessian(q_net, target_net, batch, gamma, huber_delta, num_iters):
     return lanczos(matvec, dim, min(num_iters, dim))
 
 
-def grad_cov_summary(cov):
-    """Fig 7 (bottom), 19-20: how much the transitions' gradients interfere (Sec 2.1)."""
-    off_diagonal = cov[~torch.eye(len(cov), dtype=torch.bool, device=cov.device)]
-    neg_fraction, neg_mean = interference(cov)
-    return {"curvature/grad_cov_offdiag_mean": off_diagonal.nanmean(), "curvature/grad_cov_neg_fraction": neg_fraction,
-            "curvature/grad_cov_neg_mean": neg_mean}
-
-
 def epsilon_at(step, args):
     """1 (uniformly random actions) before learning starts, then a linear decay from epsilon_start to epsilon_end
     over epsilon_decay_steps (DQN Zoo's parts.LinearSchedule, which returns its begin value 1.0 before begin_t =
@@ -343,23 +339,8 @@ def check_args(args):
           "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
-def check_resumable(args):
-    """A run directory that a SIGKILL stopped before its first checkpoint, or whose checkpoint was deleted, holds
-    args.json but no checkpoint.pt: say how to start it again rather than only refusing --resume."""
-    if not args.resume or not args.run_dir or os.path.exists(os.path.join(args.run_dir, "checkpoint.pt")):
-        return
-    summary = os.path.join(args.run_dir, "summary.json")
-    if os.path.exists(summary) and '"interrupted"' not in open(summary).read():
-        return  # completed or diverged: Run says so
-    check(not os.path.exists(os.path.join(args.run_dir, "args.json")),
-          f"--run-dir {args.run_dir} has no checkpoint.pt to resume (the run stopped before its first checkpoint, "
-          f"every --checkpoint-every {args.checkpoint_every:,} agent steps, or it was deleted): move it aside "
-          f"(mv {args.run_dir} {args.run_dir}.stale) and start again without --resume")
-
-
 def open_run(args):
-    check_resumable(args)
-    return Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads"))
+    return Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads", "compile"))
 
 
 def train(args):
@@ -369,7 +350,8 @@ def train(args):
     return lockstep.train(args, open_run, agent,
                           lambda params: RMSProp(params, lr=args.learning_rate, decay=args.rmsprop_decay,
                                                  eps=args.rmsprop_eps, centered=True),
-                          lambda q_net, target_net, batch: td_loss(q_net, target_net, batch, args.gamma, huber_delta))
+                          lambda q_net, target_net, batch: td_loss(q_net, target_net, batch, args.gamma, huber_delta),
+                          compile=args.compile)
 
 
 def agent(args, run):
@@ -450,7 +432,7 @@ def agent(args, run):
                 batch = replay.sample(args.grad_cov_samples, sampler)
                 cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
             state["grad_cov"].append((step, cov.cpu().numpy()))
-            record(step, grad_cov_summary(cov))
+            record(step, {f"curvature/{key}": value for key, value in interference_summary(cov).items()})
         if learning and args.hessian_every and step % args.hessian_every == 0 and last_step("hessian") < step:
             with run.measurement(sampler):
                 batch = replay.sample(args.hessian_samples, sampler)

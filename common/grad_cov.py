@@ -3,6 +3,7 @@
     grads = per_example_grads(model, loss_fn, x, *targets)   # (k, d), one vectorised torch.func call
     C = gradient_covariance(grads)                             # (k, k) cosines
     neg_fraction, neg_mean = interference(C)                   # negative off-diagonal entries (Sec 2.1)
+    interference_summary(C)                                    # those and the mean off-diagonal entry, to log
     order = kmeans_order(C, k=10)                              # C[order][:, order] shows the block structure
 """
 import torch
@@ -49,6 +50,15 @@ def interference(C):
     negative = (off_diagonal < 0).to(C.dtype)
     count = negative.sum()
     return count / off_diagonal.numel(), (off_diagonal * negative).sum() / count.clamp_min(1)
+
+
+def interference_summary(C):
+    """The mean off-diagonal entry of ``C`` and its negative entries' fraction and mean (``interference``), as
+    0-d tensors keyed for logging (Fig 7 bottom, 19-20)."""
+    off_diagonal = C[~torch.eye(len(C), dtype=torch.bool, device=C.device)]
+    neg_fraction, neg_mean = interference(C)
+    return {"grad_cov_offdiag_mean": off_diagonal.nanmean(), "grad_cov_neg_fraction": neg_fraction,
+            "grad_cov_neg_mean": neg_mean}
 
 
 def kmeans_order(C, k=10, seed=0, iters=50):

@@ -35,10 +35,12 @@ def seed_args(args):
             for k in range(args.num_seeds)]
 
 
-def train(args, open_run, agent, build_optimizer, loss_fn):
+def train(args, open_run, agent, build_optimizer, loss_fn, compile=False):
     """Train ``agent(seed_args, open_run(seed_args))`` for every seed of ``args``; ``build_optimizer(params)`` makes
-    the (elementwise) optimizer, ``loss_fn(q_net, target_net, batch)`` one seed's ``(loss, q_values)``. Returns the
-    summary of the run, with several seeds ``{"status": the worst of theirs, "runs": [summaries]}``."""
+    the (elementwise) optimizer, ``loss_fn(q_net, target_net, batch)`` one seed's ``(loss, q_values)``. With
+    ``compile``, the loss's forward and backward (vmapped over the seeds) go through ``torch.compile``; the
+    optimizer step stays eager. Returns the summary of the run, with several seeds ``{"status": the worst of
+    theirs, "runs": [summaries]}``."""
     runs = []
     try:
         for seed_run_args in seed_args(args):
@@ -49,10 +51,10 @@ def train(args, open_run, agent, build_optimizer, loss_fn):
         raise
     agents = [agent(run.args, run) for run in runs]
     if len(agents) == 1:
-        return _single(agents[0], build_optimizer, loss_fn)
+        return _single(agents[0], build_optimizer, torch.compile(loss_fn) if compile else loss_fn)
     handlers = {s: signal.getsignal(s) for s in SIGNALS}
     try:
-        return combined_summary(_lockstep(agents, runs, build_optimizer, loss_fn))
+        return combined_summary(_lockstep(agents, runs, build_optimizer, loss_fn, compile))
     finally:
         if threading.current_thread() is threading.main_thread():  # the seeds finish in any order
             for s, handler in handlers.items():
@@ -75,7 +77,7 @@ def _single(agent, build_optimizer, loss_fn):
         return stop.value
 
 
-def _lockstep(agents, runs, build_optimizer, loss_fn):
+def _lockstep(agents, runs, build_optimizer, loss_fn, compile):
     """Several seeds: one stacked update per round, each seed's loop resumed in turn to its next minibatch."""
     summaries, rng_states = [None] * len(agents), [None] * len(agents)
     training, started = set(range(len(agents))), False
@@ -121,11 +123,13 @@ def _lockstep(agents, runs, build_optimizer, loss_fn):
         return loss_fn(partial(functional_call, q_stack.template, params),
                        partial(functional_call, target_stack.template, target_params), batch)
 
+    seeds_loss = torch.compile(vmap(seed_loss)) if compile else vmap(seed_loss)
+
     while any(batch is not None for batch in batches.values()):
         # a finished seed's slot learns on another seed's batch: its numbers are never read again
         spare = next(batch for batch in batches.values() if batch is not None)
         stacked = [torch.stack(parts) for parts in zip(*(batches[k] or spare for k in live))]
-        losses, q_values = vmap(seed_loss)(q_stack.params, target_stack.params, stacked)
+        losses, q_values = seeds_loss(q_stack.params, target_stack.params, stacked)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # the seeds share nothing: each gets exactly its own gradient
         optimizer.step()

@@ -311,8 +311,11 @@ class Run:
                 print(f"run {run_dir} already completed ({self.total} {reached:,}): nothing to do; raise "
                       f"--{self.total.replace('_', '-')} to train further", flush=True)
                 self.finished = summary
+        every = getattr(args, "checkpoint_every", 0)
         check(self.finished or os.path.exists(os.path.join(run_dir, "checkpoint.pt")),
-              f"no checkpoint.pt in --run-dir {run_dir} to resume: start afresh in another --run-dir")
+              f"--run-dir {run_dir} has no checkpoint.pt to resume (the run stopped before its first checkpoint"
+              + (f", every --checkpoint-every {every:,} steps," if every else "") + " or it was deleted): move it "
+              f"aside (mv {run_dir} {run_dir}.stale) and start again without --resume")
 
     def load_checkpoint(self, device):
         """The script's state saved by ``save_checkpoint`` (None for a fresh run); restores the global RNGs."""

@@ -448,6 +448,21 @@ def test_seeds_in_lockstep_across_a_sigterm_equal_their_single_runs(float64_sing
         assert [r["step"] for r in rows] == [r["step"] for r in single_rows]
 
 
+def test_compiled_updates_equal_eager_ones(float64_single_runs, tmp_path):
+    """--compile (torch.compile's inductor on the CPU), for one seed and for two in lockstep: each run ends as its
+    eager single run, in float64. The compiled graph computes the same loss and gradient; only the order of a
+    few floating-point sums may differ."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert train(tiny_args(tmp_path / "one", seed=3, compile=True))["status"] == "completed"
+        assert train(tiny_args(tmp_path / "two", seed=3, num_seeds=2, compile=True))["status"] == "completed"
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert_close_checkpoints(tmp_path / "one", float64_single_runs[3])
+    for seed, single_dir in float64_single_runs.items():
+        assert_close_checkpoints(tmp_path / f"two__seed{seed}", single_dir)
+
+
 def test_bad_arguments_give_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="unknown Atari env id"):
         train(Args(env_id="CartPole-v1", run_dir=str(tmp_path)))

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
+from common.grad_cov import gradient_covariance, interference, interference_summary, kmeans_order, per_example_grads
 
 
 def td_loss(q, actions, targets):
@@ -68,6 +68,10 @@ def test_interference_statistics():
     assert abs(fraction.item() - 4 / 6) < 1e-7 and abs(mean.item() - (-0.3)) < 1e-7
     fraction, mean = interference(torch.eye(3))
     assert fraction.item() == 0 and mean.item() == 0
+    summary = interference_summary(C)  # by hand: off-diagonal entries -0.5, 0.2, -0.1 twice each
+    assert abs(summary["grad_cov_offdiag_mean"].item() - (-0.4 / 3)) < 1e-7
+    assert abs(summary["grad_cov_neg_fraction"].item() - 4 / 6) < 1e-7
+    assert abs(summary["grad_cov_neg_mean"].item() - (-0.3)) < 1e-7
 
 
 def test_kmeans_order_recovers_planted_blocks():
