@@ -50,7 +50,7 @@ STEPS=(
   "cuda-tests|160|$PYTHON -m pytest -v -m cuda -rfEs -p no:cacheprovider tests/test_cuda.py"
   "bench_dqn_classification|55|$PYTHON benchmarks/bench_dqn_classification.py --probe-widths 512 128 --probe-steps 100 --repeats 3 --agent-steps 2000 --results @PART --budget-s @BUDGET"
   "bench_seeds|65|$PYTHON benchmarks/bench_seeds.py --widths 512 --seeds 1 4 16 --steps 500 --probe-steps 50 --results @PART --budget-s @BUDGET"
-  "bench_ddqn_atari|60|$PYTHON benchmarks/bench_ddqn_atari.py --steps 1000 --rounds 1 --num-envs 1 8 --num-seeds 3 --no-write"
+  "bench_ddqn_atari|60|$PYTHON benchmarks/bench_ddqn_atari.py --cuda --parts c,eval,b --steps 1000 --no-write"
   "bench_curvature|35|$PYTHON benchmarks/bench_curvature.py --cuda --repeats 3 --nv 10 --results @PART --budget-s @BUDGET"
   "paper-run|45|$PYTHON benchmarks/bench_dqn_classification.py --no-stats --no-probe --no-agent --paper-run-steps 2000 --results @PART --budget-s @BUDGET"
 )
