@@ -304,7 +304,8 @@ def analyze_protocol(protocol, options):
     with open(os.path.join(out, "falsification.json"), "w") as f:
         json.dump({"protocol": protocol.id, "correlations": rows, "sign_reversals": reversals,
                    "diverged": dict(zip(diverged["cell"], diverged["diverged"].astype(int))),
-                   "excluded": protocol.excluded}, f, indent=1)
+                   "excluded": protocol.excluded,
+                   "saturated": validity.saturated_cells(table) if len(table) else []}, f, indent=1)
     columns = [c for c in ("run_dir", *FACTORS, "seed", "initial_fit", "final_fit", *TARGETS.values(), *statistics)
                if c in table]
     protocol.tag(table[columns]).to_csv(os.path.join(out, "fig3_falsification.csv"), index=False)

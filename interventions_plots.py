@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from common.validity import SATURATION  # noqa: E402
 from interventions_sweep import ARCHS, INTERVENTIONS, OUTPUTS, VARIANTS  # noqa: E402
 
 FIG6_COLUMNS = ("none", "reset_last_layer", "layer_norm", "shrink_perturb", "two_hot", "spectral_norm",
@@ -44,8 +45,11 @@ def over_seeds(table, keys, value):
 
 
 def with_fit(data, table, keys):
-    """``data`` with the mean fresh-network probe fit P(theta_0) / b of its runs (``initial_fit``) per ``keys``."""
-    fit = table.groupby(list(keys))["initial_fit"].mean().rename("initial_fit").reset_index()
+    """``data`` with the mean probe fits P / b of its runs per ``keys``, the fresh network's (``initial_fit``) and
+    the last probe's (``final_fit``), and ``saturated``: both within ``validity.SATURATION`` of b, where the probe is
+    too easy to show a loss."""
+    fit = table.groupby(list(keys))[["initial_fit", "final_fit"]].mean().reset_index()
+    fit["saturated"] = (fit["initial_fit"] >= 1 - SATURATION) & (fit["final_fit"] >= 1 - SATURATION)
     return data.merge(fit, on=list(keys), how="left")
 
 
@@ -85,7 +89,7 @@ def plot_fig5(table, protocol):
     table = table.assign(x=table["width"] / table["arch"].map({"cnn": 512}).fillna(1))
     keys = ("arch", "x", "width", "target_period", "dataset")
     data = over_seeds(table, keys, "probe/plasticity_loss")
-    data = with_fit(data, table, keys).merge(table.groupby(list(keys))["final_fit"].mean().reset_index(), on=keys)
+    data = with_fit(data, table, keys)
     archs = order(data["arch"], ARCHS)
     fig, axes = plt.subplots(2, len(archs), figsize=(5.5 * len(archs), 7), squeeze=False, sharex="col")
     for j, arch in enumerate(archs):
@@ -94,6 +98,9 @@ def plot_fig5(table, protocol):
             label = f"{dataset}, target period {period:,}"
             axes[0, j].plot(line["x"], line["mean"], marker="o", color=f"C{k}", label=label)
             axes[0, j].fill_between(line["x"], line["ci_low"], line["ci_high"], color=f"C{k}", alpha=0.2)
+            full = line[line["saturated"].fillna(False).astype(bool)]
+            axes[0, j].scatter(full["x"], full["mean"], s=90, facecolors="none", edgecolors="black",
+                               label=f"saturated: both fits within {SATURATION:.0%} of b" if k == 0 else None)
             axes[1, j].plot(line["x"], line["initial_fit"], marker="o", color=f"C{k}", label=f"{label}: P(theta_0)/b")
             axes[1, j].plot(line["x"], line["final_fit"], ls="--", color=f"C{k}", label="P(theta_T)/b")
         axes[0, j].set(xscale="log", ylabel="plasticity loss", title=arch)

@@ -179,6 +179,7 @@ def test_analyze_finds_exactly_the_planted_reversals(tmp_path, capsys):
     assert "10 runs diverged (counted, not analysed): mnist__true_label__cnn__adam (10)" in out
     result = json.loads((tmp_path / "falsification.json").read_text())
     assert result["diverged"] == {"mnist__true_label__cnn__adam": 10} and len(result["excluded"]) == 5
+    assert result["saturated"] == []  # fits 0.9 and 0.8: the probe can show a loss
     key = ("statistic", "target", "method", "group_by", "positive", "negative")
     assert {tuple(r[k] for k in key) for r in result["sign_reversals"]} == expected_reversals()
     rows = result["correlations"]

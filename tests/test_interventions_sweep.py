@@ -111,6 +111,9 @@ def plant_intervention_runs(root):
     return expected
 
 
+WIDTH_FITS = {16: 0.9, 32: 0.99, 64: 0.9}  # P / b of every probe: width 32's cells are saturated
+
+
 def plant_width_runs(root):
     expected = {}
     for arch, width in (("mlp", 16), ("mlp", 32), ("cnn", 64)):
@@ -122,7 +125,7 @@ def plant_width_runs(root):
                 args = {"dataset": "mnist", "variant": "true_label", "arch": arch, "width": width,
                         "target_period": period, "seed": seed}
                 write_run(root, "width_sweep", f"mnist__true_label__{arch}_w{width}__period{period}__seed{seed}",
-                          args, metrics={"probe/plasticity_loss": loss}, rows=rows)
+                          args, metrics={"probe/plasticity_loss": loss}, rows=rows, fit=WIDTH_FITS[width])
     write_run(root, "width_sweep", "mnist__true_label__mlp_w16__period1000__seed7",
               {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "width": 16, "target_period": 1_000,
                "seed": 7}, status="interrupted", metrics={"probe/plasticity_loss": 1e6})
@@ -161,7 +164,9 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
         row = fig5[(fig5["arch"] == arch) & (fig5["width"] == width) & (fig5["target_period"] == period)].iloc[0]
         assert row["mean"] == pytest.approx(np.mean(losses)) and row["seeds"] == 2
         assert row["x"] == (width / 512 if arch == "cnn" else width)
-        assert row["initial_fit"] == pytest.approx(0.9)  # P(theta_0) / b beside the loss
+        assert row["initial_fit"] == pytest.approx(WIDTH_FITS[width])  # P(theta_0) / b beside the loss
+        assert row["final_fit"] == pytest.approx(WIDTH_FITS[width])
+        assert row["saturated"] == (width == 32)  # both fits within 2% of b
 
     # Fig 6: regression interventions and the two-hot column, averaged over variants then seeds.
     fig6 = pd.read_csv(os.path.join(root, "fig6_interventions.csv"))
