@@ -113,10 +113,12 @@ def seeds_loop(steps, learning_starts, buffer_size, num_seeds, one_by_one, cuda=
     return sum(run(learning_starts + steps, *g) - run(learning_starts, *g) for g in groups)
 
 
-def cleanrl_loop(steps, learning_starts, buffer_size, num_envs, device="cpu"):
+def cleanrl_loop(steps, learning_starts, buffer_size, num_envs, device="cpu", double_q=False):
     """CleanRL's dqn_atari.py structure (vwxyzjn/cleanrl, cleanrl/dqn_atari.py) on gymnasium 1.x with N envs and
     this repository's Nature CNN with LayerNorm: one epsilon draw per vector step, SB3's ReplayBuffer, Adam and an
-    MSE loss, num_envs / 4 updates per vector step (the same replay ratio), the loss read every 100 steps."""
+    MSE loss, num_envs / 4 updates per vector step (the same replay ratio), the loss read every 100 steps. With
+    double_q, the target is Double DQN's (the online network picks the next action), as the agent's: one more
+    forward pass per update, which is what the two algorithms' costs differ by."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -157,7 +159,11 @@ def cleanrl_loop(steps, learning_starts, buffer_size, num_envs, device="cpu"):
                 break
             data = rb.sample(32)
             with torch.no_grad():
-                target_max, _ = target_network(data.next_observations).max(dim=1)
+                if double_q:
+                    best = q_network(data.next_observations).argmax(dim=1, keepdim=True)
+                    target_max = target_network(data.next_observations).gather(1, best).squeeze(1)
+                else:
+                    target_max, _ = target_network(data.next_observations).max(dim=1)
                 td_target = data.rewards.flatten() + 0.99 * target_max * (1 - data.dones.flatten())
             old_val = q_network(data.observations).gather(1, data.actions).squeeze()
             loss = F.mse_loss(td_target, old_val)
@@ -309,7 +315,8 @@ def child(spec):
         return {"sps": spec["num_seeds"] * spec["steps"] / seconds}
     if kind == "cleanrl":
         return {"sps": spec["steps"] / cleanrl_loop(spec["steps"], spec["learning_starts"], spec["buffer_size"],
-                                                    spec["num_envs"], "cuda" if spec["cuda"] else "cpu")}
+                                                    spec["num_envs"], "cuda" if spec["cuda"] else "cpu",
+                                                    spec.get("double_q", False))}
     if kind == "real_cleanrl":
         return {"sps": spec["steps"] / real_cleanrl(spec["steps"], spec["learning_starts"], spec["buffer_size"],
                                                     spec["threads"], spec["cleanrl_dir"], spec["cleanrl_deps"],
@@ -353,6 +360,8 @@ def main():
         ("b", "today's loop, 1 env", {**loop, "tree": "baseline", "num_envs": 1, "stand_in": False}),
         ("b", "new loop, 1 env", {**loop, "tree": "new", "num_envs": 1, "stand_in": False}),
         ("b", "CleanRL-style, 8 envs", {**loop, "kind": "cleanrl", "num_envs": 8}),
+        ("b", "CleanRL-style with Double DQN's target, 8 envs", {**loop, "kind": "cleanrl", "num_envs": 8,
+                                                                 "double_q": True}),
         ("b", "new loop, 8 envs", {**loop, "tree": "new", "num_envs": 8, "stand_in": False}),
         ("b", "new loop, 8 envs, --compile", {**loop, "tree": "new", "num_envs": 8, "stand_in": False,
                                               "options": {"compile": True}}),
@@ -430,7 +439,9 @@ def main():
     share = lambda e: (eval_steps / e) / (eval_steps / e + train_steps / train_sps)
     notes = ["Ratios against the first row of each part; (c) counts the agent steps of all 3 seeds."]
     if "b" in parts:
-        notes.append(f"(b) at 8 envs: new loop / CleanRL-style = {b8:.2f}x; --compile / eager = "
+        double_q = sps("b", "CleanRL-style with Double DQN's target, 8 envs")
+        notes.append(f"(b) at 8 envs: new loop / CleanRL-style = {b8:.2f}x, / CleanRL-style with Double DQN's "
+                     f"target = {train_sps / double_q:.2f}x; --compile / eager = "
                      f"{sps('b', 'new loop, 8 envs, --compile') / train_sps:.2f}x.")
     if "b" in parts and args.cleanrl_dir:
         real = next(row["sps"] for part, name, row in results if name.startswith("CleanRL's dqn_atari.py"))

@@ -27,12 +27,17 @@ def atomic_write_text(path, text):
 
 def atomic_torch_save(obj, path):
     """``torch.save`` through a temporary file and a rename: a preempted job leaves the old checkpoint intact."""
+    os.replace(torch_save_staged(obj, path), path)
+
+
+def torch_save_staged(obj, path):
+    """``torch.save`` to a temporary file beside ``path``, on disk; ``os.replace(tmp, path)`` commits it."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return tmp
 
 
 def _to_python(value):

@@ -42,7 +42,7 @@ import torch
 
 from common import results
 from common.errors import UsageError, check
-from common.logger import RunLogger, atomic_torch_save, default_run_name, is_finite
+from common.logger import RunLogger, default_run_name, is_finite, torch_save_staged
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
@@ -381,9 +381,15 @@ class Run:
 
     def save_checkpoint(self, state, step):
         """Write ``state`` and the lifecycle's own (step, wall time, resumes, global RNGs) atomically."""
+        os.replace(self.stage_checkpoint(state, step), self.checkpoint_path)
+
+    def stage_checkpoint(self, state, step):
+        """``save_checkpoint``'s file, written beside checkpoint.pt but not yet in its place: its path, which
+        ``os.replace(path, run.checkpoint_path)`` commits. Runs that resume together (a seed group) write all
+        theirs first, so that a kill can leave them at different steps only between two renames."""
         lifecycle = {"step": int(step), "wall_time_s": self.wall_time(), "resumes": self.resumes,
                      "rng": _get_rng_state()}
-        atomic_torch_save({**state, "lifecycle": lifecycle}, self.checkpoint_path)
+        return torch_save_staged({**state, "lifecycle": lifecycle}, self.checkpoint_path)
 
     def save_figure(self, make_figure, name):
         """Save ``make_figure()``; a figure that fails on a diverged or interrupted run's data is only reported."""

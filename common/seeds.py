@@ -24,6 +24,7 @@ same way, so a ViT seed equals its single run too.
 import contextlib
 import copy
 import dataclasses
+import os
 import time
 from types import SimpleNamespace
 
@@ -547,23 +548,28 @@ class RunGroup:
 
     def save_checkpoint(self, step, state):
         """Checkpoint every live seed that is not stopping: its share of each part of ``state`` and its records."""
-        for s in self._live():
-            if not s.run.stopping:
-                self._save(s, step, state)
+        self._save([s for s in self._live() if not s.run.stopping], step, state)
 
-    def _save(self, s, step, state):
-        parts = {name: seed_state(part, s.index) for name, part in {**state, "seed_rng": self.rngs}.items()}
-        s.run.save_checkpoint({**parts, "step": step, "probes": s.probes, "probe_curves": s.curves}, step)
+    def _save(self, seeds, step, state):
+        """Write every seed's checkpoint, then put them all in place: the group resumes only from one step."""
+        staged = []
+        for s in seeds:
+            parts = {name: seed_state(part, s.index) for name, part in {**state, "seed_rng": self.rngs}.items()}
+            staged.append(s.run.stage_checkpoint({**parts, "step": step, "probes": s.probes,
+                                                  "probe_curves": s.curves}, step))
+        for s, path in zip(seeds, staged):
+            os.replace(path, s.run.checkpoint_path)
 
     def finish(self, step, state, save_outputs=None, final_metrics=None):
         """Finish every run: a checkpoint (unless diverged; also after completion, so that a raised total
         continues from it), ``save_outputs(seed)`` (figures), and summary.json with the last log's and the last
         probe's metrics plus ``final_metrics(seed)``. Returns the combined summary."""
         summaries = [s.run.finished for s in self.seeds]
+        saving = [s for s in self.active if not s.run.diverged]
+        for s in saving:
+            s.steps = step
+        self._save(saving, step, state)
         for s in reversed(self.active):  # reversed: each run puts back the signal handler it found
-            if not s.run.diverged:
-                s.steps = step
-                self._save(s, step, state)
             if save_outputs is not None and s.probes:
                 save_outputs(s)
             final = {key: v for key, v in s.last_log.items() if key != "step"}

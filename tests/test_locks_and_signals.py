@@ -44,7 +44,7 @@ moment, call, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.argv = sys.argv[3:]
 TARGETS = {"parse": ("tyro", None, "cli"), "data": ("common.data", None, "load_dataset"),
            "network": ("common.networks", None, "build_network"), "warmup": ("common.seeds", "StackedReplay", "add"),
-           "load": ("common.run", "Run", "load_checkpoint"), "checkpoint": ("common.run", "Run", "save_checkpoint"),
+           "load": ("common.run", "Run", "load_checkpoint"), "checkpoint": ("common.run", "Run", "stage_checkpoint"),
            "cell": ("common.sweep", None, "run_pack")}
 module, cls, name = TARGETS[moment]
 owner = __import__(module, fromlist=["_"])
