@@ -37,10 +37,16 @@ def per_example_grads(model, loss_fn, inputs, *targets, chunk_size=None):
 def gradient_covariance(grads):
     """Eq. 3: ``C[i, j] = <g_i, g_j> / (||g_i|| ||g_j||)`` for the rows of a ``(k, d)`` gradient matrix.
 
-    A zero gradient has no direction; its row and column are nan.
+    A zero gradient has no direction; its row and column are nan. The inner products are accumulated in float64
+    (a float32 sum over millions of terms depends on the BLAS's summation order by about 1e-4), so the result is
+    exact to the precision of ``grads``: the diagonal is 1 and the matrix is symmetric on every CPU.
     """
-    unit = grads / torch.linalg.vector_norm(grads, dim=1, keepdim=True)
-    return unit @ unit.T
+    gram = grads.new_zeros((len(grads), len(grads)), dtype=torch.float64)
+    for chunk in grads.split(1 << 20, dim=1):  # bounds the float64 copy's memory
+        chunk = chunk.double()
+        gram += chunk @ chunk.T
+    norms = gram.diagonal().sqrt()
+    return (gram / (norms[:, None] * norms[None, :])).to(grads.dtype)
 
 
 def interference(C):

@@ -62,6 +62,19 @@ def test_gradient_covariance_matches_brute_force_cosines():
             assert abs(C[i, j] - cosine) < 1e-12
 
 
+def test_gradient_covariance_of_long_float32_gradients_has_a_unit_diagonal_on_any_blas():
+    """A float32 dot product over millions of terms is 1 only up to the BLAS's summation order; the accumulation in
+    float64 makes the diagonal exactly 1 and the matrix exactly symmetric once rounded to float32."""
+    generator = torch.Generator().manual_seed(0)
+    g = torch.randn(4, 3_000_000, generator=generator) * torch.logspace(-3, 3, 3_000_000)
+    C = gradient_covariance(g)
+    assert C.dtype == torch.float32
+    assert torch.equal(C.diagonal(), torch.ones(4)) and torch.equal(C, C.T)
+    reference = g.double() @ g.double().T
+    reference /= reference.diagonal().sqrt()[:, None] * reference.diagonal().sqrt()[None, :]
+    torch.testing.assert_close(C, reference.float(), rtol=0, atol=1e-7)
+
+
 def test_interference_statistics():
     C = torch.tensor([[1.0, -0.5, 0.2], [-0.5, 1.0, -0.1], [0.2, -0.1, 1.0]])
     fraction, mean = interference(C)
