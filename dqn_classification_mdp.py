@@ -22,7 +22,7 @@ from common.interventions import redo, reset_last_layer, reset_optimizer_state, 
 from common.logger import atomic_torch_save
 from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.optim import OPTIMIZERS, make_optimizer
-from common.probe import run_probes
+from common.probe import PROBES, probe_key, run_probes
 from common.run import Interrupted
 from common.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
 from common.stats import plasticity_statistics
@@ -126,6 +126,16 @@ class Args:
     """inputs X drawn from the replay for the probe (not given)"""
     probe_batch_size: int = 32
     """minibatch size of the probe fits (not given; the agent's)"""
+    ref_probe: bool = True
+    """also run the reference probe at every probe: the same targets (eq. 4) and steps, but one instrument for
+    every arm: Adam (A.1's moments, no weight decay) at --ref-probe-learning-rate, fitting the predicted values by
+    squared error whatever the head, on its own --ref-probe-inputs; logged as probe_ref/... (not in the paper: it
+    lets arms with different optimizers or heads be compared; it doubles the probes' cost)"""
+    ref_probe_learning_rate: float = 1e-3
+    """the reference probe's Adam learning rate (A.1's)"""
+    ref_probe_inputs: int = 1_024
+    """the reference probe's inputs from the replay: enough that a fresh network of the cpu grids' architectures
+    fits about 0.6-0.85 of b, clear of the ceiling (benchmarks/probe_fit.py --reference; not in the paper)"""
     probe_seed_batch: int = 0
     """with --num-seeds: seeds whose probes run in one lockstep (0: all); each adds --probe-targets copies of the
     network with gradients and optimizer moments: lower it when those do not fit in memory, or when a smaller
@@ -173,6 +183,7 @@ def validate(args):
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every",
                  "width", "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
+                 "ref_probe_learning_rate", "ref_probe_inputs",
                  "hessian_batch_size", "hessian_iters", "redo_batch_size"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("probe_every", "probe_seed_batch", "checkpoint_every", "num_images", "learning_starts", "epsilon",
@@ -210,6 +221,13 @@ def build_optimizer(args, params):
     }[args.optimizer]
     return make_optimizer(args.optimizer, params, args.learning_rate, weight_decay=args.weight_decay,
                           **hyperparameters)
+
+
+def reference_probe_optimizer(args):
+    """``make_optimizer(params)`` of the reference probe: Adam with A.1's moments at --ref-probe-learning-rate, the
+    same for every arm whatever the agent's optimizer, rate or weight decay."""
+    return lambda params: make_optimizer("adam", params, args.ref_probe_learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                                         eps_root=0.0)
 
 
 def load_images(args, device):
@@ -285,32 +303,44 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
     Returns per seed ``(metrics, mean learning curve)``. Each seed's probe draws only from its own generators (its
     inputs, minibatches and the fits' dropout), seeded from its run seed and ``step``, so the agents are untouched:
     their weights after N steps are bit-identical whatever the probe settings."""
-    obs_shape, inputs, metrics, fit_seeds = tuple(images.shape[1:]), [], [], []
+    obs_shape, inputs, ref_inputs, metrics, fit_seeds, ref_seeds = tuple(images.shape[1:]), [], [], [], [], []
     for seed in seeds:
         k, replay_k = seed.index, replay.view(seed.index)
-        # The middle word is unused; the inputs and minibatches are drawn from the first.
-        inputs_seed, _, fit_seed = np.random.SeedSequence([seed.seed, step]).generate_state(3).tolist()
+        # The middle word is unused; the inputs and minibatches are drawn from the first, the reference probe's
+        # from the fourth and fifth (generate_state extends its words: the first three stay the same).
+        inputs_seed, _, fit_seed, ref_inputs_seed, ref_seed = \
+            np.random.SeedSequence([seed.seed, step]).generate_state(5).tolist()
         generator = torch.Generator(images.device).manual_seed(inputs_seed)
         pick = torch.randint(replay_k.size, (args.probe_inputs,), generator=generator, device=images.device)
         inputs.append(images[replay_k.obs[pick]])
+        ref_generator = torch.Generator(images.device).manual_seed(ref_inputs_seed)
+        pick = torch.randint(replay_k.size, (args.ref_probe_inputs,), generator=ref_generator, device=images.device)
+        ref_inputs.append(images[replay_k.obs[pick]])
+        ref_seeds.append(ref_seed)
         metrics.append({})
         if args.stats or args.hessian:
             batch = replay_k.sample(args.hessian_batch_size, generator)
             metrics[-1] = network_statistics(args, q_network.modules[k], target_network.modules[k], images,
                                              inputs[-1], batch, [p[k] for p in initial_parameters.values()])
         fit_seeds.append(fit_seed)
-    results = run_probes([q_network.modules[seed.index] for seed in seeds], lambda: build_q_network(args, obs_shape),
-                         torch.stack(inputs), lambda params: build_optimizer(args, params),
-                         num_targets=args.probe_targets, steps=args.probe_steps, batch_size=args.probe_batch_size,
-                         seeds=fit_seeds)
+    networks, make_network = [q_network.modules[seed.index] for seed in seeds], lambda: build_q_network(args, obs_shape)
+    fit = dict(num_targets=args.probe_targets, steps=args.probe_steps, batch_size=args.probe_batch_size)
+    probes = {"paper": run_probes(networks, make_network, torch.stack(inputs),
+                                  lambda params: build_optimizer(args, params), seeds=fit_seeds, **fit)}
+    if args.ref_probe:
+        probes["reference"] = run_probes(networks, make_network, torch.stack(ref_inputs),
+                                         reference_probe_optimizer(args), seeds=ref_seeds, value_loss=True, **fit)
     rows = []
-    for seed, result, stats in zip(seeds, results, metrics):
-        plasticity = result.plasticity.double()
-        initial = seed.probes[0]["probe/plasticity"] if seed.probes else plasticity
-        rows.append(({"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                      "probe/plasticity": plasticity, "probe/plasticity_loss": initial - plasticity,
-                      "probe/fit": plasticity / result.baseline, **stats},
-                     result.curves.mean(0)))
+    for n, (seed, stats) in enumerate(zip(seeds, metrics)):
+        row = {}
+        for probe, results in probes.items():
+            result, key = results[n], functools.partial(probe_key, probe)
+            plasticity = result.plasticity.double()
+            initial = seed.probes[0][key("plasticity")] if seed.probes else plasticity
+            row.update({key("final_loss"): result.final_losses.mean(), key("baseline"): result.baseline,
+                        key("plasticity"): plasticity, key("plasticity_loss"): initial - plasticity,
+                        key("fit"): plasticity / result.baseline})
+        rows.append(({**row, **stats}, probes["paper"][n].curves.mean(0)))
     return rows
 
 
@@ -371,11 +401,17 @@ def save_probe_curves(args, seed):
 
 def probe_fits(seed):
     """``probe/initial_fit`` = P(theta_0) / b(theta_0) and ``probe/final_fit`` = P(theta_T) / b(theta_T): the
-    fraction of the targets' variance the first and the last probe's fits explain. A plasticity loss means
-    something only where a fresh network fits the probe (a high initial fit)."""
+    fraction of the targets' variance the first and the last probe's fits explain; the same as
+    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe (``common.probe.probe_key``). A
+    plasticity loss means something only where a fresh network fits the probe (a high initial fit)."""
     if not seed.probes:
         return {}
-    return {"probe/initial_fit": seed.probes[0].get("probe/fit"), "probe/final_fit": seed.probes[-1].get("probe/fit")}
+    fits = {}
+    for probe in PROBES:
+        if probe_key(probe, "fit") in seed.probes[0]:
+            fits[probe_key(probe, "initial_fit")] = seed.probes[0][probe_key(probe, "fit")]
+            fits[probe_key(probe, "final_fit")] = seed.probes[-1].get(probe_key(probe, "fit"))
+    return fits
 
 
 def train(args):
