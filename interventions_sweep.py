@@ -7,18 +7,22 @@
     python interventions_sweep.py --grid interventions --tasks 0-63 --preset cpu    # the reduced CPU grid
     python interventions_sweep.py analyze --runs-dir runs               # every figure, its numbers, a ranking
 
-``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time,
+``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time, with
+the probe ``--probe`` names (paper: the agent's own optimizer, Sec 3.1; reference: one optimizer, rate and loss for
+every arm, ``dqn_classification_mdp.Args.ref_probe``), which every figure and CSV names,
 leaves out (and counts per cell) the runs whose fresh network could not fit the probe (``common.validity``), writes
 each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of the same name beside it, and prints
 the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
 seeds and their diverged runs.
 """
 import argparse
+import functools
 import os
 
 import dqn_classification_mdp
 from common import results, sweep, validity
 from common.errors import check
+from common.probe import PROBES, probe_key
 
 # --------------------------------------------------------------------------------------------------------- the grids
 DATASETS = {
@@ -123,23 +127,26 @@ def make_grid(options):
 
 
 # ---------------------------------------------------------------------------------------------------- reading runs
-PROBE_LOSS = "probe/final_loss"  # mean over targets of the probe's last loss (Sec 3.1)
-
-
-def prepare(table, kind):
-    """A grid's runs with their cell's axis labels (output, intervention) and their first and last probe loss
-    (``probe_initial``, ``probe_last``, ``probe_change``: Fig 6's colour) from summary.json's probe rows."""
+def prepare(table, kind, probe="paper"):
+    """A grid's runs with their cell's axis labels (output, intervention) and, for the probe ``probe``
+    (``common.probe.PROBES``), their first and last probe loss (``probe_initial``, ``probe_last``,
+    ``probe_change``: Fig 6's colour; the loss is the mean over targets of the fits' last, Sec 3.1) from
+    summary.json's probe rows, and their plasticity loss P(theta_0) - P(theta_T) at the last probe
+(``plasticity_loss``, Fig 5)."""
     import numpy as np
 
     table = table.copy()
+    key = functools.partial(probe_key, probe)
     labels = table["run_dir"].map(lambda run: dict(zip(AXES[kind], os.path.basename(run).split("__"))))
     for axis in ("output", "intervention"):
         if axis in AXES[kind]:
             table[axis] = labels.map(lambda cell: cell.get(axis))
-    losses = table["probes"].map(lambda rows: [validity.number(r.get(PROBE_LOSS)) for r in rows or []])
+    losses = table["probes"].map(lambda rows: [validity.number(r.get(key("final_loss"))) for r in rows or []])
     table["probe_initial"] = losses.map(lambda v: v[0] if v else np.nan)
     table["probe_last"] = losses.map(lambda v: v[-1] if len(v) > 1 else np.nan)
     table["probe_change"] = table["probe_last"] - table["probe_initial"]
+    table["plasticity_loss"] = table[key("plasticity_loss")] if key("plasticity_loss") in table else np.nan
+    table["probe"] = probe
     if kind == "interventions":
         table["treatment"] = [treatment(output, intervention)
                               for output, intervention in zip(table["output"], table["intervention"])]
@@ -161,13 +168,16 @@ def load(runs_dir, kind, options):
         print(f"{kind} grid: no {grid_dir}")
         return []
     varied = make_grid(argparse.Namespace(grid=kind, preset="paper", datasets="paper")).varied_fields()
-    protocols = validity.load_protocols(grid_dir, GRID_NAMES[kind], varied, options.min_initial_fit, runs_dir)
+    protocols = validity.load_protocols(grid_dir, GRID_NAMES[kind], varied, options.min_initial_fit, runs_dir,
+                                        PROBES[options.probe])
     for protocol in protocols:
-        runs = prepare(protocol.runs, kind)
+        protocol.probe = options.probe  # the figures and CSVs name it (interventions_plots.save)
+        runs = prepare(protocol.runs, kind, options.probe)
         few = runs["probe_change"].isna()
         if few.any():
             print(f"  {validity.describe_by_cell(sorted(runs['run_dir'][few]), 'left out with fewer than two probes')}")
-        protocol.runs, protocol.diverged = runs[~few].reset_index(drop=True), prepare(protocol.diverged, kind)
+        protocol.runs, protocol.diverged = runs[~few].reset_index(drop=True), prepare(protocol.diverged, kind,
+                                                                                     options.probe)
     return [p for p in protocols if len(p.runs)]
 
 
@@ -205,7 +215,7 @@ def rank_interventions(table, protocol):
     """Fig 6's interventions ranked by their change in final probe loss less that of no intervention in the same
     dataset, variant, arch and seed (negative: less plasticity loss), with 95% intervals over seeds, and how
     many runs of each diverged (they are not in the mean: an intervention's failures must not vanish)."""
-    from interventions_plots import fig6_runs, over_seeds, with_diverged, with_fit
+    from interventions_plots import fig6_runs, out_name, over_seeds, with_diverged, with_fit
 
     runs = fig6_runs(table)
     keys = ["dataset", "variant", "arch", "seed"]
@@ -215,14 +225,16 @@ def rank_interventions(table, protocol):
         over_seeds(runs, ("treatment",), "probe_change"), on="treatment", suffixes=("", "_change"))
     data = with_diverged(with_fit(data, runs, ("treatment",)), fig6_runs(protocol.diverged), ("treatment",))
     data = data.sort_values("mean", na_position="last").reset_index(drop=True)
-    protocol.tag(data).to_csv(os.path.join(protocol.out_dir, "interventions_ranking.csv"), index=False)
-    print("\ninterventions ranked by change in final probe loss (last - first probe) minus no intervention's;"
+    name = out_name(protocol, "interventions_ranking")
+    protocol.tag(data).assign(probe=protocol.probe).to_csv(os.path.join(protocol.out_dir, f"{name}.csv"), index=False)
+    print(f"\ninterventions ranked by change in final probe loss (last - first probe; {protocol.probe} probe) minus "
+          "no intervention's;"
           "\nnegative = less plasticity loss; 95% t-intervals over seeds; fit = P(theta_0) / b:")
     for rank, r in data.iterrows():
         print(f"  {rank + 1:>2}. {r['treatment']:<18} {r['mean']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
               f"   (change {r['mean_change']:+.4f}, {r['seeds']:.0f} seeds, fit {r['initial_fit']:.2f}, "
               f"{r['diverged']} diverged)")
-    print(f"wrote {protocol.out_dir}/interventions_ranking.csv")
+    print(f"wrote {protocol.out_dir}/{name}.csv")
 
 
 def analyze(runs_dir, options):
@@ -258,6 +270,10 @@ def add_arguments(parser):
                         help="analyse only runs whose fresh network fits at least this fraction of the probe's "
                              "variance, P(theta_0) / b (see common.validity.MIN_INITIAL_FIT; a negative value keeps "
                              "every run with finite fits)")
+    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
+                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
+                             "one optimizer, rate and loss for every arm (the agent's --ref-probe; its figures and "
+                             "CSVs end in _probe_ref)")
 
 
 SWEEP = sweep.Sweep(make_grid=make_grid, presets=PRESETS, analyze=analyze, train=dqn_classification_mdp.train,
