@@ -232,8 +232,9 @@ def test_analyze_with_the_reference_probe_reads_its_own_numbers_and_names_it(tmp
     fig6 = pd.read_csv(os.path.join(root, "fig6_interventions_probe_ref.csv"))
     assert (fig6["probe"] == "reference").all() and fig6["initial_fit"].to_numpy() == pytest.approx(0.7)
     for arch in ("mlp", "cnn"):
-        want = np.mean([c for (v, a, o, i, s), (_, c) in expected.items() if (a, o, i) == (arch, "regression", "none")])
-        assert fig6[(fig6["arch"] == arch) & (fig6["column"] == "none")]["mean"].item() == pytest.approx(REF_SCALE * want)
+        want = REF_SCALE * np.mean([c for (v, a, o, i, s), (_, c) in expected.items()
+                                    if (a, o, i) == (arch, "regression", "none")])
+        assert fig6[(fig6["arch"] == arch) & (fig6["column"] == "none")]["mean"].item() == pytest.approx(want)
     ranking = pd.read_csv(os.path.join(root, "interventions_ranking_probe_ref.csv")).set_index("treatment")
     assert ranking.loc["layer_norm", "mean"] == pytest.approx(REF_SCALE * (EFFECT["layer_norm"] - EFFECT["none"]))
     assert "reference probe" in capsys.readouterr().out
