@@ -47,8 +47,10 @@ def fresh_fit(args, images, seed, reference=False, value_loss=False):
     obs_shape = tuple(images.shape[1:])
     network = agent.build_q_network(args, obs_shape)
     generator = torch.Generator().manual_seed(seed)
-    num_inputs = args.ref_probe_inputs if reference else args.probe_inputs
-    inputs = images[torch.randint(len(images), (num_inputs,), generator=generator)]
+    if reference:  # distinct images, as the agent's reference probe draws them
+        inputs = images[torch.randperm(len(images), generator=generator)[:args.ref_probe_inputs]]
+    else:
+        inputs = images[torch.randint(len(images), (args.probe_inputs,), generator=generator)]
     make_optimizer = agent.reference_probe_optimizer(args) if reference else \
         (lambda params: agent.build_optimizer(args, params))
     start = time.time()
