@@ -67,6 +67,8 @@ GRIDS = {
                   "target_period": (1_000, 10_000), "seed": (1, 2, 3)},  # Sec 5.1 says 1,000 and A.2 10,000: both
         "cpu": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS + CNN_WIDTHS[:2],
                 "target_period": (50, 500), "seed": (1, 2, 3)},  # 60 and 6 target updates in 3,000 steps
+        "cpu_discriminating": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS,
+                               "target_period": (50,), "seed": (1, 2, 3)},
         "test": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS[:2],
                  "target_period": (10, 20), "seed": (1,)},
     },
@@ -76,6 +78,8 @@ GRIDS = {
         "cpu": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp", "cnn"), "output": tuple(OUTPUTS),
                 "intervention": tuple(INTERVENTIONS), "seed": (1, 2)},  # 64 cells; the sparse-reward MDP needs
         # "several tens of thousands of steps" (B.1) to show anything, and ResNet-18 and the ViT a GPU
+        "cpu_discriminating": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp", "cnn"),
+                               "output": tuple(OUTPUTS), "intervention": tuple(INTERVENTIONS), "seed": (1, 2, 3)},
         "test": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp",), "output": tuple(OUTPUTS),
                  "intervention": ("none", "layer_norm"), "seed": (1,)},
     },
@@ -96,6 +100,16 @@ PRESETS = {
         # benchmarks/RESULTS.md.
         "cuda": False, "width": 64, "total_steps": 3_000, "learning_starts": 500, "target_period": 250,
         "log_every": 100, "probe_every": 1_500, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 512,
+    },
+    "cpu_discriminating": {  # the cpu preset where its agents lose plasticity (benchmarks/RESULTS.md, calibration).
+        # Keeps the cpu preset's agent, run length (3,000 steps), probe schedule (0, 1.5k, 3k), 2,000-step probes
+        # with 3 targets, and interventions at every target update (Sec 6.2). Scales: the target network every 50
+        # steps (60 updates in the run, as the paper's 100 in 100k; cpu: 12), 1,024 probe inputs for the paper's
+        # probe, and the reference probe on 1,024 fixed distinct images, where a fresh width-64 network fits about
+        # 0.8 of b (the paper's probe, drawing from a 500-transition replay at step 0, fits 0.99). 3 seeds.
+        "cuda": False, "width": 64, "total_steps": 3_000, "learning_starts": 500, "target_period": 50,
+        "log_every": 100, "probe_every": 1_500, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 1_024,
+        "ref_probe_inputs": 1_024,
     },
     "test": {  # seconds per cell, for the tests only: its 5-step probe fits nothing (unfit for results)
         "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
