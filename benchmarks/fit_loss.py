@@ -40,7 +40,7 @@ def main():
     lost = {probe: [] for probe in PROBES}
     for run_dir in options.run_dirs:
         summary = json.load(open(os.path.join(run_dir, "summary.json")))
-        line = [os.path.basename(run_dir), summary["status"], f"{summary.get('wall_time', float('nan')):.0f} s",
+        line = [os.path.basename(run_dir), summary["status"], f"{summary.get('wall_time_s', float('nan')):.0f} s",
                 f"accuracy {summary['metrics'].get('charts/accuracy', float('nan')):.2f}"]
         for probe in PROBES:
             fits, loss = fit_lost(summary["probes"], probe)
