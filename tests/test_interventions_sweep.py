@@ -38,6 +38,7 @@ def test_interventions_grid_lists_every_arch_and_intervention(capsys):
         assert cell.overrides.get("learning_rate") == (3e-3 if two_hot else None)
         assert cell.overrides.get("weight_decay") == (1e-5 if cell.labels["intervention"] == "weight_decay" else None)
     assert len(listed(capsys, "--preset", "cpu")) == 2 * 2 * 8 * 2
+    assert len(listed(capsys, "--preset", "cpu_discriminating")) == 2 * 2 * 8 * 3
 
 
 def test_width_grid_follows_a2(capsys):
