@@ -264,13 +264,17 @@ def analyze(runs_dir, options):
         table = protocol.runs
         plots.plot_heatmaps(table, protocol)
         plots.plot_probe_losses(table, protocol)
+        rank_interventions(table, protocol)
+        if options.probe != "paper":
+            print("Fig 12-18 do not read a probe's fits (Fig 17-18's saved curves are the paper probe's): "
+                  "analyze with --probe paper draws them")
+            continue
         plots.plot_accuracy(table, protocol)
         series = read_series(plots.fig6_runs(table))
         plots.plot_td_loss(table, series, protocol)
         plots.plot_hessian(table, series, protocol)
         plots.plot_probe_curves(table, read_probe_curves(table[table["intervention"].isin(["none", "layer_norm"])]),
                                 protocol)
-        rank_interventions(table, protocol)
 
 
 def add_arguments(parser):

@@ -230,6 +230,7 @@ def test_analyze_with_the_reference_probe_reads_its_own_numbers_and_names_it(tmp
     expected = plant_intervention_runs(root)
     assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root, "--probe", "reference"]) == 0
     assert not os.path.exists(os.path.join(root, "fig6_interventions.csv"))
+    assert not any(name.startswith(("fig12", "fig14", "fig15", "fig17")) for name in os.listdir(root))
     fig6 = pd.read_csv(os.path.join(root, "fig6_interventions_probe_ref.csv"))
     assert (fig6["probe"] == "reference").all() and fig6["initial_fit"].to_numpy() == pytest.approx(0.7)
     for arch in ("mlp", "cnn"):
