@@ -169,18 +169,29 @@ def analyse(table, statistics, probe="paper", alpha=inference.ALPHA, seed=0,
         # Holm's first step is Bonferroni's: a |rho| at or above this is significant whatever the other tests give.
         row["detectable_rho"] = inference.critical_rho(test, alpha / family) if test is not None else None
         row["probe_differs"] = row["group_by"] in INSTRUMENT_VARIES[probe]
+    # Statistics that order the seeds alike within a group's cells are one finding there (weight norm and distance
+    # from init under Adam, say), even where they differ elsewhere in the grid.
+    cells = cell_labels(table).to_numpy()
+    same_in = {}
+    for group_by, group, positions in group_members(table):
+        clusters, _ = inference.same_findings({s: table[s].to_numpy(float)[positions] for s in statistics},
+                                              cells[positions])
+        same_in[group_by, group] = {s: c for c in clusters for s in c}
+    for row in rows:
+        row["same_finding_as"] = [s for s in same_in[row["group_by"], row["group"]][row["statistic"]]
+                                  if s != row["statistic"]]
     reversals = inference.sign_reversals(rows, alpha)
-    for reversal in reversals:
-        reversal["probe_differs"] = reversal["group_by"] in INSTRUMENT_VARIES[probe]
-    same, joined = inference.same_findings({s: table[s] for s in statistics}, cell_labels(table))
-    finding_of = {s: " = ".join(members) for members in same for s in members}
     findings = {}
     for r in reversals:
-        key = (finding_of[r["statistic"]], r["target"], r["group_by"], r["positive"], r["negative"])
+        r["probe_differs"] = r["group_by"] in INSTRUMENT_VARIES[probe]
+        # one finding: the statistics that are one with this one in both of the reversal's groups
+        members = sorted(set(same_in[r["group_by"], r["positive"]][r["statistic"]])
+                         & set(same_in[r["group_by"], r["negative"]][r["statistic"]]))
+        key = (" = ".join(members), r["target"], r["group_by"], r["positive"], r["negative"])
         findings.setdefault(key, {"finding": key[0], "statistics": [], "target": key[1], "group_by": key[2],
                                   "positive": key[3], "negative": key[4], "probe_differs": r["probe_differs"]})
         findings[key]["statistics"].append(r["statistic"])
-    cells = cell_labels(table).to_numpy()
+    same, joined = inference.same_findings({s: table[s] for s in statistics}, cells)
     groups = [{"group_by": group_by, "group": group, "runs": len(positions),
                "cells": len(set(cells[positions]))} for group_by, group, positions in group_members(table)]
     return {"probe": probe, "targets": targets, "headline": next(iter(targets)),
@@ -189,7 +200,10 @@ def analyse(table, statistics, probe="paper", alpha=inference.ALPHA, seed=0,
             "correction": "holm", "alpha": alpha, "family_size": family, "min_cells": inference.MIN_CELLS,
             "groups": groups, "tests": rows, "sign_reversals": reversals, "findings": list(findings.values()),
             "same_finding": {"groups": same, "threshold": inference.SAME_FINDING,
-                             "within_cell_rank_correlation": joined}}
+                             "within_cell_rank_correlation": joined,
+                             "within_groups": [{"group_by": g, "group": n, "statistics": c}
+                                               for (g, n), clusters in same_in.items()
+                                               for c in {tuple(c) for c in clusters.values()} if len(c) > 1]}}
 
 
 COLOURS = {1: "tab:blue", -1: "tab:red", 0: "0.6"}  # significant positive, significant negative, neither
@@ -284,6 +298,7 @@ def print_results(result):
                            "rho": fmt(r["rho"]), "p": fmt(r["p"], ".2g"), "p adj": fmt(r["p_adjusted"], ".2g"),
                            "detectable |rho|": fmt(r["detectable_rho"], ".2f"),
                            "": ("SIGNIFICANT" if r["significant"] else "") + (r["untested"] or "")
+                           + "".join(f" = {t.removeprefix('stats/')}" for t in r["same_finding_as"])
                            + (" (probe optimizer differs)" if r["probe_differs"] and r["significant"] else "")}
                           for r in result["tests"]])
     for outcome in result["targets"]:

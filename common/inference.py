@@ -54,8 +54,9 @@ def cell_codes(cells):
     return np.unique(np.asarray(cells), return_inverse=True)[1].reshape(-1)
 
 
-def _ranks(values, codes):
-    """Centred within-cell ranks in the values' order, and each cell's sorted doubled ranks (integers) as a tuple."""
+def _ranks(values, codes, sorted_by_cell=True):
+    """Centred within-cell ranks in the values' order, and (``sorted_by_cell``) each cell's sorted doubled ranks
+    (integers) as a tuple."""
     order = np.lexsort((values, codes))
     v, c = values[order], codes[order]
     position = np.arange(len(v))
@@ -68,8 +69,9 @@ def _ranks(values, codes):
     doubled = 2 * (position[new_tie][tie] - cell_start) + np.bincount(tie)[tie] + 1 - (size + 1)
     centred = np.empty(len(v))
     centred[order] = doubled / 2
-    starts = position[new_cell]
-    return centred, [tuple(part) for part in np.split(doubled.astype(np.int64), starts[1:])] if len(v) else []
+    if not sorted_by_cell or not len(v):
+        return centred, []
+    return centred, [tuple(part) for part in np.split(doubled.astype(np.int64), position[new_cell][1:])]
 
 
 @dataclass
@@ -201,15 +203,21 @@ def within_cell_rho(x, y, cells):
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     codes = cell_codes(np.asarray(cells)[ok])
-    rx, ry = _ranks(x[ok], codes)[0], _ranks(y[ok], codes)[0]
+    return _rho(_ranks(x[ok], codes, False)[0], _ranks(y[ok], codes, False)[0])
+
+
+def _rho(rx, ry):
     denominator = math.sqrt(float(rx @ rx) * float(ry @ ry))
     return float(rx @ ry) / denominator if denominator > 0 else math.nan
 
 
 def within_cell_correlation_matrix(columns, cells):
     """{(a, b): ``within_cell_rho`` of columns a and b} for every pair of names, sorted."""
-    return {(a, b): within_cell_rho(columns[a], columns[b], cells)
-            for a, b in itertools.combinations(sorted(columns), 2)}
+    codes = cell_codes(cells)
+    columns = {name: np.asarray(values, float) for name, values in columns.items()}
+    ranks = {name: _ranks(v, codes, False)[0] for name, v in columns.items() if np.isfinite(v).all()}
+    return {(a, b): _rho(ranks[a], ranks[b]) if a in ranks and b in ranks else
+            within_cell_rho(columns[a], columns[b], cells) for a, b in itertools.combinations(sorted(columns), 2)}
 
 
 def same_findings(columns, cells, threshold=SAME_FINDING):
