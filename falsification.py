@@ -94,7 +94,7 @@ FACTORS = ("dataset", "variant", "arch", "optimizer")  # args.json fields; a cel
 GROUPINGS = {"all": (), "problem": ("dataset", "variant"), **{f: (f,) for f in FACTORS}}
 PROBES = {
     "paper": {"plasticity_loss": "probe/plasticity_loss", "plasticity": "probe/plasticity"},
-    "reference": {"plasticity_loss": "probe_reference/plasticity_loss", "plasticity": "probe_reference/plasticity"},
+    "reference": {"plasticity_loss": "probe_ref/plasticity_loss", "plasticity": "probe_ref/plasticity"},
 }
 """outcome -> summary key, for each probe; the first outcome is the headline. The plasticity loss P(theta_0) -
 P(theta_T) (eq. 5) nets out how well a fresh network fits the probe, which P(theta_T), Fig 3's axis, carries with
@@ -252,7 +252,8 @@ def plot_fig3(table, result, target_name, path, min_initial_fit):
                                          f": rho {row['rho']:+.2f}, p adj {row['p_adjusted']:.2g}")
             ax.scatter(centred.loc[runs.index, statistic], centred.loc[runs.index, target], s=14, alpha=0.75,
                        marker=marker, color=COLOURS[sign], label=label)
-        ax.set(xlabel=f"{' = '.join(members)}\n(final, minus its cell's mean)",
+        others = f" (one finding with {', '.join(members[1:])})" if len(members) > 1 else ""
+        ax.set(xlabel=f"{statistic}{others}\nfinal, minus its cell's mean",
                ylabel=f"{target_name.replace('_', ' ')} minus cell mean", title=f"by {group_by}: {caption}")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)

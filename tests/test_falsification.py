@@ -180,7 +180,7 @@ def test_analyze_end_to_end_on_written_runs(tmp_path, capsys):
     # the reference probe's outcomes are not in these runs: one line, status 2
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--probe", "reference"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--probe reference: the runs record no probe_reference/" in err
+    assert len(err.splitlines()) == 1 and "--probe reference: the runs record no probe_ref/" in err
 
 
 def test_analyze_keeps_protocols_apart_and_checks_its_options(tmp_path, capsys):
