@@ -203,7 +203,7 @@ def analyse(table, statistics, probe="paper", alpha=inference.ALPHA, seed=0,
                              "within_cell_rank_correlation": joined,
                              "within_groups": [{"group_by": g, "group": n, "statistics": c}
                                                for (g, n), clusters in same_in.items()
-                                               for c in {tuple(c) for c in clusters.values()} if len(c) > 1]}}
+                                               for c in sorted({tuple(c) for c in clusters.values()}) if len(c) > 1]}}
 
 
 COLOURS = {1: "tab:blue", -1: "tab:red", 0: "0.6"}  # significant positive, significant negative, neither
@@ -230,7 +230,7 @@ def plot_fig3(table, result, target_name, path, min_initial_fit):
     import matplotlib.pyplot as plt
 
     target = result["targets"][target_name]
-    findings = [m for m in result["same_finding"]["groups"]]
+    findings = result["same_finding"]["groups"]
     panels = len(findings) + 1
     cols = min(4, panels)
     fig, axes = plt.subplots(-(-panels // cols), cols, figsize=(4.2 * cols, 3.8 * -(-panels // cols)), squeeze=False)
