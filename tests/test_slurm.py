@@ -200,7 +200,7 @@ def test_array_of_four_tasks_runs_and_is_analyzed(slurm, tmp_path, data_dir, cap
                                            "--min-initial-fit", "-1"]) == 0
     assert "16 completed runs analysed" in capsys.readouterr().out
     result = json.loads((tmp_path / "runs" / "falsification.json").read_text())
-    assert {"correlations", "sign_reversals"} <= result.keys()
+    assert {"tests", "sign_reversals"} <= result.keys()
 
 
 def test_a_preempted_task_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path, data_dir):
