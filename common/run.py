@@ -255,7 +255,7 @@ class Run:
         self.args, self.total = args, total
         self.interrupted = self.diverged = self._measuring = False
         self.signal = None  # the name of the signal that interrupted the run
-        self.finished, self.resumes, self.wall_time_before = None, [], 0.0
+        self.finished, self.resumes, self.wall_time_before, self.checkpoint_rows = None, [], 0.0, None
         self.start_time, self.logger, self.created, self.run_dir = time.time(), None, False, None
         try:
             with deferred_signals():
@@ -333,12 +333,13 @@ class Run:
         summary = _read_json(os.path.join(self.run_dir, "summary.json")) or {}
         self.wall_time_before = max(lifecycle["wall_time_s"], summary.get("wall_time_s", 0.0))
         self.resumes = lifecycle["resumes"] + [lifecycle["step"]]
+        self.checkpoint_rows = lifecycle.get("rows")  # None from a checkpoint that predates the count
         return ckpt
 
     def start(self, step=0):
         """Open the logger at ``step`` (the checkpoint's on resume) and turn signals into ``run.interrupted``."""
         self.logger = RunLogger(self.run_dir, self.args, track=self.args.track,
-                                resume_step=step if self.args.resume else None)
+                                resume_step=step if self.args.resume else None, resume_rows=self.checkpoint_rows)
         _listener.enter()  # a process's main listens from its start; a run called in-process listens from here
         if _listener.received:  # a signal while setting up that no one raised on (it came in a deferred block)
             self.interrupted, self.signal = True, _listener.received
@@ -387,8 +388,9 @@ class Run:
         """``save_checkpoint``'s file, written beside checkpoint.pt but not yet in its place: its path, which
         ``os.replace(path, run.checkpoint_path)`` commits. Runs that resume together (a seed group) write all
         theirs first, so that a kill can leave them at different steps only between two renames."""
+        # "rows": the metrics.jsonl rows this checkpoint covers; a resume drops the rest, even at its own step
         lifecycle = {"step": int(step), "wall_time_s": self.wall_time(), "resumes": self.resumes,
-                     "rng": _get_rng_state()}
+                     "rows": self.logger.rows, "rng": _get_rng_state()}
         return torch_save_staged({**state, "lifecycle": lifecycle}, self.checkpoint_path)
 
     def save_figure(self, make_figure, name):
