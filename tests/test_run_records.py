@@ -163,6 +163,11 @@ def test_the_advice_for_a_damaged_seed_of_a_group_works_when_followed(tmp_path, 
     followed = subprocess.run(fix, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert followed.returncode == 0, followed.stderr
     assert json.load(open(os.path.join(seed2, "summary.json")))["status"] == "completed"
+    # and the group's own command then finishes the other seed
+    again = subprocess.run(command + ["--resume", "--total-steps", "40"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert json.load(open(os.path.join(f"{group}__seed1", "summary.json")))["steps"] == 40
 
 
 # ----------------------------------------------------------------------------------------------------- readers
