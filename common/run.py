@@ -359,8 +359,8 @@ class Run:
             with zipfile.ZipFile(checkpoint) as archive:  # run of a seed group trains)
                 archive.namelist()
         except (OSError, zipfile.BadZipFile):
-            raise UsageError(f"{checkpoint} is truncated or corrupt: " + restart
-                             + _command_hint(args, run_dir)) from None
+            raise UsageError(f"{checkpoint} is corrupt or truncated: start afresh with another --run-dir, or "
+                             + restart + _command_hint(args, run_dir)) from None
 
     def load_checkpoint(self, device):
         """The script's state saved by ``save_checkpoint`` (None for a fresh run); restores the global RNGs."""

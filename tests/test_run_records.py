@@ -135,7 +135,7 @@ def test_a_group_resume_with_one_truncated_checkpoint_trains_no_seed(tmp_path):
     with open(checkpoint, "r+b") as f:
         f.truncate(os.path.getsize(checkpoint) // 2)
     before = files(f"{group}__seed1")
-    with pytest.raises(UsageError, match="truncated or corrupt"):
+    with pytest.raises(UsageError, match="corrupt or truncated"):
         atari.train(atari.Args(run_dir=group, resume=True, **{**config, "total_frames": 4 * 160}))
     assert files(f"{group}__seed1") == before
 
