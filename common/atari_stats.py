@@ -15,7 +15,8 @@ intervals as arch does, so its intervals equal ``rliable.library.get_interval_es
 ``np.random.seed(seed)``. The estimators below are rliable's, vectorised over bootstrap replicates: rliable's
 probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test per game).
 
-Runs of different protocols (PROTOCOL_FIELDS) are never pooled: each protocol is analysed on its own.
+Runs of different protocols (every Args field but the axes, the seeds, the paths and the speed settings:
+``common.validity``) are never pooled: each protocol is analysed on its own.
 """
 import json
 import os
@@ -29,14 +30,11 @@ from rliable import metrics
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
 from common.results import read_runs
+from common.validity import differing_fields, split_protocols
 
 CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
 SCORE = "eval/episodic_return"  # the final evaluation's mean episode return (DQN Zoo's protocol)
-PROTOCOL_FIELDS = ("total_frames", "preprocessing", "buffer_size", "min_replay_capacity_fraction", "batch_size",
-                   "train_frequency", "target_network_frequency", "gamma", "learning_rate", "rmsprop_decay",
-                   "rmsprop_eps", "grad_error_bound", "max_abs_reward", "epsilon_start", "epsilon_end",
-                   "epsilon_decay_steps", "noop_max", "max_episode_frames", "num_envs", "eval_every", "eval_frames",
-                   "eval_epsilon", "eval_episodes")  # Args fields that change what a final score measures
+AXES = ("env_id", "layer_norm")  # what the analysis compares; every other field but NOT_PROTOCOL is the protocol
 PROFILE_TAUS = np.linspace(0.0, 8.0, 81)  # rliable's Atari 200M example (README): human-normalised 0 to 8
 METRICS = ("IQM", "median", "mean", "optimality gap")
 COLORS = {CONFIGS[True]: "tab:blue", CONFIGS[False]: "tab:gray"}
@@ -161,14 +159,13 @@ def final_scores(runs):
 def protocols(rows):
     """([(label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
     The label names total_frames and every differing field."""
-    fields = [f for f in PROTOCOL_FIELDS if f"args.{f}" in rows]
-    columns = [f"args.{f}" for f in fields]
-    key = rows[columns].astype(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)
-    groups = [({f: _plain(group[c].iloc[0]) for f, c in zip(fields, columns)}, group)
-              for _, group in rows.groupby(key, sort=True)]
-    differing = [f for f in fields if len({str(p[f]) for p, _ in groups}) > 1]
-    shown = ["total_frames"] * ("total_frames" in fields) + [f for f in differing if f != "total_frames"]
-    return [(" ".join(f"{f}={p[f]}" for f in shown) or "unknown", p, g) for p, g in groups], differing
+    groups = split_protocols(rows, AXES)
+    groups.sort(key=lambda g: json.dumps(g[1], sort_keys=True, default=str))
+    groups = [({f: _plain(v) for f, v in fields.items()}, group) for _, fields, group in groups]
+    differing = differing_fields([(None, fields, None) for fields, _ in groups])
+    shown = ["total_frames"] * any("total_frames" in p for p, _ in groups) + [f for f in differing
+                                                                              if f != "total_frames"]
+    return [(" ".join(f"{f}={p.get(f)}" for f in shown) or "unknown", p, g) for p, g in groups], differing
 
 
 def _plain(value):

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 from common.results import read_runs
 
-# Args fields that say where or how fast a run ran, not what it measured: runs differing only in them are comparable.
+# Args fields that say where, how fast or with which outputs a run ran, not what it measured: runs differing only
+# in them are comparable. Every other field is the protocol (both sweeps' analyses and the Atari aggregate).
 NOT_PROTOCOL = ("seed", "run_dir", "resume", "exp_name", "data_dir", "cuda", "track", "num_seeds", "probe_seed_batch",
-                "checkpoint_every")
+                "checkpoint_every", "log_every", "capture_video", "save_model", "env_threads", "compile",
+                "channels_last")
 MIN_INITIAL_FIT = 0.4
 """the default of the sweeps' --min-initial-fit: the P(theta_0) / b a fresh network must reach for a run's
 plasticity loss to count. Measured at the cpu presets' probe (2,000 steps, 512 MNIST inputs, width 64;
@@ -49,7 +51,8 @@ def probe_fits(row):
     """``(initial fit, final fit, initial b)`` of one run: ``probe/initial_fit`` and ``probe/final_fit`` where the
     run recorded them, else P / b of its first and last probe rows; b from the first probe row (NaN without it)."""
     probes = row.get("probes")
-    probes = probes if isinstance(probes, list) and probes else [{}]
+    probes = [p for p in probes if isinstance(p, dict)] if isinstance(probes, list) else []  # a corrupt entry: none
+    probes = probes or [{}]
 
     def fit(probe):
         p, b = number(probe.get("probe/plasticity")), number(probe.get("probe/baseline"))
