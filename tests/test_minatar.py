@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from minatar import Environment
@@ -134,11 +135,11 @@ def test_replay_stores_states_once_as_uint8_channels_first():
 
 def tiny_args(run_dir, **overrides):
     """A few hundred agent steps of MinAtar Breakout: small replay and batches, every measurement once or twice."""
-    return Args(env_id="MinAtar/Breakout-v1", run_dir=str(run_dir), cuda=False, total_frames=240, batch_size=8,
-                buffer_size=120, min_replay_capacity_fraction=1 / 3, target_network_frequency=50, eval_every=120,
-                eval_frames=200, epsilon_decay_steps=100, grad_cov_every=80, grad_cov_samples=4, hessian_every=120,
-                hessian_samples=16, hessian_iters=6, log_every=10, checkpoint_every=120, eval_envs=2,
-                **overrides)
+    config = dict(env_id="MinAtar/Breakout-v1", run_dir=str(run_dir), cuda=False, total_frames=240, batch_size=8,
+                  buffer_size=120, min_replay_capacity_fraction=1 / 3, target_network_frequency=50, eval_every=120,
+                  eval_frames=200, epsilon_decay_steps=100, grad_cov_every=80, grad_cov_samples=4, hessian_every=120,
+                  hessian_samples=16, hessian_iters=6, log_every=10, checkpoint_every=120, eval_envs=2)
+    return Args(**{**config, **overrides})
 
 
 def checkpoint(run_dir):
@@ -276,3 +277,72 @@ def test_a_second_process_is_locked_out_and_a_sigterm_then_resume_completes(tmp_
 def test_random_policy_scores_cover_the_five_games():
     scores = load_random_scores()
     assert set(scores) == set(GAMES) and all(0 <= s < 5 for s in scores.values())
+
+
+def write_minatar_run(root, name, game, layer_norm, seed, curve, env_family="MinAtar"):
+    """A completed run whose evaluations at steps 1000, 2000, ... return ``curve``; the last is its final score."""
+    run = root / name
+    run.mkdir()
+    env_id = f"MinAtar/{game}-v1" if env_family == "MinAtar" else f"ALE/{game}-v5"
+    (run / "args.json").write_text(json.dumps({
+        "env_id": env_id, "layer_norm": layer_norm, "seed": seed, "total_frames": 1000 * len(curve),
+        "preprocessing": None if env_family == "MinAtar" else "dqn_zoo", "exp_name": "ddqn_atari_layernorm"}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": 1000 * (i + 1), "eval/episodic_return": v}) + "\n"
+                                               for i, v in enumerate(curve)))
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 1000 * len(curve),
+                                                  "wall_time_s": 1.0, "metrics": {"eval/episodic_return": curve[-1]}}))
+
+
+def test_aggregate_normalises_minatar_runs_by_random_and_the_best_configuration(tmp_path):
+    from common import atari_stats
+    from ddqn_atari_layernorm import AggregateArgs, aggregate
+
+    random_scores = load_random_scores()
+    finals = {("Breakout", True): [10.0, 12.0, 14.0], ("Breakout", False): [4.0, 6.0, 8.0],
+              ("Asterix", True): [2.0, 2.0, 5.0], ("Asterix", False): [3.0, 3.0, 3.0]}
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for (game, ln), values in finals.items():
+        for seed, final in enumerate(values):
+            write_minatar_run(runs, f"{game}_{ln}_{seed}", game, ln, seed, [1.0 + seed, final])
+    write_minatar_run(runs, "ale_breakout", "Breakout", True, 0, [5.0, 9.0], env_family="ALE")  # its own protocol
+    results = aggregate(AggregateArgs(runs_dir=str(runs), output_dir=str(tmp_path / "out"), num_boot=200,
+                                      num_boot_profile=100))
+    (label, result), = [(k, v) for k, v in results.items()]  # the ALE run alone is too few: not analysed
+    assert result["games"] == ["MinAtar/Asterix", "MinAtar/Breakout"]
+    scores = pd.read_csv(tmp_path / "out" / "human_normalized_scores.csv")
+    breakout = scores[scores["game"] == "MinAtar/Breakout"]
+    reference, random_score = 12.0, random_scores["Breakout"]  # the LayerNorm mean is the better one
+    np.testing.assert_allclose(breakout["human"], reference)
+    np.testing.assert_allclose(breakout["human_normalized"], (breakout["score"] - random_score)
+                               / (reference - random_score))
+    improvement = {r["game"]: r["improvement"] for r in result["improvement"]}
+    np.testing.assert_allclose(improvement["MinAtar/Breakout"], (12 - 6) / (12 - random_scores["Breakout"]))
+    np.testing.assert_allclose(improvement["MinAtar/Asterix"], 0.0, atol=1e-12)  # means 3 and 3
+    curves = pd.read_csv(tmp_path / "out" / "learning_curves.csv")
+    first = curves[(curves["game"] == "MinAtar/Breakout") & (curves["config"] == "LayerNorm") & (curves["step"] == 1000)]
+    half = atari_stats.scipy.stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)  # values 1, 2, 3: mean 2, sd 1
+    np.testing.assert_allclose(first[["mean_return", "lower", "upper"]].to_numpy()[0], [2, 2 - half, 2 + half])
+    assert len(curves) == 2 * 2 * 2 and (curves["seeds"] == 3).all()
+    for name in ("fig7_layernorm_improvement", "learning_curves", "aggregate_metrics", "performance_profiles"):
+        assert (tmp_path / "out" / f"{name}.png").exists()
+
+
+def test_atari_sbatch_with_family_minatar_runs_the_five_games(tmp_path):
+    """FAMILY=minatar slurm/atari.sbatch without Slurm: task 3 is MinAtar Breakout's baseline (sorted games x {LN,
+    baseline}), its two seeds in one --num-seeds process; task 10 is past the array (usage error 2)."""
+    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "FAMILY": "minatar"}
+    flags = ["--total-frames", "120", "--buffer-size", "120", "--min-replay-capacity-fraction", "0.34",
+             "--batch-size", "8", "--eval-frames", "40", "--eval-envs", "1", "--eval-every", "60", "--no-cuda",
+             "--grad-cov-every", "0", "--hessian-every", "0", "--log-every", "10"]
+    done = subprocess.run(["slurm/atari.sbatch", *flags], cwd=ROOT, env={**env, "SLURM_ARRAY_TASK_ID": "3"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for seed in (1, 2):
+        summary = json.load(open(tmp_path / f"Breakout_baseline__seed{seed}" / "summary.json"))
+        assert (summary["status"], summary["env_id"], summary["layer_norm"], summary["seed"]) == (
+            "completed", "MinAtar/Breakout-v1", False, seed)
+    bad = subprocess.run(["slurm/atari.sbatch"], cwd=ROOT, env={**env, "SLURM_ARRAY_TASK_ID": "10"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2, bad.stderr
