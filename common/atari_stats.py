@@ -214,7 +214,7 @@ def protocols(rows):
     The label names total_frames and every differing field."""
     fields = [f for f in PROTOCOL_FIELDS if f"args.{f}" in rows]
     columns = [f"args.{f}" for f in fields]
-    key = rows[columns].astype(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)
+    key = rows[columns].map(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)  # NaN too
     groups = [({f: _plain(group[c].iloc[0]) for f, c in zip(fields, columns)}, group)
               for _, group in rows.groupby(key, sort=True)]
     differing = [f for f in fields if len({str(p[f]) for p, _ in groups}) > 1]
