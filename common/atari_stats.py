@@ -39,7 +39,7 @@ from rliable import metrics
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
 from common.minatar import PREFIX, is_minatar, load_random_scores
-from common.results import read_metrics, read_runs
+from common.results import Unreadable, read_metrics, read_runs
 
 CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
 SCORE = "eval/episodic_return"  # the final evaluation's mean episode return (DQN Zoo's protocol)
@@ -193,7 +193,11 @@ def learning_curves(rows):
     mean over seeds and a Student-t 95% interval (none with one seed)."""
     points = []
     for run in rows.itertuples():
-        for r in read_metrics(os.path.join(run.run_dir, "metrics.jsonl")):
+        try:
+            metrics = read_metrics(os.path.join(run.run_dir, "metrics.jsonl"))
+        except Unreadable:  # a run without its metrics adds no curve; its final score still counts
+            continue
+        for r in metrics:
             if SCORE in r:
                 points.append({"game": run.game, "config": run.config, "seed": run.seed, "step": r["step"],
                                "return": r[SCORE]})
