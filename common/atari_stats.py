@@ -17,6 +17,16 @@ probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test 
 
 Runs of different protocols (every Args field but the axes, the seeds, the paths and the speed settings:
 ``common.validity``) are never pooled: each protocol is analysed on its own.
+
+MinAtar runs (``MinAtar/<Game>-v1``; an ALE run and a MinAtar run never share a protocol: their preprocessing
+field differs) have no human scores. Their normalised score is (score - random) / (reference - random): random is
+the uniformly random policy's mean return measured with the training protocol's sticky actions
+(common/minatar_scores.csv, 1,000 episodes per game, ``python -m common.minatar``), and the reference is the best
+seed-mean final score of a configuration in the protocol analysed (1 = the better configuration's mean). No
+published table of MinAtar DQN returns fixes a reference (Young & Tian 2019 report theirs as curves), so the
+scale is relative to the runs analysed: comparable within one aggregate, not across aggregates. The "human"
+column of the CSV files holds this reference for MinAtar games. The learning curves (evaluation return against
+agent steps, mean and a Student-t 95% interval over seeds) are drawn for both families.
 """
 import json
 import os
@@ -29,7 +39,8 @@ from rliable import metrics
 
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
-from common.results import read_runs
+from common.minatar import PREFIX, is_minatar, load_random_scores
+from common.results import Unreadable, read_metrics, read_runs
 from common.validity import differing_fields, split_protocols
 
 CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
@@ -139,14 +150,19 @@ def final_scores(runs):
     (DQN Zoo's atari_data, in common/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
     table, scores = runs.table, load_atari_scores()
     env_ids = table.get("args.env_id", pd.Series(None, index=table.index))
+    minatar = env_ids.map(is_minatar)
+    scores = {**scores, **{f"{PREFIX}{game}": (random_score, np.nan)  # the reference comes per protocol
+                           for game, random_score in load_random_scores().items()}}
     layer_norm = table.get("args.layer_norm", pd.Series(None, index=table.index))
     final = pd.to_numeric(table.get(SCORE, pd.Series(np.nan, index=table.index)), errors="coerce")
     games = env_ids.map(lambda e: game_name(e) if isinstance(e, str) else None)
+    games[minatar] = PREFIX + games[minatar]  # MinAtar/Breakout is not the ALE's Breakout
     atari = games.notna() & layer_norm.map(lambda v: isinstance(v, (bool, np.bool_)))
     known = atari & games.isin(list(scores))
     scored = known & np.isfinite(final)
     runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
-    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv")
+    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv "
+              "or common/minatar_scores.csv")
     runs.skip(table.loc[known & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
     rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),
                                     seed=table.loc[scored].get("args.seed"), score=final[scored])
@@ -154,6 +170,45 @@ def final_scores(runs):
     rows["human"] = rows["game"].map(lambda g: scores[g][1])
     rows["human_normalized"] = (rows["score"] - rows["random"]) / (rows["human"] - rows["random"])
     return rows.reset_index(drop=True)
+
+
+def with_minatar_references(rows):
+    """The rows of one protocol with each MinAtar game's reference (in "human": the best configuration's seed-mean
+    score) and its normalised scores; ALE rows unchanged."""
+    minatar = rows["game"].str.startswith(PREFIX)
+    if not minatar.any():
+        return rows
+    rows = rows.copy()
+    best = rows[minatar].groupby(["game", "config"])["score"].mean().groupby("game").max()
+    rows.loc[minatar, "human"] = rows.loc[minatar, "game"].map(best)
+    spread = (rows.loc[minatar, "human"] - rows.loc[minatar, "random"]).where(lambda d: d > 0, np.nan)
+    rows.loc[minatar, "human_normalized"] = (rows.loc[minatar, "score"] - rows.loc[minatar, "random"]) / spread
+    return rows
+
+
+def learning_curves(rows):
+    """Evaluation return against agent steps of each run's metrics.jsonl, per game, configuration and step: the
+    mean over seeds and a Student-t 95% interval (none with one seed)."""
+    points = []
+    for run in rows.itertuples():
+        try:
+            metrics = read_metrics(os.path.join(run.run_dir, "metrics.jsonl"))
+        except Unreadable:  # a run without its metrics adds no curve; its final score still counts
+            continue
+        for r in metrics:
+            if SCORE in r:
+                points.append({"game": run.game, "config": run.config, "seed": run.seed, "step": r["step"],
+                               "return": r[SCORE]})
+    if not points:
+        return []
+    out = []
+    for (game, config, step), group in pd.DataFrame(points).groupby(["game", "config", "step"], sort=True):
+        values = group["return"].to_numpy(float)
+        mean, n = values.mean(), len(values)
+        half = scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        out.append({"game": game, "config": config, "step": int(step), "mean_return": mean, "lower": mean - half,
+                    "upper": mean + half, "seeds": n})
+    return out
 
 
 def protocols(rows):
@@ -237,6 +292,10 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
               used[["game", "config", "seed", "score", "random", "human", "human_normalized", "run_dir"]], protocol)
     write_csv(os.path.join(out_dir, "fig7_layernorm_improvement.csv"), improvement, protocol)
     draw_improvement(improvement, os.path.join(out_dir, "fig7_layernorm_improvement.png"))
+    curves = learning_curves(used)
+    if curves:
+        write_csv(os.path.join(out_dir, "learning_curves.csv"), curves, protocol)
+        draw_learning_curves(curves, os.path.join(out_dir, "learning_curves.png"))
 
     estimates = interval_estimates(matrices, num_boot, num_boot_profile, seed)
     shape = {c: m.shape for c, m in matrices.items()}
@@ -282,6 +341,7 @@ def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=
     for n, (label, fields, protocol_rows) in enumerate(groups, 1):
         out_dir = output_dir if len(groups) == 1 else os.path.join(output_dir, f"protocol-{n}")
         print(f"protocol {label}: {len(protocol_rows)} runs")
+        protocol_rows = with_minatar_references(protocol_rows)
         try:
             results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
         except UsageError as e:  # too few runs in this protocol
@@ -317,6 +377,29 @@ def draw_improvement(improvement, path):
     ax.set_ylabel("human-normalised improvement of LayerNorm (%)")
     ax.axhline(0, color="black", lw=0.5)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_learning_curves(curves, path):
+    """One panel per game: each configuration's mean evaluation return over seeds, with its 95% band."""
+    plt = _pyplot()
+    frame = pd.DataFrame(curves)
+    games = sorted(frame["game"].unique())
+    columns = min(len(games), 5)
+    rows = -(-len(games) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for ax, game in zip(axes.flat, games):
+        for config, group in frame[frame["game"] == game].groupby("config"):
+            ax.plot(group["step"], group["mean_return"], color=COLORS[config], label=config)
+            ax.fill_between(group["step"], group["lower"], group["upper"], color=COLORS[config], alpha=0.2)
+        ax.set_title(game, fontsize=9)
+        ax.set_xlabel("agent steps")
+    for ax in axes.flat[len(games):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("evaluation return")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
