@@ -14,6 +14,11 @@ device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; 
 the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
 trains N seeds in lockstep in one process, each its single run's equal (common.lockstep).
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import os
 import sys
 import time
@@ -539,6 +544,7 @@ def aggregate(args):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["aggregate"]:  # python ddqn_atari_layernorm.py aggregate --runs-dir runs
         del sys.argv[1]
-        main(aggregate, AggregateArgs)
+        main(aggregate, AggregateArgs, stopped="before aggregate wrote its outputs (the earlier ones are unchanged): "
+                                                "run the same command again")
     else:
         main(train, Args)

@@ -35,7 +35,7 @@ import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import results
+from common import early_signals, results
 from common import run as run_module
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
@@ -357,9 +357,11 @@ def task_indices(options, num_tasks):
 def run(sweep, argv=None):
     """Parse the command line and do what it asks; returns the exit status. A signal from the first line on
     stops it with 75; the same command then continues."""
+    held = early_signals.hold()  # the script's install() has listened while it imported
     with run_module.listening():
         hint, run_module.RESUME_HINT = run_module.RESUME_HINT, "the same sweep command (it resumes this cell)"
         try:
+            early_signals.release(held)
             options = build_parser(sweep).parse_args(argv)
             if options.command == "analyze":
                 check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
