@@ -598,3 +598,29 @@ def test_resuming_with_fewer_frames_than_the_checkpoint_trained_is_a_usage_error
         train(dataclasses.replace(args, total_frames=4 * 20, resume=True))
     assert not (run_dir / "summary.json").exists()
     assert train(dataclasses.replace(args, resume=True))["status"] == "completed"  # the advice works
+
+
+def test_atari_sbatch_skips_completed_seeds_resumes_checkpointed_ones_and_starts_the_rest(tmp_path):
+    """slurm/atari.sbatch without Slurm, SEEDS=3, on a task whose seed 1 has completed, seed 2 has trained half
+    as long (its checkpoint at step 20) and seed 3 has nothing: seed 1 is left as it is, seed 2 continues from
+    step 20, seed 3 starts; nothing is moved aside."""
+    env = {**os.environ, "RUNS": str(tmp_path), "SEEDS": "3", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    flags = ["--buffer-size", "120", "--min-replay-capacity-fraction", "0.34", "--batch-size", "8", "--eval-frames",
+             "40", "--eval-envs", "1", "--eval-every", "20", "--no-cuda", "--grad-cov-every", "0", "--hessian-every",
+             "0", "--log-every", "10"]
+    for seed, frames in ((1, 160), (2, 80)):  # as the task's own process would have made them
+        single = subprocess.run([sys.executable, "ddqn_atari_layernorm.py", "--env-id", "ALE/Amidar-v5",
+                                 "--no-layer-norm", "--seed", str(seed), "--num-seeds", "1", "--run-dir",
+                                 str(tmp_path / f"Amidar_baseline__seed{seed}"), *flags, "--total-frames",
+                                 str(frames)], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert single.returncode == 0, single.stderr
+    completed = (tmp_path / "Amidar_baseline__seed1" / "summary.json").read_bytes()
+    task = subprocess.run(["slurm/atari.sbatch", *flags, "--total-frames", "160"], cwd=ROOT,
+                          env={**env, "SLURM_ARRAY_TASK_ID": "3"}, capture_output=True, text=True)
+    assert task.returncode == 0, task.stdout + task.stderr
+    assert (tmp_path / "Amidar_baseline__seed1" / "summary.json").read_bytes() == completed
+    for seed, resumes in ((2, [20]), (3, [])):
+        summary = json.load(open(tmp_path / f"Amidar_baseline__seed{seed}" / "summary.json"))
+        assert (summary["status"], summary["steps"], summary["resumes"], summary["seed"]) == \
+            ("completed", 40, resumes, seed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"Amidar_baseline__seed{seed}" for seed in (1, 2, 3)]
