@@ -29,6 +29,7 @@ import itertools
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import typing
@@ -365,7 +366,9 @@ def run(sweep, argv=None):
             options = build_parser(sweep).parse_args(argv)
             if options.command == "analyze":
                 check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
+                started = time.time()
                 sweep.analyze(options.runs_dir, options)
+                remove_earlier_protocols(options.runs_dir, started)
                 return EXIT_COMPLETED
             grid = sweep.make_grid(options)
             check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
@@ -385,6 +388,18 @@ def run(sweep, argv=None):
             return EXIT_INTERRUPTED
         finally:
             run_module.RESUME_HINT = hint
+
+
+def remove_earlier_protocols(out_dir, since):
+    """Remove the ``protocol-<id>`` folders (``common.validity``) that an earlier analysis wrote into ``out_dir`` and
+    the one that ended now did not (their ``protocol_<id>.json`` is older than ``since``): results of runs that are
+    gone or now pooled otherwise would stand beside the new ones. A folder without that file is not ours."""
+    for name in sorted(os.listdir(out_dir)):
+        match, path = re.fullmatch(r"protocol-(\w+)", name), os.path.join(out_dir, name)
+        fields = match and os.path.join(path, f"protocol_{match[1]}.json")
+        if fields and os.path.isfile(fields) and os.path.getmtime(fields) < since:
+            shutil.rmtree(path)
+            print(f"removed {path}: an earlier analysis's protocol, not among the runs now")
 
 
 def main(sweep, argv=None):
