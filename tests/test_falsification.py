@@ -256,11 +256,11 @@ def test_a_new_analysis_removes_the_protocol_folders_of_an_earlier_one(tmp_path,
             write_run(str(tmp_path), f"s{steps}__seed{seed}", {**args, "total_steps": steps, "seed": seed},
                       "completed", {"probe/plasticity_loss": loss, "probe/plasticity": -loss,
                                     "stats/weight_norm": loss}, probe_rows(0.9, 0.5))
-    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--num-boot", "100"]) == 0
+    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("protocol-*/fig3_falsification.csv"))) == 2
     (tmp_path / "protocol-mine").mkdir()
     for run_dir in (tmp_path / "falsification").glob("s1000__seed*"):
         shutil.rmtree(run_dir)
-    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--num-boot", "100"]) == 0
+    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("protocol-*")) == ["protocol-mine"], capsys.readouterr().out[-1500:]
     assert len(pd.read_csv(tmp_path / "fig3_falsification.csv")) == 12
