@@ -9,6 +9,11 @@ eps_root = 1e-3, eq. 6) keeps memorising new labellings for much longer.
 `--optimizer both` trains the two optimizers in lockstep from the same initial parameters on the same labels and
 batches, so the comparison is paired.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import copy
 import os
 import time

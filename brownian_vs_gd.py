@@ -7,6 +7,11 @@ landscape of the probe loss l(theta) = mean_x ||f(x) - sg(f(x)) + eps||^2, eps ~
 its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient cosine matrix C_k of eq. 3.
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import copy
 import os
 import time

@@ -21,6 +21,11 @@ Double-Q target and the paper's RMSProp stay.
 
     python ddqn_atari_layernorm.py --env-id MinAtar/Breakout-v1 --no-layer-norm
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import os
 import sys
 import time
@@ -374,6 +379,12 @@ def check_args(args):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max", "env_threads"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check(0 < args.min_replay_capacity_fraction <= 1, "--min-replay-capacity-fraction must lie in (0, 1], got "
+                                                      f"{args.min_replay_capacity_fraction}")
+    skip = args.frame_skip
+    check(args.total_frames >= skip * args.num_envs, f"--total-frames {args.total_frames} is less than one agent "
+          f"step ({skip} frames) of each of the --num-envs {args.num_envs} environments: use at least "
+          f"{skip * args.num_envs}")
     check(args.train_frequency % args.num_envs == 0 or args.num_envs % args.train_frequency == 0,
           f"--train-frequency {args.train_frequency} and --num-envs {args.num_envs}: one must divide the other")
     for name in (*PERIODS, "buffer_size", "learning_starts"):
@@ -384,7 +395,7 @@ def check_args(args):
           f"--total-frames / {args.frame_skip} must be a multiple of --num-envs")
     check(args.buffer_size // args.num_envs > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small "
           f"for the batch and --num-envs {args.num_envs}")
-    check(0 < args.min_replay_capacity_fraction <= 1 and args.learning_starts >= args.batch_size,
+    check(args.learning_starts >= args.batch_size,
           "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
@@ -431,7 +442,12 @@ def agent(args, run):
     target_net = make_q_network(args, envs, device)
     target_net.load_state_dict(q_net.state_dict())
     optimizer = yield q_net, target_net
-    replay = make_replay(args, args.buffer_size, envs, device)
+    try:
+        replay = make_replay(args, args.buffer_size, envs, device)
+    except (RuntimeError, MemoryError) as e:  # torch's CPU and CUDA allocators raise RuntimeErrors
+        check("alloc" not in str(e) and "out of memory" not in str(e),
+              f"--buffer-size {args.buffer_size:,} does not fit in the memory of {device}: lower --buffer-size")
+        raise
     rng = np.random.default_rng(args.seed)  # exploration
     sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
     scores = {} if is_minatar(args.env_id) else load_atari_scores()  # MinAtar has no human scores
@@ -452,6 +468,9 @@ def agent(args, run):
         sampler.set_state(ckpt["sampler"].cpu())
         envs.load_state_dict(ckpt["envs"])
         state = ckpt["state"]
+        check(state["step"] <= total_steps, f"--total-frames {args.total_frames:,} is below the "
+              f"{4 * state['step']:,} frames that {run.run_dir} has trained: a run cannot be shortened; resume with "
+              f"--total-frames {4 * state['step']:,} or more")
     else:
         frames, state["lives"] = envs.reset()
         replay.start_episodes(frames)
@@ -509,8 +528,10 @@ def agent(args, run):
                           **({"eval/human_normalized_score": human_normalized(eval_return, game, scores)}
                              if scores else {})})
             print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
-        else:  # the return of an unfinished episode is no score
+        else:  # the return of an unfinished episode is no score: the summary's final score is missing, not old
             record(step, {"eval/episodes": 0})
+            state["last"].pop("eval/episodic_return", None)
+            state["last"].pop("eval/human_normalized_score", None)
             print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
                   f"no score logged", flush=True)
 
@@ -597,6 +618,7 @@ def aggregate(args):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["aggregate"]:  # python ddqn_atari_layernorm.py aggregate --runs-dir runs
         del sys.argv[1]
-        main(aggregate, AggregateArgs)
+        main(aggregate, AggregateArgs, stopped="before aggregate wrote its outputs (the earlier ones are unchanged): "
+                                                "run the same command again")
     else:
         main(train, Args)

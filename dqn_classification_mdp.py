@@ -5,6 +5,11 @@ Everything lives on the device: images are a uint8 tensor, the env steps all cop
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step. ``train`` reads as one
 agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/seeds.py`` handles.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import functools
 import os
 from dataclasses import dataclass

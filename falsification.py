@@ -15,6 +15,11 @@ cannot be a cause of plasticity loss on its own (Sec 5.2, after Buhlmann 2020).
     python falsification.py --tasks 0-127 --preset cpu --datasets offline   # everything, one after another
     python falsification.py analyze --runs-dir runs                   # falsification.json, fig3_falsification.png
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import argparse
 import itertools
 import json

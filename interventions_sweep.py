@@ -13,6 +13,11 @@ each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of t
 the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
 seeds and their diverged runs.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import argparse
 import os
 

@@ -30,13 +30,17 @@ agent steps, mean and a Student-t 95% interval over seeds) are drawn for both fa
 """
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 from rliable import metrics
 
+from common import run
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
 from common.minatar import PREFIX, is_minatar, load_random_scores
@@ -49,6 +53,10 @@ AXES = ("env_id", "layer_norm")  # what the analysis compares; every other field
 PROFILE_TAUS = np.linspace(0.0, 8.0, 81)  # rliable's Atari 200M example (README): human-normalised 0 to 8
 METRICS = ("IQM", "median", "mean", "optimality gap")
 COLORS = {CONFIGS[True]: "tab:blue", CONFIGS[False]: "tab:gray"}
+OUTPUTS = ("human_normalized_scores.csv", "fig7_layernorm_improvement.csv", "fig7_layernorm_improvement.png",
+           "aggregate_metrics.csv", "probability_of_improvement.csv", "performance_profiles.csv",
+           "aggregate_metrics.png", "performance_profiles.png", "protocol.json")  # what one protocol's analysis writes
+PROTOCOL_DIR = re.compile(r"protocol-\d+")
 
 
 # ---------------------------------------------------------------------------------------------------- estimators
@@ -155,15 +163,20 @@ def final_scores(runs):
                            for game, random_score in load_random_scores().items()}}
     layer_norm = table.get("args.layer_norm", pd.Series(None, index=table.index))
     final = pd.to_numeric(table.get(SCORE, pd.Series(np.nan, index=table.index)), errors="coerce")
+    episodes = pd.to_numeric(table.get("eval/episodes", pd.Series(np.nan, index=table.index)), errors="coerce")
     games = env_ids.map(lambda e: game_name(e) if isinstance(e, str) else None)
     games[minatar] = PREFIX + games[minatar]  # MinAtar/Breakout is not the ALE's Breakout
     atari = games.notna() & layer_norm.map(lambda v: isinstance(v, (bool, np.bool_)))
     known = atari & games.isin(list(scores))
-    scored = known & np.isfinite(final)
+    # a final evaluation that finished no episode has no score; a summary written before that was so may still
+    # hold an earlier evaluation's return beside eval/episodes 0: never use it
+    unscored = known & (episodes == 0)
+    scored = known & ~unscored & np.isfinite(final)
     runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
     runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv "
               "or common/minatar_scores.csv")
-    runs.skip(table.loc[known & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
+    runs.skip(table.loc[unscored, "run_dir"], "its final evaluation finished no episode (eval/episodes 0): no score")
+    runs.skip(table.loc[known & ~unscored & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
     rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),
                                     seed=table.loc[scored].get("args.seed"), score=final[scored])
     rows["random"] = rows["game"].map(lambda g: scores[g][0])
@@ -319,41 +332,96 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
     print(f"P(LayerNorm > baseline) {p:.3f}  [{lo:.3f}, {hi:.3f}]  (95% stratified bootstrap intervals, "
           f"{num_boot:,} replicates; {shape[CONFIGS[True]][0]}/{shape[CONFIGS[False]][0]} runs per game, "
           f"{len(games)} games)")
-    print(f"figures and CSV files: {out_dir}")
     return {"improvement": improvement, "aggregates": aggregate_rows, "probability_of_improvement": improvement_rows[0],
             "profiles": profile_rows, "games": games}
 
 
 def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=2_000, seed=0):
-    """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}."""
+    """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}.
+
+    Every output is made in a hidden folder inside output_dir and moved into place only once all are made, the
+    previous analysis's outputs (``OUTPUTS``, at the top and in ``protocol-<n>/``) removed in the same step: an
+    aggregate stopped before then (a signal, an error) leaves the previous outputs as they were."""
     check(os.path.isdir(runs_dir), f"--runs-dir {runs_dir} is not a directory")
     check(num_boot >= 100 and num_boot_profile >= 100, "--num-boot and --num-boot-profile must be at least 100")
+    output_dir = output_dir or runs_dir
+    check(not os.path.exists(output_dir) or os.path.isdir(output_dir),
+          f"--output-dir {output_dir} is a file, not a folder: choose another --output-dir")
     runs = read_runs(runs_dir)
     rows = final_scores(runs)
     print(runs.report())
     check(len(rows), f"no completed Atari run with a final {SCORE} in {runs_dir}")
-    output_dir = output_dir or runs_dir
     groups, differing = protocols(rows)
     if len(groups) > 1:
         print(f"warning: the runs follow {len(groups)} protocols (they differ in {', '.join(differing)}); each is "
               f"analysed on its own, in {output_dir}/protocol-<n>", file=sys.stderr)
-    results, failures = {}, []
-    for n, (label, fields, protocol_rows) in enumerate(groups, 1):
-        out_dir = output_dir if len(groups) == 1 else os.path.join(output_dir, f"protocol-{n}")
-        print(f"protocol {label}: {len(protocol_rows)} runs")
-        protocol_rows = with_minatar_references(protocol_rows)
-        try:
-            results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
-        except UsageError as e:  # too few runs in this protocol
-            if len(groups) == 1:
-                raise
-            failures.append(f"protocol {label}: {e}")
-            print(f"not analysed: {e}", file=sys.stderr)
-            continue
-        with open(os.path.join(out_dir, "protocol.json"), "w") as f:
-            json.dump(fields, f, indent=2)  # every protocol field of these runs
-    check(results, "; ".join(failures))
+    staging = _staging_dir(output_dir)
+    try:
+        results, failures = {}, []
+        for n, (label, fields, protocol_rows) in enumerate(groups, 1):
+            out_dir = staging if len(groups) == 1 else os.path.join(staging, f"protocol-{n}")
+            print(f"protocol {label}: {len(protocol_rows)} runs")
+            protocol_rows = with_minatar_references(protocol_rows)
+            try:
+                results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
+            except UsageError as e:  # too few runs in this protocol
+                if len(groups) == 1:
+                    raise
+                failures.append(f"protocol {label}: {e}")
+                print(f"not analysed: {e}", file=sys.stderr)
+                continue
+            with open(os.path.join(out_dir, "protocol.json"), "w") as f:
+                json.dump(fields, f, indent=2)  # every protocol field of these runs
+        check(results, "; ".join(failures))
+        with run.deferred_signals(raise_pending=False):  # the outputs are made: a signal now stops nothing
+            _publish(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"figures and CSV files: {output_dir}" + (f"/protocol-<n> ({len(results)} protocols)" * (len(groups) > 1)))
     return results
+
+
+def _staging_dir(output_dir):
+    """A fresh hidden folder in output_dir for the outputs being made (one a killed aggregate left is removed)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        for name in os.listdir(output_dir):
+            match = re.fullmatch(r"\.aggregate-(\d+)-\w+", name)
+            if match and not _alive(int(match[1])):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        return tempfile.mkdtemp(prefix=f".aggregate-{os.getpid()}-", dir=output_dir)
+    except OSError as e:
+        raise UsageError(f"--output-dir {output_dir} cannot be written ({e.strerror}): choose another "
+                         f"--output-dir") from None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _publish(staging, output_dir):
+    """Replace the previous analysis's outputs in output_dir by the staged ones. Only OUTPUTS are removed: a
+    protocol-<n> folder holding anything else keeps it."""
+    old_dirs = [name for name in os.listdir(output_dir) if PROTOCOL_DIR.fullmatch(name)
+                and os.path.isdir(os.path.join(output_dir, name))]
+    for folder in ["", *old_dirs]:
+        for name in OUTPUTS:
+            path = os.path.join(output_dir, folder, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        if folder and not os.listdir(os.path.join(output_dir, folder)):
+            os.rmdir(os.path.join(output_dir, folder))
+    for folder, _, files in os.walk(staging):
+        target = os.path.join(output_dir, os.path.relpath(folder, staging))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(folder, name), os.path.join(target, name))
 
 
 # ---------------------------------------------------------------------------------------------------- figures

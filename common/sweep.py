@@ -29,13 +29,14 @@ import itertools
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import results
+from common import early_signals, results
 from common import run as run_module
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
@@ -357,13 +358,17 @@ def task_indices(options, num_tasks):
 def run(sweep, argv=None):
     """Parse the command line and do what it asks; returns the exit status. A signal from the first line on
     stops it with 75; the same command then continues."""
+    held = early_signals.hold()  # the script's install() has listened while it imported
     with run_module.listening():
         hint, run_module.RESUME_HINT = run_module.RESUME_HINT, "the same sweep command (it resumes this cell)"
         try:
+            early_signals.release(held)
             options = build_parser(sweep).parse_args(argv)
             if options.command == "analyze":
                 check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
+                started = time.time()
                 sweep.analyze(options.runs_dir, options)
+                remove_earlier_protocols(options.runs_dir, started)
                 return EXIT_COMPLETED
             grid = sweep.make_grid(options)
             check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
@@ -383,6 +388,18 @@ def run(sweep, argv=None):
             return EXIT_INTERRUPTED
         finally:
             run_module.RESUME_HINT = hint
+
+
+def remove_earlier_protocols(out_dir, since):
+    """Remove the ``protocol-<id>`` folders (``common.validity``) that an earlier analysis wrote into ``out_dir`` and
+    the one that ended now did not (their ``protocol_<id>.json`` is older than ``since``): results of runs that are
+    gone or now pooled otherwise would stand beside the new ones. A folder without that file is not ours."""
+    for name in sorted(os.listdir(out_dir)):
+        match, path = re.fullmatch(r"protocol-(\w+)", name), os.path.join(out_dir, name)
+        fields = match and os.path.join(path, f"protocol_{match[1]}.json")
+        if fields and os.path.isfile(fields) and os.path.getmtime(fields) < since:
+            shutil.rmtree(path)
+            print(f"removed {path}: an earlier analysis's protocol, not among the runs now")
 
 
 def main(sweep, argv=None):

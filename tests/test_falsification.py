@@ -4,6 +4,7 @@ to end on written run directories; one real tiny cell."""
 import itertools
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -228,3 +229,24 @@ def test_one_tiny_cell_end_to_end(tmp_path, data_dir, monkeypatch, capsys):
     assert "1 runs excluded" in capsys.readouterr().out
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--min-initial-fit", "-1"]) == 0
     assert "1 completed runs analysed" in capsys.readouterr().out
+
+
+def test_a_new_analysis_removes_the_protocol_folders_of_an_earlier_one(tmp_path, capsys):
+    """Two protocols (protocol-<id>/ each), then the longer runs removed: one protocol, analysed into the runs
+    folder itself, and the earlier protocol-<id>/ folders are gone. A folder that is not an analysis's stays."""
+    args = {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "optimizer": "adam"}
+    rng = np.random.default_rng(1)
+    for steps in (40, 1_000):
+        for seed in range(12):
+            loss = rng.normal()
+            write_run(str(tmp_path), f"s{steps}__seed{seed}", {**args, "total_steps": steps, "seed": seed},
+                      "completed", {"probe/plasticity_loss": loss, "probe/plasticity": -loss,
+                                    "stats/weight_norm": loss}, probe_rows(0.9, 0.5))
+    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("protocol-*/fig3_falsification.csv"))) == 2
+    (tmp_path / "protocol-mine").mkdir()
+    for run_dir in (tmp_path / "falsification").glob("s1000__seed*"):
+        shutil.rmtree(run_dir)
+    assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("protocol-*")) == ["protocol-mine"], capsys.readouterr().out[-1500:]
+    assert len(pd.read_csv(tmp_path / "fig3_falsification.csv")) == 12
