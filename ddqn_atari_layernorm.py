@@ -468,9 +468,10 @@ def agent(args, run):
         sampler.set_state(ckpt["sampler"].cpu())
         envs.load_state_dict(ckpt["envs"])
         state = ckpt["state"]
-        check(state["step"] <= total_steps, f"--total-frames {args.total_frames:,} is below the "
-              f"{4 * state['step']:,} frames that {run.run_dir} has trained: a run cannot be shortened; resume with "
-              f"--total-frames {4 * state['step']:,} or more")
+        trained = args.frame_skip * state["step"]
+        check(state["step"] <= total_steps, f"--total-frames {args.total_frames:,} is below the {trained:,} frames "
+              f"that {run.run_dir} has trained: a run cannot be shortened; resume with --total-frames {trained:,} "
+              f"or more")
     else:
         frames, state["lives"] = envs.reset()
         replay.start_episodes(frames)
