@@ -24,11 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import main, seed_everything, select_device
+from common.cli import main, select_device
 from common.data import NUM_CLASSES, load_dataset, random_relabel
 from common.errors import check
+from common.logger import pyplot
 from common.optim import Adam
-from common.run import Run
+from common.run import Run, seed_everything
 
 # A.1: both share lr 1e-3, b1 0.9, eps 1e-9; the tuned one decays v faster and adds eps_root inside the root.
 ADAM_CONFIGS = {
@@ -171,10 +172,7 @@ def check_args(args):
 
 def plot_fig1(learners):
     """Fig 1: accuracy per iteration, dead ReLU fraction per layer, and Adam's largest step just after each reset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = {"default": "tab:red", "tuned": "tab:blue"}

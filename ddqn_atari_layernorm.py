@@ -40,15 +40,15 @@ import torch.nn.functional as F
 from common import lockstep
 from common.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized, load_atari_scores,
                           write_video)
-from common.cli import main, select_device, seed_everything
-from common.minatar import MINATAR_DEFAULTS, VectorMinAtar, check_minatar_args, is_minatar
-from common.networks import MinAtarQNetwork
+from common.cli import main, select_device
 from common.errors import check
 from common.grad_cov import gradient_covariance, interference_summary, per_example_grads
 from common.hessian import hessian_matvec, lanczos
+from common.minatar import MINATAR_DEFAULTS, VectorMinAtar, check_minatar_args, is_minatar
+from common.networks import MinAtarQNetwork
 from common.optim import RMSProp
 from common.plots import draw_grad_cov, draw_spectral_densities
-from common.run import Interrupted, Run
+from common.run import Interrupted, Run, seed_everything
 from common.sync import allowed_sync
 
 
@@ -59,8 +59,8 @@ ALE_DEFAULTS = dict(preprocessing="dqn_zoo", total_frames=200_000_000, train_fre
 
 @dataclass
 class Args:
-    exp_name: str = "ddqn_atari_layernorm"
-    """name of the experiment (CleanRL)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
     num_seeds: int = 1
@@ -100,10 +100,11 @@ class Args:
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
-    """channels_last CNN (2x faster per update reported on an idle 2-core CPU; no gain measured at 1 thread)"""
+    """channels_last CNN: the same numbers in the memory layout the CPU's and GPU's convolution kernels prefer
+    (its speed: benchmarks/bench_ddqn_atari.py)"""
     compile: bool = False
     """torch.compile the update's forward and backward (the optimizer step stays eager): equal to eager to float
-    rounding, compiled once at the first update (about a minute on a CPU); its speed-up is measured in
+    rounding, compiled once at the first update; its speed-up is measured in
     benchmarks/bench_ddqn_atari.py (part b) and on a GPU by benchmarks/gpu_suite.sh"""
 
     buffer_size: int = 100_000
@@ -213,7 +214,7 @@ class QNetwork(nn.Module):
     actions. With layer_norm, LayerNorm sits between each hidden layer and its ReLU: it normalises all of a layer's
     units (C, H, W for a convolution) with a per-channel scale and offset, as Haiku's hk.LayerNorm does by default
     (param_axis=-1); for convolutions that is GroupNorm with one group, which also keeps channels_last (nn.LayerNorm
-    over (C, H, W) copies to contiguous and ran 2-7x slower here). Weights and biases, the shared bias included, start
+    over (C, H, W) copies to contiguous first). Weights and biases, the shared bias included, start
     U(+-1/sqrt(fan_in)), DQN's classic initializer (DQN Zoo networks.py: _dqn_default_initializer,
     linear_with_shared_bias); PyTorch's default init draws the same for its layers."""
 

@@ -30,16 +30,13 @@ import pandas as pd
 
 import dqn_classification_mdp
 from common import inference, sweep, validity
+from common.envs import VARIANTS  # the three MDPs of Sec 3.2
 from common.errors import check
+from common.logger import pyplot
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
 # "We train 128 DQN agents under a range of tasks, observation spaces, optimizers, and seeds" (Sec 5.2), with the
 # MLP and CNN of Sec 5.1 / A.2. The paper does not list its grid; this is ours:
-DATASETS = {
-    "paper": ("cifar10", "mnist"),  # Sec 3.2 and Fig 3 contrast CIFAR-10 and MNIST observations
-    "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation, say so
-}
-VARIANTS = ("true_label", "random_label", "sparse_reward")  # the three MDPs of Sec 3.2
 ARCHS = ("mlp", "cnn")  # Sec 5.1: "a fully-connected network (MLP) and a convolutional network (CNN)"
 # Sec 5.2 varies the optimizer without naming them; the three the agent has. Each must let a fresh network fit the
 # probe in Sec 3.1's 2,000 steps, or its plasticity loss measures nothing (fresh fits P(theta_0) / b, MLP / CNN at
@@ -74,17 +71,13 @@ PRESETS = {
         "log_every": 250, "probe_every": 1_000, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 512,
         "hessian": False,
     },
-    "test": {  # seconds per cell, for the tests only: its 5-step probe fits nothing (unfit for results)
-        "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
-        "buffer_size": 1_000, "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5,
-        "probe_targets": 2, "probe_inputs": 64, "probe_batch_size": 16,
-    },
+    "test": sweep.TEST_PRESET,
 }
 
 
 def make_grid(options):
     return sweep.Grid("falsification", {
-        "dataset": sweep.values("dataset", DATASETS[options.datasets]),
+        "dataset": sweep.values("dataset", sweep.DATASETS[options.datasets]),
         "variant": sweep.values("variant", VARIANTS),
         "arch": sweep.values("arch", ARCHS),
         "optimizer": OPTIMIZERS,
@@ -229,10 +222,7 @@ def plot_fig3(table, result, target_name, path, min_initial_fit):
     cell enters the test), one marker per group of the panel's grouping, coloured by that group's test after
     Holm's correction; the last panel shows each run's P(theta_0) / b, the fresh fit that makes the probe a
     measurement."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     target = result["targets"][target_name]
     findings = result["same_finding"]["groups"]
@@ -366,7 +356,7 @@ def analyze_protocol(protocol, options):
 
 
 def add_arguments(parser):
-    parser.add_argument("--datasets", choices=tuple(DATASETS), default="paper",
+    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
                         help="observation spaces: paper = CIFAR-10 and MNIST (needs internet once), "
                              "offline = MNIST and Fashion-MNIST")
     parser.add_argument("--probe", choices=tuple(PROBES), default="paper",

@@ -43,6 +43,7 @@ from rliable import metrics
 from common import run
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
+from common.logger import pyplot
 from common.minatar import PREFIX, is_minatar, load_random_scores
 from common.results import Unreadable, read_metrics, read_runs
 from common.validity import differing_fields, split_protocols
@@ -425,18 +426,9 @@ def _publish(staging, output_dir):
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def draw_improvement(improvement, path):
     """Fig 7 (top): one bar per game, sorted."""
-    plt = _pyplot()
+    plt = pyplot()
     values = [100 * r["improvement"] for r in improvement]
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(values)), 4))
     ax.bar(range(len(values)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
@@ -450,7 +442,7 @@ def draw_improvement(improvement, path):
 
 def draw_learning_curves(curves, path):
     """One panel per game: each configuration's mean evaluation return over seeds, with its 95% band."""
-    plt = _pyplot()
+    plt = pyplot()
     frame = pd.DataFrame(curves)
     games = sorted(frame["game"].unique())
     columns = min(len(games), 5)
@@ -473,7 +465,7 @@ def draw_learning_curves(curves, path):
 
 def draw_aggregates(aggregate_rows, improvement, path):
     """rliable's interval-estimate panels: one per aggregate, and the probability of improvement."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(3 * (len(METRICS) + 1), 1.8))
     for ax, metric in zip(axes, METRICS):
         for y, r in enumerate(r for r in aggregate_rows if r["metric"] == metric):
@@ -496,7 +488,7 @@ def draw_aggregates(aggregate_rows, improvement, path):
 
 def draw_profiles(profiles, path):
     """Performance profiles: fraction of runs above each human-normalised score, with 95% bands."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for config, (point, lower, upper) in profiles.items():
         ax.plot(PROFILE_TAUS, point, label=config, color=COLORS[config])

@@ -44,13 +44,3 @@ def select_device(cuda=True):
 
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
 
-
-def seed_everything(seed):
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -1,4 +1,5 @@
-"""The run-directory contract (DESIGN.md): args.json, TensorBoard events, metrics.jsonl, summary.json, figures/.
+"""The run-directory contract (README.md, "Run directory"): args.json, TensorBoard events, metrics.jsonl,
+summary.json, figures/.
 
 Values may be tensors: they are converted only when ``log`` is called, so callers log every N steps and the
 inner loop never syncs with the device.
@@ -11,8 +12,8 @@ import time
 
 import torch
 
-from common import results
 from common.errors import UsageError
+from common.rundir import Unreadable, read_metrics
 
 
 def atomic_write_text(path, text):
@@ -38,6 +39,16 @@ def torch_save_staged(obj, path):
         f.flush()
         os.fsync(f.fileno())
     return tmp
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: figures are files, drawn without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _to_python(value):
@@ -88,9 +99,9 @@ class RunLogger:
             open(metrics_path, "w").close()
         else:  # a torn last row (the killed segment's last write) is dropped with the others after the checkpoint
             try:
-                rows = results.read_metrics(metrics_path)
+                rows = read_metrics(metrics_path)
                 kept = [row for row in rows[:resume_rows] if row["step"] <= resume_step]
-            except (results.Unreadable, KeyError, TypeError) as e:
+            except (Unreadable, KeyError, TypeError) as e:
                 raise UsageError(f"{metrics_path} cannot be resumed ({e or 'a row without a step'}): start afresh "
                                  f"with another --run-dir") from None
             atomic_write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
@@ -134,8 +145,7 @@ class RunLogger:
 
     def save_figure(self, fig, name):
         """Save a matplotlib figure to ``figures/<name>`` and close it."""
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         path = self.figure_path(name)
         tmp = f"{path}.tmp{os.getpid()}"
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=os.path.splitext(name)[1][1:] or "png")

@@ -11,9 +11,10 @@ that a sweep moved aside (``<cell>.stale-<time>``, see ``common.sweep``) is a st
 any copied, moved or renamed run directory (``X.bak``, ``X.stale``): its summary.json names the directory the run
 was written in, and a directory of another name is skipped as a copy.
 """
-import json
 import os
 import re
+
+from common.rundir import Unreadable, read_json, read_metrics, read_torch
 
 STATUSES = ("completed", "diverged", "interrupted")
 STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a directory it moves aside
@@ -21,57 +22,6 @@ STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a dire
 
 def is_stale(path):
     return bool(STALE.search(os.path.basename(os.path.normpath(path))))
-
-
-class Unreadable(Exception):
-    """A run-directory file that is missing, truncated or corrupt; the message is a one-line reason."""
-
-
-def read_json(path):
-    """The parsed JSON file; ``Unreadable`` when it is missing or half-written."""
-    name = os.path.basename(path)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise Unreadable(f"no {name}") from None
-    except (OSError, ValueError) as e:
-        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
-
-
-def read_metrics(path):
-    """The rows of a metrics.jsonl. A torn last line (a write cut short by a kill) is dropped; a corrupt line
-    before it makes the file ``Unreadable``."""
-    try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise Unreadable(f"no {os.path.basename(path)}" if isinstance(e, FileNotFoundError) else
-                         f"{os.path.basename(path)} is unreadable ({e.strerror})") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if number == len(lines):  # no newline after it: the last write did not finish
-                break
-            raise Unreadable(f"{os.path.basename(path)} line {number} is corrupt") from None
-    return rows
-
-
-def read_torch(path):
-    """A file written by ``torch.save`` (loaded on the CPU); ``Unreadable`` when missing, truncated or corrupt."""
-    import torch
-
-    name = os.path.basename(path)
-    if not os.path.exists(path):
-        raise Unreadable(f"no {name}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated zip, a pickle error: both mean the file is unusable
-        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
 
 
 def read_file(path):

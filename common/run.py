@@ -42,9 +42,9 @@ import zipfile
 import numpy as np
 import torch
 
-from common import results
 from common.errors import UsageError, check
 from common.logger import RunLogger, default_run_name, is_finite, torch_save_staged
+from common.rundir import Unreadable, read_json
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
@@ -227,6 +227,15 @@ def holds_a_run(run_dir):
     return any(name != LOCK_FILE for name in os.listdir(run_dir))
 
 
+def checkpoint_step(run_dir):
+    """The step of a run directory's checkpoint.pt (its tensors memory-mapped, not read); None when unreadable."""
+    try:
+        return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False,
+                          mmap=True)["lifecycle"]["step"]
+    except Exception:  # a truncated or foreign file: its resume says so in one line
+        return None
+
+
 def _as_json(value):
     """``value`` as args.json holds it (tuples become lists, other objects strings)."""
     return json.loads(json.dumps(value, default=str))
@@ -237,8 +246,8 @@ def _read_json(path):
     if not os.path.exists(path):
         return None
     try:
-        return results.read_json(path)
-    except results.Unreadable as e:
+        return read_json(path)
+    except Unreadable as e:
         raise UsageError(f"{os.path.dirname(path)}: {e}: start afresh with another --run-dir") from None
 
 
@@ -449,9 +458,6 @@ class Run:
                 raise
             print(f"figure {name} not drawn from this run's data ({type(e).__name__}: {e})", flush=True)
 
-    def figure_path(self, name):
-        return self.logger.figure_path(name)
-
     def _release(self):
         """Leave the process's list of unfinished runs, the run directory's lock and the signal listener."""
         if self in _unfinished:
@@ -526,6 +532,13 @@ def resume_command(args, run_dir, resume=True):
                        run_dir, *["--resume"] * resume])
 
 
+def seed_everything(seed):
+    """Seed Python's, NumPy's and torch's global RNGs (CleanRL's seeding); ``_get_rng_state`` captures them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _get_rng_state():
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -539,12 +552,6 @@ def _set_rng_state(state):
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def share_signals(runs):
-    """Several runs in one process (``--num-seeds``) hear every signal together: the process's one handler
-    interrupts every run that trains and abandons the measurement they are in, so nothing is left to do here. Kept
-    so that a script names the runs that train together."""
 
 
 def combined_summary(summaries):

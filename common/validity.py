@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from common.results import read_runs
+from common.rundir import split_seed_run_dir
 
 # Args fields that say where, how fast or with which outputs a run ran, not what it measured: runs differing only
 # in them are comparable. Every other field is the protocol (both sweeps' analyses and the Atari aggregate).
@@ -35,8 +36,7 @@ fits (Adam 1e-3, MLP: 0.972 and 0.983)"""
 def cell_name(run_dir):
     """A run's cell without its seed: ``mnist__true_label__mlp__adam`` for ``...__adam__seed1``."""
     name = os.path.basename(os.path.normpath(run_dir))
-    head, sep, tail = name.rpartition("__seed")
-    return head if sep and tail.isdigit() else name
+    return split_seed_run_dir(name)[0]
 
 
 def number(value):
