@@ -9,6 +9,11 @@ eps_root = 1e-3, eq. 6) keeps memorising new labellings for much longer.
 `--optimizer both` trains the two optimizers in lockstep from the same initial parameters on the same labels and
 batches, so the comparison is paired.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import copy
 import os
 import time
@@ -19,11 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import main, seed_everything, select_device
+from common.cli import main, select_device
 from common.data import NUM_CLASSES, load_dataset, random_relabel
 from common.errors import check
+from common.logger import pyplot
 from common.optim import Adam
-from common.run import Run
+from common.run import Run, seed_everything
 
 # A.1: both share lr 1e-3, b1 0.9, eps 1e-9; the tuned one decays v faster and adds eps_root inside the root.
 ADAM_CONFIGS = {
@@ -166,10 +172,7 @@ def check_args(args):
 
 def plot_fig1(learners):
     """Fig 1: accuracy per iteration, dead ReLU fraction per layer, and Adam's largest step just after each reset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = {"default": "tab:red", "tuned": "tab:blue"}

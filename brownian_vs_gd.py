@@ -7,6 +7,11 @@ landscape of the probe loss l(theta) = mean_x ||f(x) - sg(f(x)) + eps||^2, eps ~
 its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient cosine matrix C_k of eq. 3.
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import copy
 import os
 import time
@@ -15,14 +20,15 @@ from typing import Optional
 
 import torch
 
-from common.cli import main, seed_everything, select_device
+from common.cli import main, select_device
 from common.data import load_dataset
 from common.envs import ClassificationMDP
 from common.errors import UsageError, check
 from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.hessian import hessian_matvec, lanczos, spectral_density
+from common.logger import pyplot
 from common.networks import build_network, eval_mode
-from common.run import Interrupted, Run
+from common.run import Interrupted, Run, seed_everything
 
 NUM_ACTIONS = 10
 
@@ -141,10 +147,7 @@ def distance(params, start):
 
 def plot_fig2(records, steps, args):
     """Fig 2: Hessian densities at the start and the end for both processes, and the two final ordered C_k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ends = {name: (records[name][0], records[name][-1]) for name in ("gd", "walk")}
     all_nodes = torch.cat([r["nodes"] for pair in ends.values() for r in pair])

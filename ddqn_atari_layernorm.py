@@ -13,7 +13,19 @@ The emulators step in C++ threads (common.atari.VectorAtari); the frames, the re
 device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; `--resume` continues exactly where
 the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
 trains N seeds in lockstep in one process, each its single run's equal (common.lockstep).
+
+The same agent runs on MinAtar (Young & Tian 2019; common.minatar), the CPU-scale stand-in for the ALE: only the
+environments, the network (their conv 16 3x3 -> 128 -> actions, common.networks.MinAtarQNetwork, with LayerNorm
+as above) and the defaults of their examples/dqn.py change with the id (the fields whose docs say MinAtar); the
+Double-Q target and the paper's RMSProp stay.
+
+    python ddqn_atari_layernorm.py --env-id MinAtar/Breakout-v1 --no-layer-norm
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import os
 import sys
 import time
@@ -28,20 +40,27 @@ import torch.nn.functional as F
 from common import lockstep
 from common.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized, load_atari_scores,
                           write_video)
-from common.cli import main, select_device, seed_everything
+from common.cli import main, select_device
 from common.errors import check
 from common.grad_cov import gradient_covariance, interference_summary, per_example_grads
 from common.hessian import hessian_matvec, lanczos
+from common.minatar import MINATAR_DEFAULTS, VectorMinAtar, check_minatar_args, is_minatar
+from common.networks import MinAtarQNetwork
 from common.optim import RMSProp
 from common.plots import draw_grad_cov, draw_spectral_densities
-from common.run import Interrupted, Run
+from common.run import Interrupted, Run, seed_everything
 from common.sync import allowed_sync
+
+
+ALE_DEFAULTS = dict(preprocessing="dqn_zoo", total_frames=200_000_000, train_frequency=4,
+                    target_network_frequency=30_000, rmsprop_eps=0.01 / 32**2, epsilon_start=0.1,
+                    epsilon_decay_steps=1_000_000, noop_max=30, eval_frames=500_000)  # DQN Zoo and A.3 (Args)
 
 
 @dataclass
 class Args:
-    exp_name: str = "ddqn_atari_layernorm"
-    """name of the experiment (CleanRL)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment: the script's file name (CleanRL)"""
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
     num_seeds: int = 1
@@ -61,12 +80,16 @@ class Args:
 
     env_id: str = "ALE/Breakout-v5"
     """ALE game, any version: every id runs under DQN Zoo's settings (frameskip 1 in the emulator, no sticky actions,
-    minimal action set; gym_atari.py); common.atari.atari_env_ids() maps the 57 games to their ids"""
-    preprocessing: Literal["dqn_zoo", "gymnasium"] = "dqn_zoo"
+    minimal action set; gym_atari.py); common.atari.atari_env_ids() maps the 57 games to their ids. Or a MinAtar
+    game, MinAtar/<Game>-v1 (common.minatar): Young & Tian (2019)'s network and their examples/dqn.py's defaults
+    wherever a field below says "MinAtar" (default None resolves by the id's family)"""
+    preprocessing: Literal["dqn_zoo", "gymnasium"] | None = None
     """frames and stacks as DQN Zoo's processors.atari (max of the last two RGB frames, luminance, bilinear 84x84,
-    zero-padded first stacks) or as gymnasium's AtariPreprocessing (ALE grey, INTER_AREA, first-frame padding)"""
-    total_frames: int = 200_000_000
-    """environment frames of training (A.3: 200M)"""
+    zero-padded first stacks; the ALE default) or as gymnasium's AtariPreprocessing (ALE grey, INTER_AREA,
+    first-frame padding); ALE only"""
+    total_frames: int | None = None
+    """environment frames of training (A.3: 200M on the ALE, 4 per agent step; MinAtar 5M, dqn.py's NUM_FRAMES,
+    one per agent step)"""
     num_envs: int = 1
     """environments stepped at once, acting with one batched forward (DQN Zoo: 1). N > 1 interleaves N episodes in
     the replay (one lane of buffer_size / N frames each), draws epsilon per environment, and makes the updates
@@ -77,10 +100,11 @@ class Args:
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
-    """channels_last CNN (2x faster per update reported on an idle 2-core CPU; no gain measured at 1 thread)"""
+    """channels_last CNN: the same numbers in the memory layout the CPU's and GPU's convolution kernels prefer
+    (its speed: benchmarks/bench_ddqn_atari.py)"""
     compile: bool = False
     """torch.compile the update's forward and backward (the optimizer step stays eager): equal to eager to float
-    rounding, compiled once at the first update (about a minute on a CPU); its speed-up is measured in
+    rounding, compiled once at the first update; its speed-up is measured in
     benchmarks/bench_ddqn_atari.py (part b) and on a GPU by benchmarks/gpu_suite.sh"""
 
     buffer_size: int = 100_000
@@ -90,37 +114,43 @@ class Args:
     (DQN Zoo double_q/run_atari.py and agent.py: 0.05, so 5,000 transitions at the paper's capacity)"""
     batch_size: int = 32
     """transitions per update (DQN Zoo)"""
-    train_frequency: int = 4
-    """agent steps per update (DQN Zoo learn_period: 16 frames)"""
-    target_network_frequency: int = 30_000
-    """agent steps between target updates (DQN Zoo double_q: 120k frames)"""
+    train_frequency: int | None = None
+    """agent steps per update (ALE 4, DQN Zoo learn_period: 16 frames; MinAtar 1, dqn.py's TRAINING_FREQ)"""
+    target_network_frequency: int | None = None
+    """agent steps between target updates (ALE 30,000, DQN Zoo double_q: 120k frames; MinAtar 1,000, dqn.py's
+    TARGET_NETWORK_UPDATE_FREQ)"""
     gamma: float = 0.99
     """discount (DQN Zoo additional_discount)"""
     learning_rate: float = 2.5e-4
     """RMSProp learning rate (DQN Zoo)"""
     rmsprop_decay: float = 0.95
     """RMSProp decay (DQN Zoo)"""
-    rmsprop_eps: float = 0.01 / 32**2
-    """RMSProp epsilon inside the square root, centered (DQN Zoo optimizer_epsilon = 0.01 / 32**2)"""
+    rmsprop_eps: float | None = None
+    """RMSProp epsilon inside the square root, centered (ALE: DQN Zoo optimizer_epsilon = 0.01 / 32**2; MinAtar:
+    0.01**2, the denominator's floor of dqn.py's torch RMSprop with eps 0.01 outside the root)"""
     grad_error_bound: float = 1.0 / 32
     """bound on the TD-error gradient under the batch mean (DQN Zoo grad_error_bound)"""
     max_abs_reward: float = 1.0
     """reward clipping (DQN Zoo max_abs_reward)"""
-    epsilon_start: float = 0.1
-    """training epsilon when learning starts, the start of its decay (A.3: fixed 0.1; DQN Zoo: 1.0)"""
+    epsilon_start: float | None = None
+    """training epsilon when learning starts, the start of its decay (ALE 0.1, A.3: fixed 0.1, DQN Zoo: 1.0;
+    MinAtar 1.0, dqn.py's EPSILON)"""
     epsilon_end: float = 0.1
     """training epsilon after the decay (A.3: fixed 0.1; DQN Zoo: 0.01)"""
-    epsilon_decay_steps: int = 1_000_000
-    """agent steps of the linear decay, from learning_starts (DQN Zoo: 2% of 200M frames)"""
+    epsilon_decay_steps: int | None = None
+    """agent steps of the linear decay, from learning_starts (ALE 1M, DQN Zoo: 2% of 200M frames; MinAtar 100,000,
+    dqn.py's FIRST_N_FRAMES)"""
 
-    noop_max: int = 30
-    """up to this many no-op actions at each reset (DQN Zoo: 1 to 30)"""
+    noop_max: int | None = None
+    """up to this many no-op actions at each reset (DQN Zoo: 1 to 30, the ALE default); ALE only"""
     max_episode_frames: int = 108_000
-    """episode cap in frames, 30 minutes (DQN Zoo), reached as a truncation"""
+    """episode cap in frames, 30 minutes (DQN Zoo), reached as a truncation (MinAtar: agent steps; dqn.py has no
+    cap)"""
     eval_every: int = 250_000
     """agent steps between evaluations (DQN Zoo: one iteration of 1M frames)"""
-    eval_frames: int = 500_000
-    """frames per evaluation (DQN Zoo num_eval_frames)"""
+    eval_frames: int | None = None
+    """frames per evaluation (ALE 500,000, DQN Zoo num_eval_frames; MinAtar 125,000, as many agent steps, since
+    dqn.py does not evaluate)"""
     eval_epsilon: float = 0.01
     """evaluation epsilon (DQN Zoo double_q)"""
     eval_envs: int = 8
@@ -145,6 +175,18 @@ class Args:
     benchmarks/RESULTS.md); 0 writes one only at the end and on a signal"""
     resume: bool = False
     """continue the run in --run-dir from its checkpoint.pt"""
+
+    def __post_init__(self):
+        """Resolve the fields left None to the defaults of the id's family, here, in one place."""
+        defaults = MINATAR_DEFAULTS if is_minatar(self.env_id) else ALE_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    @property
+    def frame_skip(self):
+        """Frames per agent step: 4 on the ALE (DQN Zoo's action repeat), 1 on MinAtar."""
+        return 1 if is_minatar(self.env_id) else 4
 
     @property
     def learning_starts(self):
@@ -172,7 +214,7 @@ class QNetwork(nn.Module):
     actions. With layer_norm, LayerNorm sits between each hidden layer and its ReLU: it normalises all of a layer's
     units (C, H, W for a convolution) with a per-channel scale and offset, as Haiku's hk.LayerNorm does by default
     (param_axis=-1); for convolutions that is GroupNorm with one group, which also keeps channels_last (nn.LayerNorm
-    over (C, H, W) copies to contiguous and ran 2-7x slower here). Weights and biases, the shared bias included, start
+    over (C, H, W) copies to contiguous first). Weights and biases, the shared bias included, start
     U(+-1/sqrt(fan_in)), DQN's classic initializer (DQN Zoo networks.py: _dqn_default_initializer,
     linear_with_shared_bias); PyTorch's default init draws the same for its layers."""
 
@@ -198,6 +240,28 @@ class QNetwork(nn.Module):
     def forward(self, frames):
         x = frames.to(self.head.weight.dtype).div_(255.0).contiguous(memory_format=self.memory_format)
         return self.head(self.torso(x)) + self.shared_bias
+
+
+# ---------------------------------------------------------------------------------------------------- env family
+# The only places where the ALE and MinAtar differ: the environments, the network, and the replay's frames.
+def make_envs(args, num_envs, device):
+    if is_minatar(args.env_id):
+        return VectorMinAtar(args.env_id, num_envs, args.max_episode_frames, args.seed, device)
+    return VectorAtari(args.env_id, num_envs, args.noop_max, args.max_episode_frames, args.seed, device,
+                       args.preprocessing, args.env_threads)
+
+
+def make_q_network(args, envs, device):
+    if is_minatar(args.env_id):
+        return MinAtarQNetwork(envs.frame_shape[0], envs.num_actions, args.layer_norm, args.channels_last).to(device)
+    return QNetwork(envs.num_actions, args.layer_norm, args.channels_last).to(device)
+
+
+def make_replay(args, capacity, envs, device):
+    """The ALE's 4-frame stacks; on MinAtar each observation is a state, a history of 1 (dqn.py stacks none)."""
+    if is_minatar(args.env_id):
+        return FrameReplay(capacity, history=1, frame_shape=envs.frame_shape, device=device, lanes=envs.num_envs)
+    return FrameReplay(capacity, zero_pad=args.preprocessing == "dqn_zoo", device=device, lanes=envs.num_envs)
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -277,14 +341,13 @@ def evaluate(q_net, envs, args, seed, device, video_path=None):
     video shows environment 0's first episode in the pooled RGB frames the agent sees."""
     rng = np.random.default_rng(seed)
     envs.seed(seed)
-    stacks = FrameReplay(8 * envs.num_envs, zero_pad=args.preprocessing == "dqn_zoo", device=device,
-                         lanes=envs.num_envs)
+    stacks = make_replay(args, 8 * envs.num_envs, envs, device)
     stacks.start_episodes(envs.reset()[0])
     returns, episode_returns = [], np.zeros(envs.num_envs)
     video = [envs.last_rgb[0]] if video_path else None
     no_reward = torch.zeros(envs.num_envs, device=device)
     no_terminal = torch.zeros(envs.num_envs, dtype=torch.bool, device=device)
-    for _ in range(args.eval_frames // 4 // envs.num_envs):
+    for _ in range(args.eval_frames // args.frame_skip // envs.num_envs):
         actions = act(q_net, stacks, args.eval_epsilon, rng, envs.num_actions)
         frames, rewards, terminated, truncated, _ = envs.step(actions)
         episode_returns += rewards
@@ -310,28 +373,36 @@ PERIODS = ("target_network_frequency", "eval_every", "log_every", "checkpoint_ev
 
 
 def check_args(args):
-    check_env_id(args.env_id)
+    check_minatar_args(args) if is_minatar(args.env_id) else check_env_id(args.env_id)
     for name in ("total_frames", "num_seeds", "num_envs", "eval_envs", "buffer_size", "batch_size", "train_frequency",
                  "target_network_frequency", "eval_every", "eval_frames", "log_every", "max_episode_frames",
                  "grad_cov_samples", "hessian_samples", "hessian_iters"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("checkpoint_every", "grad_cov_every", "hessian_every", "noop_max", "env_threads"):
         check(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check(0 < args.min_replay_capacity_fraction <= 1, "--min-replay-capacity-fraction must lie in (0, 1], got "
+                                                      f"{args.min_replay_capacity_fraction}")
+    skip = args.frame_skip
+    check(args.total_frames >= skip * args.num_envs, f"--total-frames {args.total_frames} is less than one agent "
+          f"step ({skip} frames) of each of the --num-envs {args.num_envs} environments: use at least "
+          f"{skip * args.num_envs}")
     check(args.train_frequency % args.num_envs == 0 or args.num_envs % args.train_frequency == 0,
           f"--train-frequency {args.train_frequency} and --num-envs {args.num_envs}: one must divide the other")
     for name in (*PERIODS, "buffer_size", "learning_starts"):
         value = getattr(args, name)
         check(value % args.num_envs == 0, f"--{name.replace('_', '-')} {value} must be a multiple of --num-envs "
                                           f"{args.num_envs}: every period counts agent steps summed over the envs")
-    check(args.total_frames // 4 % args.num_envs == 0, "--total-frames / 4 must be a multiple of --num-envs")
+    check(args.total_frames // args.frame_skip % args.num_envs == 0,
+          f"--total-frames / {args.frame_skip} must be a multiple of --num-envs")
     check(args.buffer_size // args.num_envs > args.batch_size + 8, f"--buffer-size {args.buffer_size} is too small "
           f"for the batch and --num-envs {args.num_envs}")
-    check(0 < args.min_replay_capacity_fraction <= 1 and args.learning_starts >= args.batch_size,
+    check(args.learning_starts >= args.batch_size,
           "--min-replay-capacity-fraction x --buffer-size (the learning start) must lie in [--batch-size, capacity]")
     check(all(0 <= e <= 1 for e in (args.epsilon_start, args.epsilon_end, args.eval_epsilon)),
           "epsilons must lie in [0, 1]")
-    check(args.eval_frames // 4 >= args.eval_envs, f"--eval-frames {args.eval_frames} gives fewer agent steps than "
-          f"--eval-envs {args.eval_envs}: use at least {4 * args.eval_envs} frames or fewer --eval-envs")
+    check(args.eval_frames // args.frame_skip >= args.eval_envs, f"--eval-frames {args.eval_frames} gives fewer "
+          f"agent steps than --eval-envs {args.eval_envs}: use at least {args.frame_skip * args.eval_envs} frames "
+          "or fewer --eval-envs")
     check(not args.capture_video or args.preprocessing == "dqn_zoo",
           "--capture-video needs --preprocessing dqn_zoo (the gymnasium frames come grey from the emulator)")
     check(args.learning_rate > 0, f"--learning-rate must be positive, got {args.learning_rate}")
@@ -362,22 +433,25 @@ def agent(args, run):
         return run.finished
     device = select_device(args.cuda)
     seed_everything(args.seed)
-    total_steps, num_envs = args.total_frames // 4, args.num_envs
+    total_steps, num_envs = args.total_frames // args.frame_skip, args.num_envs
     huber_delta = args.batch_size * args.grad_error_bound
 
-    envs = VectorAtari(args.env_id, num_envs, args.noop_max, args.max_episode_frames, args.seed, device,
-                       args.preprocessing, args.env_threads)
-    eval_envs = VectorAtari(args.env_id, args.eval_envs, args.noop_max, args.max_episode_frames, args.seed, device,
-                            args.preprocessing, args.env_threads)
+    envs = make_envs(args, num_envs, device)
+    eval_envs = make_envs(args, args.eval_envs, device)
     num_actions = envs.num_actions
-    q_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
-    target_net = QNetwork(num_actions, args.layer_norm, args.channels_last).to(device)
+    q_net = make_q_network(args, envs, device)
+    target_net = make_q_network(args, envs, device)
     target_net.load_state_dict(q_net.state_dict())
     optimizer = yield q_net, target_net
-    replay = FrameReplay(args.buffer_size, zero_pad=args.preprocessing == "dqn_zoo", device=device, lanes=num_envs)
+    try:
+        replay = make_replay(args, args.buffer_size, envs, device)
+    except (RuntimeError, MemoryError) as e:  # torch's CPU and CUDA allocators raise RuntimeErrors
+        check("alloc" not in str(e) and "out of memory" not in str(e),
+              f"--buffer-size {args.buffer_size:,} does not fit in the memory of {device}: lower --buffer-size")
+        raise
     rng = np.random.default_rng(args.seed)  # exploration
     sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
-    scores = load_atari_scores()
+    scores = {} if is_minatar(args.env_id) else load_atari_scores()  # MinAtar has no human scores
     game = game_name(args.env_id)
 
     # Counters and everything else a checkpoint must restore; "measured" is the last step whose measurements
@@ -395,6 +469,10 @@ def agent(args, run):
         sampler.set_state(ckpt["sampler"].cpu())
         envs.load_state_dict(ckpt["envs"])
         state = ckpt["state"]
+        trained = args.frame_skip * state["step"]
+        check(state["step"] <= total_steps, f"--total-frames {args.total_frames:,} is below the {trained:,} frames "
+              f"that {run.run_dir} has trained: a run cannot be shortened; resume with --total-frames {trained:,} "
+              f"or more")
     else:
         frames, state["lives"] = envs.reset()
         replay.start_episodes(frames)
@@ -449,10 +527,13 @@ def agent(args, run):
         state["eval_step"] = step
         if episodes:
             record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
-                          "eval/human_normalized_score": human_normalized(eval_return, game, scores)})
+                          **({"eval/human_normalized_score": human_normalized(eval_return, game, scores)}
+                             if scores else {})})
             print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
-        else:  # the return of an unfinished episode is no score
+        else:  # the return of an unfinished episode is no score: the summary's final score is missing, not old
             record(step, {"eval/episodes": 0})
+            state["last"].pop("eval/episodic_return", None)
+            state["last"].pop("eval/human_normalized_score", None)
             print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
                   f"no score logged", flush=True)
 
@@ -523,7 +604,7 @@ def agent(args, run):
         torch.save(q_net.state_dict(), os.path.join(run.run_dir, f"{args.exp_name}.model"))
     done = state["step"] >= total_steps and state["measured"] == state["step"]
     return run.finish(state["step"], done=done, metrics=state["last"], env_id=args.env_id,
-                      layer_norm=args.layer_norm, seed=args.seed, frames=state["step"] * 4)
+                      layer_norm=args.layer_norm, seed=args.seed, frames=state["step"] * args.frame_skip)
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
@@ -539,6 +620,7 @@ def aggregate(args):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["aggregate"]:  # python ddqn_atari_layernorm.py aggregate --runs-dir runs
         del sys.argv[1]
-        main(aggregate, AggregateArgs)
+        main(aggregate, AggregateArgs, stopped="before aggregate wrote its outputs (the earlier ones are unchanged): "
+                                                "run the same command again")
     else:
         main(train, Args)

@@ -5,6 +5,11 @@ Everything lives on the device: images are a uint8 tensor, the env steps all cop
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step. ``train`` reads as one
 agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/seeds.py`` handles.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import functools
 import os
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ from common.envs import VARIANTS, ClassificationMDP
 from common.errors import UsageError, check
 from common.hessian import hessian_matvec, top_eigenvalue
 from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.logger import atomic_torch_save
+from common.logger import atomic_torch_save, pyplot
 from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.optim import OPTIMIZERS, make_optimizer
 from common.probe import PROBES, probe_key, run_probes
@@ -386,10 +391,7 @@ def intervene(args, q_network, target_network, optimizer, replay, images, rng, r
 def draw_probe_curves(probe_history, title):
     """Fig 4: probe learning curves (mean over targets) from successive checkpoints, and P over training;
     ``probe_history`` is ``[(step, curve, plasticity)]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_curves, ax_p) = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.cm.viridis(np.linspace(0, 1, len(probe_history)))

@@ -4,37 +4,39 @@ Each cell of the grid below trains one agent of ``dqn_classification_mdp.py`` (S
 steps, a probe every 5,000). ``analyze`` reads the runs of one protocol whose fresh network could fit the probe
 (``common.validity``) and asks, for every statistic the agent logs (``stats/...``: weight norm, weight rank, feature
 rank, dead units, ...) and every grouping of the runs (the learning problem, dataset x variant, and each single
-axis), whether the statistic's final value correlates with P(theta_T) and with plasticity loss with the same sign in
-every group, pooled and within cells, with intervals from a bootstrap over whole cells. A pair of groups whose 95%
-intervals lie on opposite sides of zero is a sign reversal: the statistic cannot be a cause of plasticity loss on
-its own (Sec 5.2, after Buhlmann 2020).
+axis), whether the statistic's final value correlates with the plasticity loss (the headline) and with P(theta_T)
+inside the cells of each group, where only the seed differs. Each correlation is tested by permuting the outcome
+among each cell's seeds, and Holm's correction holds the family-wise error over every test (``common.inference``).
+Two groups of one grouping significant with opposite signs after the correction are a sign reversal: the statistic
+cannot be a cause of plasticity loss on its own (Sec 5.2, after Buhlmann 2020).
 
-    python falsification.py --list                                    # the 128 cells
+    python falsification.py --list                                    # the 128 cells (--preset cpu: 160)
     python falsification.py --task-id 0                               # one cell (Slurm: slurm/falsification.sbatch)
     python falsification.py --tasks 0-127 --preset cpu --datasets offline   # everything, one after another
     python falsification.py analyze --runs-dir runs                   # falsification.json, fig3_falsification.png
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import argparse
 import itertools
 import json
 import os
-import warnings
 
 import numpy as np
 import pandas as pd
 
 import dqn_classification_mdp
-from common import sweep, validity
+from common import inference, sweep, validity
+from common.envs import VARIANTS  # the three MDPs of Sec 3.2
 from common.errors import check
+from common.logger import pyplot
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
 # "We train 128 DQN agents under a range of tasks, observation spaces, optimizers, and seeds" (Sec 5.2), with the
 # MLP and CNN of Sec 5.1 / A.2. The paper does not list its grid; this is ours:
-DATASETS = {
-    "paper": ("cifar10", "mnist"),  # Sec 3.2 and Fig 3 contrast CIFAR-10 and MNIST observations
-    "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation, say so
-}
-VARIANTS = ("true_label", "random_label", "sparse_reward")  # the three MDPs of Sec 3.2
 ARCHS = ("mlp", "cnn")  # Sec 5.1: "a fully-connected network (MLP) and a convolutional network (CNN)"
 # Sec 5.2 varies the optimizer without naming them; the three the agent has. Each must let a fresh network fit the
 # probe in Sec 3.1's 2,000 steps, or its plasticity loss measures nothing (fresh fits P(theta_0) / b, MLP / CNN at
@@ -50,6 +52,10 @@ OPTIMIZERS = {
 SEEDS = (1, 2, 3, 4)
 # 2 x 3 x 2 x 3 x 4 = 144 cells; dropping SGD on the sparse-reward MDP (16 cells) gives the paper's 128. We drop
 # that pairing, the furthest from the paper's agents (adaptive optimizers), rather than thin every cell's seeds.
+SEEDS_BY_PRESET = {"cpu": (1, 2, 3, 4, 5)}
+"""presets whose grid has other seeds than ``SEEDS``. The tests are within cells, so the seeds of a cell are the
+replicates: at 5 seeds a cell's exact permutation distribution has 5! = 120 orderings (4 seeds: 24), which lets a
+group of a few cells reach significance after the correction over every test (see ``common.inference``)."""
 EXCLUDE = ({"optimizer": "sgd", "variant": "sparse_reward"},)
 
 # Run sizes. Cells set the fields above; a preset sets everything else that differs from Args' defaults.
@@ -65,21 +71,18 @@ PRESETS = {
         "log_every": 250, "probe_every": 1_000, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 512,
         "hessian": False,
     },
-    "test": {  # seconds per cell, for the tests only: its 5-step probe fits nothing (unfit for results)
-        "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
-        "buffer_size": 1_000, "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5,
-        "probe_targets": 2, "probe_inputs": 64, "probe_batch_size": 16,
-    },
+    "test": sweep.TEST_PRESET,
 }
 
 
 def make_grid(options):
     return sweep.Grid("falsification", {
-        "dataset": sweep.values("dataset", DATASETS[options.datasets]),
+        "dataset": sweep.values("dataset", sweep.DATASETS[options.datasets]),
         "variant": sweep.values("variant", VARIANTS),
         "arch": sweep.values("arch", ARCHS),
         "optimizer": OPTIMIZERS,
-        "seed": sweep.values("seed", SEEDS, label=lambda s: f"seed{s}"),
+        "seed": sweep.values("seed", SEEDS_BY_PRESET.get(getattr(options, "preset", None), SEEDS),
+                             label=lambda s: f"seed{s}"),
     }, exclude=EXCLUDE)
 
 
@@ -87,151 +90,169 @@ def make_grid(options):
 FACTORS = ("dataset", "variant", "arch", "optimizer")  # args.json fields; a cell is one combination, its runs seeds
 # Sec 5.2 asks within the learning problem (dataset x variant) as well as along single axes and over everything.
 GROUPINGS = {"all": (), "problem": ("dataset", "variant"), **{f: (f,) for f in FACTORS}}
-TARGETS = {"plasticity": "probe/plasticity",  # P(theta_T): Fig 3's axis
-           "plasticity_loss": "probe/plasticity_loss"}  # P(theta_0) - P(theta_T), eq. 5
-# pooled: Spearman over a group's runs, where differences between the cell means of the other factors (optimizers,
-# architectures, ...) can make or hide a sign on their own (Simpson's paradox); within_cells: ranks taken within
-# each combination of the other factors (a cell: only its seeds differ), so only variation inside cells counts.
-METHODS = ("pooled", "within_cells")
-MIN_RUNS = 10  # a percentile bootstrap of fewer runs is too narrow to trust (4 runs: rho 0.89, CI [0.82, 1.0])
+PROBES = {
+    "paper": {"plasticity_loss": "probe/plasticity_loss", "plasticity": "probe/plasticity"},
+    "reference": {"plasticity_loss": "probe_ref/plasticity_loss", "plasticity": "probe_ref/plasticity"},
+}
+"""outcome -> summary key, for each probe; the first outcome is the headline. The plasticity loss P(theta_0) -
+P(theta_T) (eq. 5) nets out how well a fresh network fits the probe, which P(theta_T), Fig 3's axis, carries with
+it. The paper's probe uses the agent's optimizer (Sec 3.1); the reference probe one optimizer for every arm."""
+INSTRUMENT_VARIES = {"paper": ("optimizer",), "reference": ()}
+"""groupings whose groups each probe measures with different instruments: the paper's probe fits with each arm's
+own optimizer, and plain SGD is not scale-invariant, so a weight-norm effect on an SGD probe is partly mechanical"""
 
 
-def _centred_ranks(values):
-    from scipy.stats import rankdata
-
-    ranks = rankdata(values, axis=-1, nan_policy="omit")
-    return ranks - np.nanmean(ranks, axis=-1, keepdims=True)
+def cell_labels(table):
+    """Each run's cell: its values of every factor (only the seed differs within a cell)."""
+    return table[list(FACTORS)].astype(str).agg("__".join, axis=1)
 
 
-def _pearson_of_centred(cx, cy):
-    """sum(cx cy) / sqrt(sum cx^2 sum cy^2) along the last axis, NaN (padding) ignored."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nansum(cx * cy, -1) / np.sqrt(np.nansum(cx ** 2, -1) * np.nansum(cy ** 2, -1))
+def group_name(group):
+    return "/".join(map(str, group)) if isinstance(group, tuple) else str(group)
 
 
-def _pooled_cell_sums(sums, counts):
-    """The same over cells whose sums (sxy, sxx, syy) are taken ``counts`` times: (..., C) counts -> (...,)."""
-    sxy, sxx, syy = sums
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return counts @ sxy / np.sqrt((counts @ sxx) * (counts @ syy))
+def group_members(table):
+    """[(grouping, group, positions of its runs in the table)] for every grouping and group, sorted."""
+    out = []
+    for group_by, keys in GROUPINGS.items():
+        groups = table.groupby(list(keys), sort=True).indices if keys else {"all": np.arange(len(table))}
+        out += [(group_by, group_name(group), positions) for group, positions in sorted(groups.items())]
+    return out
 
 
-def rank_correlation(x, y, cells, method="pooled", num_boot=2_000, seed=0):
-    """Spearman-type correlation of (x, y) and a percentile bootstrap 95% interval that resamples whole cells
-    (``cells``: one label per run; a cell's seeds share its settings and are not independent draws).
-
-    ``pooled``: Spearman's rho over all runs. ``within_cells``: ranks centred within each cell, then
-    ``sum(rx ry) / sqrt(sum rx^2 sum ry^2)`` over all runs, so that only how x and y vary together inside cells
-    counts (cells of one run add nothing). Returns ``(rho, [lo, hi])``, None where undefined."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    labels = sorted(set(cells), key=str)
-    members = [np.flatnonzero(np.asarray([c == label for c in cells])) for label in labels]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(len(labels), size=(num_boot, len(labels)))
-    if method == "pooled":
-        rho = float(_pearson_of_centred(_centred_ranks(x), _centred_ranks(y)))
-        padded = np.full((2, len(labels), max(len(m) for m in members)), np.nan)
-        for c, m in enumerate(members):
-            padded[0, c, :len(m)], padded[1, c, :len(m)] = x[m], y[m]
-        xb, yb = (padded[i][draws].reshape(num_boot, -1) for i in (0, 1))
-        boot = _pearson_of_centred(_centred_ranks(xb), _centred_ranks(yb))
-    else:
-        sums = np.zeros((3, len(labels)))
-        for c, m in enumerate(members):
-            rx, ry = _centred_ranks(x[m]), _centred_ranks(y[m])
-            sums[:, c] = (rx * ry).sum(), (rx ** 2).sum(), (ry ** 2).sum()
-        rho = float(_pooled_cell_sums(sums, np.ones(len(labels))))
-        counts = np.zeros((num_boot, len(labels)))
-        np.add.at(counts, (np.arange(num_boot)[:, None], draws), 1)
-        boot = _pooled_cell_sums(sums, counts)
-    if not np.isfinite(rho):  # a constant statistic (e.g. no dead units anywhere) correlates with nothing
-        return None, [None, None]
-    boot = boot[np.isfinite(boot)]  # resamples without variation
-    if not len(boot):
-        return rho, [None, None]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return rho, [float(lo), float(hi)]
-
-
-def correlations(table, statistics, num_boot=2_000):
-    """For every statistic, target, method, grouping and group: the correlation, its cell-bootstrap 95% interval,
-    the interval's half-width, and the numbers of runs and cells."""
+def within_cell_tests(table, statistics, targets, seed=0, num_permutations=inference.NUM_PERMUTATIONS):
+    """One row per outcome, statistic, grouping and group: runs, cells, the within-cell rank correlation and its
+    permutation p-value (``common.inference.within_cell_test``), or why the group is not tested. Each row's test
+    object is under ``"_test"``."""
     rows = []
-    cell = table[list(FACTORS)].astype(str).agg("__".join, axis=1)
-    for statistic, (target_name, target), method in itertools.product(statistics, TARGETS.items(), METHODS):
-        usable = table[statistic].notna() & table[target].notna()
-        for group_by, keys in GROUPINGS.items():
-            groups = table[usable].groupby(list(keys), sort=True) if keys else [("all", table[usable])]
-            for group, runs in groups:
-                cells = list(cell[runs.index])
-                informative = len(runs) if method == "pooled" else \
-                    sum(n for n in pd.Series(cells).value_counts() if n > 1)
-                rho, ci = (None, [None, None]) if informative < MIN_RUNS else rank_correlation(
-                    runs[statistic], runs[target], cells, method, num_boot)
-                rows.append({"statistic": statistic, "target": target_name, "method": method, "group_by": group_by,
-                             "group": "/".join(map(str, group)) if isinstance(group, tuple) else str(group),
-                             "runs": len(runs), "cells": len(set(cells)), "spearman": rho, "ci95": ci,
-                             "half_width": None if ci[0] is None else (ci[1] - ci[0]) / 2})
+    codes = inference.cell_codes(cell_labels(table))
+    members = group_members(table)
+    for (target_name, target), statistic in itertools.product(targets.items(), statistics):
+        x, y = table[statistic].to_numpy(float), table[target].to_numpy(float)
+        usable = np.isfinite(x) & np.isfinite(y)
+        for group_by, group, positions in members:
+            positions = positions[usable[positions]]
+            informative = int((np.bincount(codes[positions]) > 1).sum()) if len(positions) else 0
+            row = {"statistic": statistic, "target": target_name, "group_by": group_by, "group": group,
+                   "runs": len(positions), "cells": informative, "rho": None, "p": None, "exact": None,
+                   "untested": None}
+            test = None
+            if informative < inference.MIN_CELLS:
+                row["untested"] = f"fewer than {inference.MIN_CELLS} cells of 2 or more runs"
+            else:
+                test = inference.within_cell_test(x[positions], y[positions], codes[positions], seed=seed + len(rows),
+                                                  num_permutations=num_permutations)
+                if test.scale == 0:
+                    row["untested"], test = "no variation within any cell", None
+                else:
+                    row.update(rho=test.rho, p=test.p, exact=test.exact)
+            rows.append({**row, "_test": test})
     return rows
 
 
-def sign_reversals(rows):
-    """Pairs of groups of one grouping (same statistic, target and method) whose 95% intervals lie entirely above
-    and entirely below zero."""
-    key = ("statistic", "target", "method", "group_by")
-    significant = [r for r in rows if r["ci95"][0] is not None]
-    return [{**{k: p[k] for k in key}, "positive": p["group"], "negative": n["group"]}
-            for p in significant if p["ci95"][0] > 0
-            for n in significant if n["ci95"][1] < 0 and all(n[k] == p[k] for k in key)]
+def analyse(table, statistics, probe="paper", alpha=inference.ALPHA, seed=0,
+            num_permutations=inference.NUM_PERMUTATIONS):
+    """The falsification analysis of a table of runs (one row per run: the factors, the probe's outcomes, the
+    statistics): every within-cell test, Holm's correction over all of them, the smallest |rho| each could call
+    significant, the sign reversals after correction, and the statistics that are one finding. Returns the dict
+    that ``falsification.json`` holds (less what only the run directories know)."""
+    targets = PROBES[probe]
+    rows = within_cell_tests(table, statistics, targets, seed, num_permutations)
+    adjusted = inference.holm([r["p"] for r in rows])
+    family = sum(p is not None for p in adjusted)
+    for row, p_adjusted in zip(rows, adjusted):
+        test = row.pop("_test")
+        row["p_adjusted"] = p_adjusted
+        row["significant"] = p_adjusted is not None and p_adjusted <= alpha
+        # Holm's first step is Bonferroni's: a |rho| at or above this is significant whatever the other tests give.
+        row["detectable_rho"] = inference.critical_rho(test, alpha / family) if test is not None else None
+        row["probe_differs"] = row["group_by"] in INSTRUMENT_VARIES[probe]
+    # Statistics that order the seeds alike within a group's cells are one finding there (weight norm and distance
+    # from init under Adam, say), even where they differ elsewhere in the grid.
+    cells = cell_labels(table).to_numpy()
+    same_in = {}
+    for group_by, group, positions in group_members(table):
+        clusters, _ = inference.same_findings({s: table[s].to_numpy(float)[positions] for s in statistics},
+                                              cells[positions])
+        same_in[group_by, group] = {s: c for c in clusters for s in c}
+    for row in rows:
+        row["same_finding_as"] = [s for s in same_in[row["group_by"], row["group"]][row["statistic"]]
+                                  if s != row["statistic"]]
+    reversals = inference.sign_reversals(rows, alpha)
+    findings = {}
+    for r in reversals:
+        r["probe_differs"] = r["group_by"] in INSTRUMENT_VARIES[probe]
+        # one finding: the statistics that are one with this one in both of the reversal's groups
+        members = sorted(set(same_in[r["group_by"], r["positive"]][r["statistic"]])
+                         & set(same_in[r["group_by"], r["negative"]][r["statistic"]]))
+        key = (" = ".join(members), r["target"], r["group_by"], r["positive"], r["negative"])
+        findings.setdefault(key, {"finding": key[0], "statistics": [], "target": key[1], "group_by": key[2],
+                                  "positive": key[3], "negative": key[4], "probe_differs": r["probe_differs"]})
+        findings[key]["statistics"].append(r["statistic"])
+    same, joined = inference.same_findings({s: table[s] for s in statistics}, cells)
+    groups = [{"group_by": group_by, "group": group, "runs": len(positions),
+               "cells": len(set(cells[positions]))} for group_by, group, positions in group_members(table)]
+    return {"probe": probe, "targets": targets, "headline": next(iter(targets)),
+            "test": "within-cell Spearman correlation; outcome permuted among each cell's seeds (exact up to "
+                    f"{inference.EXACT_SEEDS} seeds per cell, else {num_permutations} Monte Carlo orderings)",
+            "correction": "holm", "alpha": alpha, "family_size": family, "min_cells": inference.MIN_CELLS,
+            "groups": groups, "tests": rows, "sign_reversals": reversals, "findings": list(findings.values()),
+            "same_finding": {"groups": same, "threshold": inference.SAME_FINDING,
+                             "within_cell_rank_correlation": joined,
+                             "within_groups": [{"group_by": g, "group": n, "statistics": c}
+                                               for (g, n), clusters in same_in.items()
+                                               for c in sorted({tuple(c) for c in clusters.values()}) if len(c) > 1]}}
 
 
-def strongest_split(statistic, rows, reversals, target="plasticity", method="pooled"):
-    """The grouping to colour a statistic's panel by: its reversal with the largest rho gap, else the grouping
-    whose groups' correlations spread most. Returns (group_by, a caption)."""
-    mine = [r for r in rows if (r["statistic"], r["target"], r["method"]) == (statistic, target, method)]
-    rho = {(r["group_by"], r["group"]): r["spearman"] for r in mine}
-    flips = [r for r in reversals if (r["statistic"], r["target"], r["method"]) == (statistic, target, method)]
-    if flips:
-        best = max(flips, key=lambda r: rho[r["group_by"], r["positive"]] - rho[r["group_by"], r["negative"]])
-        return best["group_by"], f"reversal: + in {best['positive']}, - in {best['negative']}"
-    spread = {g: [v for (a, _), v in rho.items() if a == g and v is not None] for g in GROUPINGS if g != "all"}
-    group_by = max(spread, key=lambda g: max(spread[g]) - min(spread[g]) if spread[g] else -1)
-    return group_by, "no sign reversal"
+COLOURS = {1: "tab:blue", -1: "tab:red", 0: "0.6"}  # significant positive, significant negative, neither
 
 
-def plot_fig3(table, statistics, rows, reversals, target_name, path, min_initial_fit):
-    """Fig 3: per statistic, P(theta_T) (or plasticity loss) against its final value, coloured by the groups of
-    its strongest split, a least-squares line per group; the last panel shows each cell's P(theta_0) / b, the
-    fresh network's fit that makes the probe a measurement."""
-    import matplotlib
+def panel_grouping(result, members, target):
+    """The grouping to show a finding's panel by: its reversal's, else the learning problem (the paper's unit)."""
+    mine = [f for f in result["findings"] if f["target"] == target and set(f["statistics"]) & set(members)]
+    if mine:
+        f = mine[0]
+        return f["group_by"], f"REVERSAL: + in {f['positive']}, - in {f['negative']}"
+    return "problem", "no reversal after correction"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    target = TARGETS[target_name]
-    panels = len(statistics) + 1
+def plot_fig3(table, result, target_name, path, min_initial_fit):
+    """Fig 3, the quantity and test of ``analyse``: per finding (statistics that are one finding share a panel),
+    each run's outcome against its statistic, both as deviations from their cell's mean (only variation inside a
+    cell enters the test), one marker per group of the panel's grouping, coloured by that group's test after
+    Holm's correction; the last panel shows each run's P(theta_0) / b, the fresh fit that makes the probe a
+    measurement."""
+    plt = pyplot()
+
+    target = result["targets"][target_name]
+    findings = result["same_finding"]["groups"]
+    panels = len(findings) + 1
     cols = min(4, panels)
-    fig, axes = plt.subplots(-(-panels // cols), cols, figsize=(4 * cols, 3.6 * -(-panels // cols)), squeeze=False)
-    rho = {(r["statistic"], r["group_by"], r["group"]): r["spearman"] for r in rows
-           if (r["target"], r["method"]) == (target_name, "pooled")}
-    for ax, statistic in zip(axes.flat, statistics):
-        group_by, caption = strongest_split(statistic, rows, reversals, target_name)
+    fig, axes = plt.subplots(-(-panels // cols), cols, figsize=(4.2 * cols, 3.8 * -(-panels // cols)), squeeze=False)
+    tests = {(r["statistic"], r["group_by"], r["group"]): r for r in result["tests"] if r["target"] == target_name}
+    cells = cell_labels(table)
+    for ax, members in zip(axes.flat, findings):
+        statistic = members[0]
+        group_by, caption = panel_grouping(result, members, target_name)
+        if group_by in INSTRUMENT_VARIES[result["probe"]]:
+            caption += " (each group's probe uses its own optimizer)"
+        usable = table[table[statistic].notna() & table[target].notna()]
+        centred = usable[[statistic, target]] - usable[[statistic, target]].groupby(cells[usable.index]).transform(
+            "mean")
         keys = list(GROUPINGS[group_by])
-        for group, runs in table.groupby(keys, sort=True):
-            runs = runs[runs[statistic].notna() & runs[target].notna()]
-            name = "/".join(map(str, group)) if isinstance(group, tuple) else str(group)
-            r = rho.get((statistic, group_by, name))
-            points = ax.scatter(runs[statistic], runs[target], s=14, alpha=0.7,
-                                label=f"{name} (rho {r:+.2f})" if r is not None else name)
-            if runs[statistic].nunique() > 1:
-                slope, intercept = np.polyfit(runs[statistic], runs[target], 1)
-                xs = np.linspace(runs[statistic].min(), runs[statistic].max(), 2)
-                ax.plot(xs, slope * xs + intercept, color=points.get_facecolor()[0][:3])
-        ax.set(xlabel=f"{statistic} (final)", ylabel=target_name.replace("_", " "),
-               title=f"{statistic}\nby {group_by}: {caption}")
-        ax.title.set_fontsize(9)
+        for marker, (group, runs) in zip(itertools.cycle("os^Dv<>P"), usable.groupby(keys, sort=True)):
+            row = tests.get((statistic, group_by, group_name(group)))
+            sign = 0 if row is None or not row["significant"] else int(np.sign(row["rho"]))
+            label = group_name(group) + ("" if row is None or row["rho"] is None else
+                                         f": rho {row['rho']:+.2f}, p adj {row['p_adjusted']:.2g}")
+            ax.scatter(centred.loc[runs.index, statistic], centred.loc[runs.index, target], s=14, alpha=0.75,
+                       marker=marker, color=COLOURS[sign], label=label)
+        others = f" (one finding with {', '.join(members[1:])})" if len(members) > 1 else ""
+        ax.set(xlabel=f"{statistic}{others}\nfinal, minus its cell's mean",
+               ylabel=f"{target_name.replace('_', ' ')} minus cell mean", title=f"by {group_by}: {caption}")
+        ax.title.set_fontsize(8)
         ax.legend(fontsize=6)
-    ax = axes.flat[len(statistics)]
+    ax = axes.flat[len(findings)]
     labels = table["arch"].astype(str) + "/" + table["optimizer"].astype(str)
     names = sorted(labels.unique())
     for i, name in enumerate(names):
@@ -243,44 +264,53 @@ def plot_fig3(table, statistics, rows, reversals, target_name, path, min_initial
     ax.legend(fontsize=7)
     for ax in axes.flat[panels:]:
         ax.axis("off")
+    fig.suptitle(f"{target_name.replace('_', ' ')} ({result['probe']} probe) vs each statistic, within cells: "
+                 f"Spearman within cells, outcome permuted among each cell's seeds, Holm over "
+                 f"{result['family_size']} tests at {result['alpha']:g}. Blue / red: significant + / - after "
+                 f"correction; grey: not", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def fmt(v):
-    return "  -  " if v is None else f"{v:+.2f}"
+def fmt(v, spec="+.2f"):
+    return "-" if v is None else format(v, spec)
 
 
-def print_table(rows, reversals):
-    """One line per statistic and group, one column per target and method: rho [95% interval]."""
-    table = pd.DataFrame([{"statistic": r["statistic"], "group": f"{r['group_by']}={r['group']}",
-                           "column": f"{r['target']}/{r['method']}",
-                           "value": f"{fmt(r['spearman'])} [{fmt(r['ci95'][0])},{fmt(r['ci95'][1])}]"} for r in rows])
-    wide = table.pivot(index=["statistic", "group"], columns="column", values="value")
-    print(wide[[f"{t}/{m}" for t in TARGETS for m in METHODS]].to_string())
-    print(f"\n{len(reversals)} sign reversals (two groups of one grouping, 95% intervals on opposite sides of zero):")
-    for r in reversals:
-        print(f"  {r['statistic']} vs {r['target']} ({r['method']}) by {r['group_by']}: positive in {r['positive']}, "
-              f"negative in {r['negative']}")
-    print("\nwhere there is none, the largest 95% half-width among the groups (the test's resolution):")
-    for (target, method, statistic), mine in itertools.groupby(
-            sorted(rows, key=lambda r: (r["target"], r["method"], r["statistic"])),
-            key=lambda r: (r["target"], r["method"], r["statistic"])):
-        mine, parts = list(mine), []
-        for group_by in GROUPINGS:
-            if group_by == "all":
-                continue
-            flips = [r for r in reversals if (r["target"], r["method"], r["statistic"], r["group_by"]) ==
-                     (target, method, statistic, group_by)]
-            widths = [r["half_width"] for r in mine if r["group_by"] == group_by and r["half_width"] is not None]
-            parts.append(f"{group_by} {'REVERSAL' if flips else 'no reversal'}"
-                         + (f" +-{max(widths):.2f}" if widths else " (too few runs)"))
-        print(f"  {target:<15} {method:<12} {statistic:<28} " + "; ".join(parts))
+def print_results(result):
+    """Runs and cells per group, then per outcome one line per statistic and group: rho, raw and adjusted p, the
+    smallest detectable |rho|; then the reversals after correction, merged into findings."""
+    print(f"\ntest: {result['test']}; Holm's correction over all {result['family_size']} tests "
+          f"(family-wise error {result['alpha']:g}); groups of fewer than {result['min_cells']} cells not tested; "
+          f"probe: {result['probe']}")
+    print("runs and cells per group: " + "; ".join(f"{g['group_by']}={g['group']} {g['runs']}/{g['cells']}"
+                                                   for g in result["groups"]))
+    same = [" = ".join(g) for g in result["same_finding"]["groups"] if len(g) > 1]
+    if same:
+        print("one finding each (within-cell rank correlation >= "
+              f"{result['same_finding']['threshold']}): " + "; ".join(same))
+    table = pd.DataFrame([{"outcome": r["target"], "statistic": r["statistic"].removeprefix("stats/"),
+                           "group": f"{r['group_by']}={r['group']}", "runs": r["runs"], "cells": r["cells"],
+                           "rho": fmt(r["rho"]), "p": fmt(r["p"], ".2g"), "p adj": fmt(r["p_adjusted"], ".2g"),
+                           "detectable |rho|": fmt(r["detectable_rho"], ".2f"),
+                           "": ("SIGNIFICANT" if r["significant"] else "") + (r["untested"] or "")
+                           + "".join(f" = {t.removeprefix('stats/')}" for t in r["same_finding_as"])
+                           + (" (probe optimizer differs)" if r["probe_differs"] and r["significant"] else "")}
+                          for r in result["tests"]])
+    for outcome in result["targets"]:
+        print(f"\n{outcome}" + (" (headline)" if outcome == result["headline"] else "") + ":")
+        print(table[table["outcome"] == outcome].drop(columns="outcome").to_string(index=False))
+    print(f"\n{len(result['findings'])} sign reversals after correction (two groups of one grouping significant "
+          "with opposite signs), statistics that are one finding merged:")
+    for f in result["findings"]:
+        print(f"  {f['finding']} vs {f['target']} by {f['group_by']}: positive in {f['positive']}, negative in "
+              f"{f['negative']}" + (" (each group's probe uses its own optimizer)" if f["probe_differs"] else ""))
 
 
 def analyze(runs_dir, options):
-    check(options.num_boot >= 100, f"--num-boot must be at least 100 for a 95% interval, got {options.num_boot}")
+    check(0 < options.alpha < 1, f"--alpha is a probability: between 0 and 1, got {options.alpha}")
+    check(options.num_permutations >= 1_000, f"--num-permutations must be at least 1000, got "
+                                             f"{options.num_permutations}")
     check(options.min_initial_fit <= 1, f"--min-initial-fit is a fit P / b: at most 1, got {options.min_initial_fit}")
     varied = make_grid(argparse.Namespace(datasets="paper")).varied_fields()
     protocols = validity.load_protocols(runs_dir, "falsification", varied, options.min_initial_fit, runs_dir)
@@ -295,38 +325,47 @@ def analyze_protocol(protocol, options):
     diverged = protocol.diverged.assign(cell=protocol.diverged["run_dir"].map(validity.cell_name))
     diverged = diverged.groupby("cell").size().rename("diverged").reset_index() if len(diverged) else \
         pd.DataFrame(columns=["cell", "diverged"])
+    targets = PROBES[options.probe]
+    missing = [key for key in targets.values() if len(table) and key not in table]
+    check(not missing, f"--probe {options.probe}: the runs record no {', '.join(missing)}; train them with that "
+                       f"probe, or analyse another (--probe {' or '.join(p for p in PROBES if p != options.probe)})")
     # Whole-network statistics; per-layer breakdowns (stats/weight_norm/<layer>) differ between architectures.
     statistics = sorted(c for c in table.columns if c.startswith("stats/") and c.count("/") == 1)
     if not statistics:
         print("the runs log no stats/... metrics: nothing to correlate (the agent logs them at every probe)")
-    rows = correlations(table, statistics, options.num_boot) if len(table) else []
-    reversals = sign_reversals(rows)
+    result = analyse(table, statistics, options.probe, options.alpha, num_permutations=options.num_permutations) \
+        if len(table) and statistics else None
     with open(os.path.join(out, "falsification.json"), "w") as f:
-        json.dump({"protocol": protocol.id, "correlations": rows, "sign_reversals": reversals,
+        json.dump({"protocol": protocol.id, **(result or {}),
                    "diverged": dict(zip(diverged["cell"], diverged["diverged"].astype(int))),
                    "excluded": protocol.excluded,
-                   "saturated": validity.saturated_cells(table) if len(table) else []}, f, indent=1)
-    columns = [c for c in ("run_dir", *FACTORS, "seed", "initial_fit", "final_fit", *TARGETS.values(), *statistics)
+                   "saturated": validity.saturated_cells(table) if len(table) else []}, f, indent=1,
+                  default=lambda v: None)
+    columns = [c for c in ("run_dir", *FACTORS, "seed", "initial_fit", "final_fit", *targets.values(), *statistics)
                if c in table]
     protocol.tag(table[columns]).to_csv(os.path.join(out, "fig3_falsification.csv"), index=False)
     protocol.tag(diverged).to_csv(os.path.join(out, "falsification_diverged.csv"), index=False)
-    if rows:
-        print_table(rows, reversals)
-    if statistics:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # polyfit on nearly constant groups
-            for target, stem in (("plasticity", "fig3_falsification"), ("plasticity_loss", "fig3_falsification_loss")):
-                plot_fig3(table, statistics, rows, reversals, target, os.path.join(out, f"{stem}.png"),
-                          options.min_initial_fit)
-    print(f"wrote {out}/falsification.json, fig3_falsification.csv, falsification_diverged.csv"
-          + (", fig3_falsification.png and fig3_falsification_loss.png" if statistics else ""))
+    written = ["falsification.json", "fig3_falsification.csv", "falsification_diverged.csv"]
+    if result:
+        protocol.tag(pd.DataFrame(result["tests"])).to_csv(os.path.join(out, "falsification_tests.csv"), index=False)
+        print_results(result)
+        for target, stem in (("plasticity_loss", "fig3_falsification_loss"), ("plasticity", "fig3_falsification")):
+            plot_fig3(table, result, target, os.path.join(out, f"{stem}.png"), options.min_initial_fit)
+        written += ["falsification_tests.csv", "fig3_falsification_loss.png", "fig3_falsification.png"]
+    print(f"wrote {out}/" + ", ".join(written))
 
 
 def add_arguments(parser):
-    parser.add_argument("--datasets", choices=tuple(DATASETS), default="paper",
+    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
                         help="observation spaces: paper = CIFAR-10 and MNIST (needs internet once), "
                              "offline = MNIST and Fashion-MNIST")
-    parser.add_argument("--num-boot", type=int, default=2_000, help="bootstrap resamples for each interval (>= 100)")
+    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
+                        help="which probe's outcomes to analyse: paper = the agent's optimizer (Sec 3.1), "
+                             "reference = one optimizer for every arm (runs must record it)")
+    parser.add_argument("--alpha", type=float, default=inference.ALPHA,
+                        help="family-wise error rate over every test the analysis reports (Holm's correction)")
+    parser.add_argument("--num-permutations", type=int, default=inference.NUM_PERMUTATIONS,
+                        help="Monte Carlo orderings per test, where a cell holds too many seeds to enumerate them")
     parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
                         help="analyse only runs whose fresh network fits at least this fraction of the probe's "
                              "variance, P(theta_0) / b (see common.validity.MIN_INITIAL_FIT; a negative value keeps "

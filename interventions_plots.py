@@ -11,18 +11,22 @@ import itertools
 import os
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from common.envs import VARIANTS
+from common.logger import pyplot
+from common.networks import ARCHITECTURES as ARCHS
+from common.probe import PROBES
+from common.validity import SATURATION
 
-from common.probe import PROBES  # noqa: E402
-from common.validity import SATURATION  # noqa: E402
-from interventions_sweep import ARCHS, INTERVENTIONS, OUTPUTS, VARIANTS  # noqa: E402
+plt = pyplot()
 
 FIG6_COLUMNS = ("none", "reset_last_layer", "layer_norm", "shrink_perturb", "two_hot", "spectral_norm",
                 "weight_decay", "reset_optimizer", "redo")  # Fig 6's interventions, then ReDo
+# The order of interventions_sweep's INTERVENTIONS and OUTPUTS (tests/test_interventions_sweep.py checks it)
+INTERVENTIONS = tuple(column for column in FIG6_COLUMNS if column != "two_hot")
+OUTPUTS = ("regression", "two_hot")
 HESSIAN_TOP = "curvature/hessian_top"
 
 

@@ -15,20 +15,22 @@ each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of t
 the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
 seeds and their diverged runs.
 """
+if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
+    from common import early_signals
+
+    early_signals.install()
+
 import argparse
 import functools
 import os
 
 import dqn_classification_mdp
 from common import results, sweep, validity
+from common.envs import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
 from common.errors import check
 from common.probe import PROBES, probe_key
 
 # --------------------------------------------------------------------------------------------------------- the grids
-DATASETS = {
-    "paper": ("cifar10", "mnist"),  # Fig 8 / 10 / 12 use CIFAR-10, Fig 9 / 11 / 13 MNIST
-    "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation
-}
 MLP_WIDTHS = tuple(("mlp", 16 * k) for k in (1, 2, 4, 8, 12, 16))  # A.2: "a base width of 16 ... factors 1 ... 16"
 # The agent's --width is in MLP units and scales A.2's CNN by width / 512 (64 channels, 256 dense units at 512).
 # Sec 6.1 scales the CNN "to the limit of a single GPU's memory" without naming factors: 1/8 to 4x A.2's CNN. At 4x
@@ -36,7 +38,6 @@ MLP_WIDTHS = tuple(("mlp", 16 * k) for k in (1, 2, 4, 8, 12, 16))  # A.2: "a bas
 # gradients and Adam moments need about 21 GB (29 GB) by our arithmetic; not measured.
 CNN_WIDTHS = tuple(("cnn", int(512 * f)) for f in (0.125, 0.25, 0.5, 1, 2, 4))
 ARCHS = ("mlp", "cnn", "resnet18", "vit")  # Sec 6.2, A.2
-VARIANTS = ("true_label", "random_label", "sparse_reward")  # Sec 3.2; B.1's 'easy' and 'hard' are the first/last
 # Sec 6.2's interventions (and ReDo, Sokar et al. 2023), as Args fields of the agent. The agent's defaults set their
 # coefficients (shrink & perturb's, ReDo's tau) and apply the periodic ones at every target-network update (Sec 6.2).
 INTERVENTIONS = {
@@ -111,17 +112,13 @@ PRESETS = {
         "log_every": 100, "probe_every": 1_500, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 1_024,
         "ref_probe_inputs": 1_024,
     },
-    "test": {  # seconds per cell, for the tests only: its 5-step probe fits nothing (unfit for results)
-        "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32,
-        "buffer_size": 1_000, "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5,
-        "probe_targets": 2, "probe_inputs": 64, "probe_batch_size": 16,
-    },
+    "test": sweep.TEST_PRESET,
 }
 
 
 def make_grid(options):
     kind, preset = options.grid, options.preset
-    values = {"dataset": DATASETS[options.datasets], **GRIDS[kind][preset]}
+    values = {"dataset": sweep.DATASETS[options.datasets], **GRIDS[kind][preset]}
     if kind == "width":
         return sweep.Grid(GRID_NAMES[kind], {
             "dataset": sweep.values("dataset", values["dataset"]),
@@ -281,7 +278,7 @@ def add_arguments(parser):
     parser.add_argument("--grid", choices=tuple(GRIDS), default="interventions",
                         help="width: Fig 5's width x target period grid; interventions: Sec 6.2's arch x "
                              "intervention x output grid (analyze reads both)")
-    parser.add_argument("--datasets", choices=tuple(DATASETS), default="paper",
+    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
                         help="observation spaces of the paper preset: paper = CIFAR-10 and MNIST (needs internet "
                              "once), offline = MNIST and Fashion-MNIST")
     parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,

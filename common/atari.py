@@ -40,12 +40,17 @@ def atari_env_ids():
 
 
 def check_env_id(env_id):
-    """Raise a UsageError unless env_id is a registered ALE id (any version: make_env sets the protocol)."""
+    """Raise a UsageError unless env_id is a registered ALE id (any version: make_env sets the protocol) of a game
+    with random and human scores in atari_scores.csv: the experiment's scores are human-normalised (Fig 7), and a
+    game without them has no score that its evaluations, the divergence check or `aggregate` could use."""
     import ale_py
 
     gym.register_envs(ale_py)
     check(env_id in gym.registry and gym.registry[env_id].entry_point.startswith("ale_py"),
           f"unknown Atari env id {env_id!r}: use an ALE id such as ALE/Breakout-v5 (common.atari.atari_env_ids())")
+    check(game_name(env_id) in load_atari_scores(), f"{env_id} has no random and human scores in "
+          f"common/atari_scores.csv, so no human-normalised score: use one of the 57 games of "
+          f"common.atari.atari_env_ids()")
 
 
 def make_env(env_id, noop_max, max_episode_frames, preprocessing="dqn_zoo", render=False):

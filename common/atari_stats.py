@@ -15,31 +15,49 @@ intervals as arch does, so its intervals equal ``rliable.library.get_interval_es
 ``np.random.seed(seed)``. The estimators below are rliable's, vectorised over bootstrap replicates: rliable's
 probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test per game).
 
-Runs of different protocols (PROTOCOL_FIELDS) are never pooled: each protocol is analysed on its own.
+Runs of different protocols (every Args field but the axes, the seeds, the paths and the speed settings:
+``common.validity``) are never pooled: each protocol is analysed on its own.
+
+MinAtar runs (``MinAtar/<Game>-v1``; an ALE run and a MinAtar run never share a protocol: their preprocessing
+field differs) have no human scores. Their normalised score is (score - random) / (reference - random): random is
+the uniformly random policy's mean return measured with the training protocol's sticky actions
+(common/minatar_scores.csv, 1,000 episodes per game, ``python -m common.minatar``), and the reference is the best
+seed-mean final score of a configuration in the protocol analysed (1 = the better configuration's mean). No
+published table of MinAtar DQN returns fixes a reference (Young & Tian 2019 report theirs as curves), so the
+scale is relative to the runs analysed: comparable within one aggregate, not across aggregates. The "human"
+column of the CSV files holds this reference for MinAtar games. The learning curves (evaluation return against
+agent steps, mean and a Student-t 95% interval over seeds) are drawn for both families.
 """
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 from rliable import metrics
 
+from common import run
 from common.atari import game_name, load_atari_scores
 from common.errors import UsageError, check
-from common.results import read_runs
+from common.logger import pyplot
+from common.minatar import PREFIX, is_minatar, load_random_scores
+from common.results import Unreadable, read_metrics, read_runs
+from common.validity import differing_fields, split_protocols
 
 CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
 SCORE = "eval/episodic_return"  # the final evaluation's mean episode return (DQN Zoo's protocol)
-PROTOCOL_FIELDS = ("total_frames", "preprocessing", "buffer_size", "min_replay_capacity_fraction", "batch_size",
-                   "train_frequency", "target_network_frequency", "gamma", "learning_rate", "rmsprop_decay",
-                   "rmsprop_eps", "grad_error_bound", "max_abs_reward", "epsilon_start", "epsilon_end",
-                   "epsilon_decay_steps", "noop_max", "max_episode_frames", "num_envs", "eval_every", "eval_frames",
-                   "eval_epsilon", "eval_episodes")  # Args fields that change what a final score measures
+AXES = ("env_id", "layer_norm")  # what the analysis compares; every other field but NOT_PROTOCOL is the protocol
 PROFILE_TAUS = np.linspace(0.0, 8.0, 81)  # rliable's Atari 200M example (README): human-normalised 0 to 8
 METRICS = ("IQM", "median", "mean", "optimality gap")
 COLORS = {CONFIGS[True]: "tab:blue", CONFIGS[False]: "tab:gray"}
+OUTPUTS = ("human_normalized_scores.csv", "fig7_layernorm_improvement.csv", "fig7_layernorm_improvement.png",
+           "aggregate_metrics.csv", "probability_of_improvement.csv", "performance_profiles.csv",
+           "aggregate_metrics.png", "performance_profiles.png", "protocol.json")  # what one protocol's analysis writes
+PROTOCOL_DIR = re.compile(r"protocol-\d+")
 
 
 # ---------------------------------------------------------------------------------------------------- estimators
@@ -141,15 +159,25 @@ def final_scores(runs):
     (DQN Zoo's atari_data, in common/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
     table, scores = runs.table, load_atari_scores()
     env_ids = table.get("args.env_id", pd.Series(None, index=table.index))
+    minatar = env_ids.map(is_minatar)
+    scores = {**scores, **{f"{PREFIX}{game}": (random_score, np.nan)  # the reference comes per protocol
+                           for game, random_score in load_random_scores().items()}}
     layer_norm = table.get("args.layer_norm", pd.Series(None, index=table.index))
     final = pd.to_numeric(table.get(SCORE, pd.Series(np.nan, index=table.index)), errors="coerce")
+    episodes = pd.to_numeric(table.get("eval/episodes", pd.Series(np.nan, index=table.index)), errors="coerce")
     games = env_ids.map(lambda e: game_name(e) if isinstance(e, str) else None)
+    games[minatar] = PREFIX + games[minatar]  # MinAtar/Breakout is not the ALE's Breakout
     atari = games.notna() & layer_norm.map(lambda v: isinstance(v, (bool, np.bool_)))
     known = atari & games.isin(list(scores))
-    scored = known & np.isfinite(final)
+    # a final evaluation that finished no episode has no score; a summary written before that was so may still
+    # hold an earlier evaluation's return beside eval/episodes 0: never use it
+    unscored = known & (episodes == 0)
+    scored = known & ~unscored & np.isfinite(final)
     runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
-    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv")
-    runs.skip(table.loc[known & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
+    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv "
+              "or common/minatar_scores.csv")
+    runs.skip(table.loc[unscored, "run_dir"], "its final evaluation finished no episode (eval/episodes 0): no score")
+    runs.skip(table.loc[known & ~unscored & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
     rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),
                                     seed=table.loc[scored].get("args.seed"), score=final[scored])
     rows["random"] = rows["game"].map(lambda g: scores[g][0])
@@ -158,17 +186,55 @@ def final_scores(runs):
     return rows.reset_index(drop=True)
 
 
+def with_minatar_references(rows):
+    """The rows of one protocol with each MinAtar game's reference (in "human": the best configuration's seed-mean
+    score) and its normalised scores; ALE rows unchanged."""
+    minatar = rows["game"].str.startswith(PREFIX)
+    if not minatar.any():
+        return rows
+    rows = rows.copy()
+    best = rows[minatar].groupby(["game", "config"])["score"].mean().groupby("game").max()
+    rows.loc[minatar, "human"] = rows.loc[minatar, "game"].map(best)
+    spread = (rows.loc[minatar, "human"] - rows.loc[minatar, "random"]).where(lambda d: d > 0, np.nan)
+    rows.loc[minatar, "human_normalized"] = (rows.loc[minatar, "score"] - rows.loc[minatar, "random"]) / spread
+    return rows
+
+
+def learning_curves(rows):
+    """Evaluation return against agent steps of each run's metrics.jsonl, per game, configuration and step: the
+    mean over seeds and a Student-t 95% interval (none with one seed)."""
+    points = []
+    for run in rows.itertuples():
+        try:
+            metrics = read_metrics(os.path.join(run.run_dir, "metrics.jsonl"))
+        except Unreadable:  # a run without its metrics adds no curve; its final score still counts
+            continue
+        for r in metrics:
+            if SCORE in r:
+                points.append({"game": run.game, "config": run.config, "seed": run.seed, "step": r["step"],
+                               "return": r[SCORE]})
+    if not points:
+        return []
+    out = []
+    for (game, config, step), group in pd.DataFrame(points).groupby(["game", "config", "step"], sort=True):
+        values = group["return"].to_numpy(float)
+        mean, n = values.mean(), len(values)
+        half = scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+        out.append({"game": game, "config": config, "step": int(step), "mean_return": mean, "lower": mean - half,
+                    "upper": mean + half, "seeds": n})
+    return out
+
+
 def protocols(rows):
     """([(label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
     The label names total_frames and every differing field."""
-    fields = [f for f in PROTOCOL_FIELDS if f"args.{f}" in rows]
-    columns = [f"args.{f}" for f in fields]
-    key = rows[columns].astype(str).agg("|".join, axis=1) if fields else pd.Series("", index=rows.index)
-    groups = [({f: _plain(group[c].iloc[0]) for f, c in zip(fields, columns)}, group)
-              for _, group in rows.groupby(key, sort=True)]
-    differing = [f for f in fields if len({str(p[f]) for p, _ in groups}) > 1]
-    shown = ["total_frames"] * ("total_frames" in fields) + [f for f in differing if f != "total_frames"]
-    return [(" ".join(f"{f}={p[f]}" for f in shown) or "unknown", p, g) for p, g in groups], differing
+    groups = split_protocols(rows, AXES)
+    groups.sort(key=lambda g: json.dumps(g[1], sort_keys=True, default=str))
+    groups = [({f: _plain(v) for f, v in fields.items()}, group) for _, fields, group in groups]
+    differing = differing_fields([(None, fields, None) for fields, _ in groups])
+    shown = ["total_frames"] * any("total_frames" in p for p, _ in groups) + [f for f in differing
+                                                                              if f != "total_frames"]
+    return [(" ".join(f"{f}={p.get(f)}" for f in shown) or "unknown", p, g) for p, g in groups], differing
 
 
 def _plain(value):
@@ -240,6 +306,10 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
               used[["game", "config", "seed", "score", "random", "human", "human_normalized", "run_dir"]], protocol)
     write_csv(os.path.join(out_dir, "fig7_layernorm_improvement.csv"), improvement, protocol)
     draw_improvement(improvement, os.path.join(out_dir, "fig7_layernorm_improvement.png"))
+    curves = learning_curves(used)
+    if curves:
+        write_csv(os.path.join(out_dir, "learning_curves.csv"), curves, protocol)
+        draw_learning_curves(curves, os.path.join(out_dir, "learning_curves.png"))
 
     estimates = interval_estimates(matrices, num_boot, num_boot_profile, seed)
     shape = {c: m.shape for c, m in matrices.items()}
@@ -263,55 +333,102 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
     print(f"P(LayerNorm > baseline) {p:.3f}  [{lo:.3f}, {hi:.3f}]  (95% stratified bootstrap intervals, "
           f"{num_boot:,} replicates; {shape[CONFIGS[True]][0]}/{shape[CONFIGS[False]][0]} runs per game, "
           f"{len(games)} games)")
-    print(f"figures and CSV files: {out_dir}")
     return {"improvement": improvement, "aggregates": aggregate_rows, "probability_of_improvement": improvement_rows[0],
             "profiles": profile_rows, "games": games}
 
 
 def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=2_000, seed=0):
-    """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}."""
+    """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}.
+
+    Every output is made in a hidden folder inside output_dir and moved into place only once all are made, the
+    previous analysis's outputs (``OUTPUTS``, at the top and in ``protocol-<n>/``) removed in the same step: an
+    aggregate stopped before then (a signal, an error) leaves the previous outputs as they were."""
     check(os.path.isdir(runs_dir), f"--runs-dir {runs_dir} is not a directory")
     check(num_boot >= 100 and num_boot_profile >= 100, "--num-boot and --num-boot-profile must be at least 100")
+    output_dir = output_dir or runs_dir
+    check(not os.path.exists(output_dir) or os.path.isdir(output_dir),
+          f"--output-dir {output_dir} is a file, not a folder: choose another --output-dir")
     runs = read_runs(runs_dir)
     rows = final_scores(runs)
     print(runs.report())
     check(len(rows), f"no completed Atari run with a final {SCORE} in {runs_dir}")
-    output_dir = output_dir or runs_dir
     groups, differing = protocols(rows)
     if len(groups) > 1:
         print(f"warning: the runs follow {len(groups)} protocols (they differ in {', '.join(differing)}); each is "
               f"analysed on its own, in {output_dir}/protocol-<n>", file=sys.stderr)
-    results, failures = {}, []
-    for n, (label, fields, protocol_rows) in enumerate(groups, 1):
-        out_dir = output_dir if len(groups) == 1 else os.path.join(output_dir, f"protocol-{n}")
-        print(f"protocol {label}: {len(protocol_rows)} runs")
-        try:
-            results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
-        except UsageError as e:  # too few runs in this protocol
-            if len(groups) == 1:
-                raise
-            failures.append(f"protocol {label}: {e}")
-            print(f"not analysed: {e}", file=sys.stderr)
-            continue
-        with open(os.path.join(out_dir, "protocol.json"), "w") as f:
-            json.dump(fields, f, indent=2)  # every protocol field of these runs
-    check(results, "; ".join(failures))
+    staging = _staging_dir(output_dir)
+    try:
+        results, failures = {}, []
+        for n, (label, fields, protocol_rows) in enumerate(groups, 1):
+            out_dir = staging if len(groups) == 1 else os.path.join(staging, f"protocol-{n}")
+            print(f"protocol {label}: {len(protocol_rows)} runs")
+            protocol_rows = with_minatar_references(protocol_rows)
+            try:
+                results[label] = analyse(protocol_rows, out_dir, label, num_boot, num_boot_profile, seed)
+            except UsageError as e:  # too few runs in this protocol
+                if len(groups) == 1:
+                    raise
+                failures.append(f"protocol {label}: {e}")
+                print(f"not analysed: {e}", file=sys.stderr)
+                continue
+            with open(os.path.join(out_dir, "protocol.json"), "w") as f:
+                json.dump(fields, f, indent=2)  # every protocol field of these runs
+        check(results, "; ".join(failures))
+        with run.deferred_signals(raise_pending=False):  # the outputs are made: a signal now stops nothing
+            _publish(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"figures and CSV files: {output_dir}" + (f"/protocol-<n> ({len(results)} protocols)" * (len(groups) > 1)))
     return results
 
 
+def _staging_dir(output_dir):
+    """A fresh hidden folder in output_dir for the outputs being made (one a killed aggregate left is removed)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        for name in os.listdir(output_dir):
+            match = re.fullmatch(r"\.aggregate-(\d+)-\w+", name)
+            if match and not _alive(int(match[1])):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        return tempfile.mkdtemp(prefix=f".aggregate-{os.getpid()}-", dir=output_dir)
+    except OSError as e:
+        raise UsageError(f"--output-dir {output_dir} cannot be written ({e.strerror}): choose another "
+                         f"--output-dir") from None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _publish(staging, output_dir):
+    """Replace the previous analysis's outputs in output_dir by the staged ones. Only OUTPUTS are removed: a
+    protocol-<n> folder holding anything else keeps it."""
+    old_dirs = [name for name in os.listdir(output_dir) if PROTOCOL_DIR.fullmatch(name)
+                and os.path.isdir(os.path.join(output_dir, name))]
+    for folder in ["", *old_dirs]:
+        for name in OUTPUTS:
+            path = os.path.join(output_dir, folder, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        if folder and not os.listdir(os.path.join(output_dir, folder)):
+            os.rmdir(os.path.join(output_dir, folder))
+    for folder, _, files in os.walk(staging):
+        target = os.path.join(output_dir, os.path.relpath(folder, staging))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(folder, name), os.path.join(target, name))
+
+
 # ---------------------------------------------------------------------------------------------------- figures
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def draw_improvement(improvement, path):
     """Fig 7 (top): one bar per game, sorted."""
-    plt = _pyplot()
+    plt = pyplot()
     values = [100 * r["improvement"] for r in improvement]
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(values)), 4))
     ax.bar(range(len(values)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
@@ -323,9 +440,32 @@ def draw_improvement(improvement, path):
     plt.close(fig)
 
 
+def draw_learning_curves(curves, path):
+    """One panel per game: each configuration's mean evaluation return over seeds, with its 95% band."""
+    plt = pyplot()
+    frame = pd.DataFrame(curves)
+    games = sorted(frame["game"].unique())
+    columns = min(len(games), 5)
+    rows = -(-len(games) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for ax, game in zip(axes.flat, games):
+        for config, group in frame[frame["game"] == game].groupby("config"):
+            ax.plot(group["step"], group["mean_return"], color=COLORS[config], label=config)
+            ax.fill_between(group["step"], group["lower"], group["upper"], color=COLORS[config], alpha=0.2)
+        ax.set_title(game, fontsize=9)
+        ax.set_xlabel("agent steps")
+    for ax in axes.flat[len(games):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylabel("evaluation return")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def draw_aggregates(aggregate_rows, improvement, path):
     """rliable's interval-estimate panels: one per aggregate, and the probability of improvement."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(3 * (len(METRICS) + 1), 1.8))
     for ax, metric in zip(axes, METRICS):
         for y, r in enumerate(r for r in aggregate_rows if r["metric"] == metric):
@@ -348,7 +488,7 @@ def draw_aggregates(aggregate_rows, improvement, path):
 
 def draw_profiles(profiles, path):
     """Performance profiles: fraction of runs above each human-normalised score, with 95% bands."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for config, (point, lower, upper) in profiles.items():
         ax.plot(PROFILE_TAUS, point, label=config, color=COLORS[config])

@@ -4,21 +4,27 @@ import sys
 
 import tyro
 
-from common import run
+from common import early_signals, run
 from common.errors import EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE, UsageError
 
 
-def main(train, args_cls):
+STOPPED = "before the run trained: nothing lost; run the same command again to continue"
+
+
+def main(train, args_cls, stopped=STOPPED):
     """``train(tyro.cli(args_cls))`` and exit with the status of the returned summary (``EXIT_STATUS``).
 
     Signals are honoured from the first line on (``common.run.listening``): one that comes before the run trains
     stops the process with ``EXIT_INTERRUPTED``, nothing lost, and the same command continues. A ``UsageError``
     prints one line to stderr and exits with ``EXIT_USAGE`` (``EXIT_LOCKED`` when another process holds the run
-    directory); a run directory created for the run and still empty is removed.
+    directory); a run directory created for the run and still empty is removed. ``stopped`` ends the line printed
+    on a signal before the run trained (a command that trains no run says what it had not done).
     """
     summary = None
+    held = early_signals.hold()  # the script's install() has listened while it imported
     with run.listening():
         try:
+            early_signals.release(held)
             summary = train(tyro.cli(args_cls))
         except UsageError as e:
             run.abandon_unfinished()
@@ -27,8 +33,7 @@ def main(train, args_cls):
         except run.Interrupted as e:
             if summary is None:  # else the run had finished: its summary's status stands
                 run.abandon_unfinished()
-                print(f"{e} before the run trained: nothing lost; run the same command again to continue",
-                      file=sys.stderr)
+                print(f"{e} {stopped}", file=sys.stderr)
                 sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_STATUS[summary["status"]] if isinstance(summary, dict) and "status" in summary else EXIT_COMPLETED)
 
@@ -39,13 +44,3 @@ def select_device(cuda=True):
 
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
 
-
-def seed_everything(seed):
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -36,11 +36,11 @@ def load_dataset(name, data_dir, train=True, device="cpu", download=True):
         except Exception as e:  # a truncated or empty file fails in numpy, torch or torchvision's parser
             raise UsageError(f"{name} in --data-dir {data_dir!r} is corrupt or truncated ({_reason(e)}); delete "
                              f"{' / '.join(files)} to download it again, or copy a good one there") from None
-    created = _outermost_missing(data_dir)
+    created = _outermost_missing(_dataset_folder(name, data_dir))
     try:
         images, labels = _load(name, data_dir, train, download)
     except (OSError, RuntimeError) as e:  # torchvision's download errors are RuntimeErrors, URLError is an OSError
-        if created:  # a mistyped --data-dir is not left behind on disk
+        if created:  # neither a mistyped --data-dir nor an empty dataset folder is left behind on disk
             shutil.rmtree(created, ignore_errors=True)
         raise UsageError(f"{name} is not in --data-dir {data_dir!r} and could not be downloaded ({_reason(e)}); "
                          f"pass --data-dir pointing at {_HOW_TO_GET[name]}") from None
@@ -55,13 +55,19 @@ def _load(name, data_dir, train, download):
     return _load_torchvision_mnist(name, data_dir, train, download)
 
 
+def _dataset_folder(name, data_dir):
+    """Where torchvision keeps the dataset inside ``data_dir``."""
+    folders = {"cifar10": "cifar-10-batches-py", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+    return os.path.join(data_dir, folders[name])
+
+
 def _local_files(name, data_dir, train):
     """The dataset's files in ``data_dir`` when all of them are there, else []."""
     if name == "cifar10":
-        folder = os.path.join(data_dir, "cifar-10-batches-py")
+        folder = _dataset_folder(name, data_dir)
         names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     else:
-        folder = os.path.join(data_dir, "MNIST" if name == "mnist" else "FashionMNIST", "raw")
+        folder = os.path.join(_dataset_folder(name, data_dir), "raw")
         prefix = "train" if train else "t10k"
         names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     paths = [os.path.join(folder, n) for n in names]
@@ -113,7 +119,7 @@ def _load_cifar10(data_dir, train, download):
 
 
 def _debian_fashion_mnist_only(data_dir):
-    has_torchvision_copy = os.path.isdir(os.path.join(data_dir, "FashionMNIST", "raw"))
+    has_torchvision_copy = any(_local_files("fashion_mnist", data_dir, train) for train in (True, False))
     return not has_torchvision_copy and os.path.isdir(FASHION_MNIST_DEBIAN_DIR)
 
 

@@ -14,7 +14,6 @@ import copy
 import torch
 from torch import nn
 
-from common.networks import TwoHot  # noqa: F401  (its public home before common.networks)
 from common.stats import dormant_masks
 
 

@@ -21,7 +21,8 @@ import torch
 from torch.func import functional_call, vmap
 
 from common.errors import UsageError
-from common.run import SIGNALS, combined_summary, share_signals
+from common.run import SIGNALS, combined_summary
+from common.rundir import seed_run_dir
 from common.seeds import SeedStack
 
 
@@ -31,7 +32,7 @@ def seed_args(args):
     if args.num_seeds == 1:
         return [args]
     return [dataclasses.replace(args, seed=args.seed + k, num_seeds=1,
-                                run_dir=args.run_dir and f"{args.run_dir}__seed{args.seed + k}")
+                                run_dir=args.run_dir and seed_run_dir(args.run_dir, args.seed + k))
             for k in range(args.num_seeds)]
 
 
@@ -80,7 +81,7 @@ def _single(agent, build_optimizer, loss_fn):
 def _lockstep(agents, runs, build_optimizer, loss_fn, compile):
     """Several seeds: one stacked update per round, each seed's loop resumed in turn to its next minibatch."""
     summaries, rng_states = [None] * len(agents), [None] * len(agents)
-    training, started = set(range(len(agents))), False
+    training = set(range(len(agents)))
 
     def resume(k, value):
         """Seed k's loop up to its next yield, on its own global RNGs; None once it has returned its summary."""
@@ -92,8 +93,6 @@ def _lockstep(agents, runs, build_optimizer, loss_fn, compile):
         except StopIteration as stop:
             summaries[k] = stop.value
             training.discard(k)
-            if started:  # its finish put back the handler it found: the others' must stay
-                share_signals([runs[j] for j in sorted(training)])
             return None
         finally:
             rng_states[k] = _global_rng()
@@ -116,8 +115,6 @@ def _lockstep(agents, runs, build_optimizer, loss_fn, compile):
         for run in runs:
             run.abandon()
         raise
-    started = True  # every seed has started: one handler for all
-    share_signals([runs[k] for k in sorted(training)])
 
     def seed_loss(params, target_params, batch):
         return loss_fn(partial(functional_call, q_stack.template, params),

@@ -1,4 +1,5 @@
-"""The run-directory contract (DESIGN.md): args.json, TensorBoard events, metrics.jsonl, summary.json, figures/.
+"""The run-directory contract (README.md, "Run directory"): args.json, TensorBoard events, metrics.jsonl,
+summary.json, figures/.
 
 Values may be tensors: they are converted only when ``log`` is called, so callers log every N steps and the
 inner loop never syncs with the device.
@@ -11,8 +12,8 @@ import time
 
 import torch
 
-from common import results
 from common.errors import UsageError
+from common.rundir import Unreadable, read_metrics
 
 
 def atomic_write_text(path, text):
@@ -38,6 +39,16 @@ def torch_save_staged(obj, path):
         f.flush()
         os.fsync(f.fileno())
     return tmp
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: figures are files, drawn without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _to_python(value):
@@ -67,12 +78,14 @@ def default_run_name(exp_name, seed):
 class RunLogger:
     """Owns one run directory: ``RunLogger(run_dir, args)`` then ``log(step, {...})`` and ``finish(...)``.
 
-    ``resume_step``: continue a run whose checkpoint is at that step. args.json keeps the original arguments, and
-    the rows logged after the checkpoint (by a segment that was killed) are dropped from metrics.jsonl and
-    TensorBoard, so the resumed segment does not log them twice.
+    ``resume_step``: continue a run whose checkpoint is at that step, and ``resume_rows``: how many rows of
+    metrics.jsonl that checkpoint covers (None: every row up to its step). args.json keeps the original arguments,
+    and the rows logged after the checkpoint (by a segment that was killed) are dropped from metrics.jsonl and
+    TensorBoard, so the resumed segment does not log them twice. Counting rows rather than steps also drops a row
+    at the checkpoint's own step that the killed segment logged after it (a measurement it redid).
     """
 
-    def __init__(self, run_dir, args, track=False, project="plasticity", resume_step=None):
+    def __init__(self, run_dir, args, track=False, project="plasticity", resume_step=None, resume_rows=None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
@@ -80,20 +93,28 @@ class RunLogger:
         os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
         args_dict = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
         metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        kept = []
         if resume_step is None:
             atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(args_dict, indent=2, default=str))
             open(metrics_path, "w").close()
         else:  # a torn last row (the killed segment's last write) is dropped with the others after the checkpoint
             try:
-                kept = [row for row in results.read_metrics(metrics_path) if row["step"] <= resume_step]
-            except (results.Unreadable, KeyError, TypeError) as e:
+                rows = read_metrics(metrics_path)
+                kept = [row for row in rows[:resume_rows] if row["step"] <= resume_step]
+            except (Unreadable, KeyError, TypeError) as e:
                 raise UsageError(f"{metrics_path} cannot be resumed ({e or 'a row without a step'}): start afresh "
                                  f"with another --run-dir") from None
             atomic_write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
-        self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
-        if resume_step is None:
+        self.rows = len(kept)  # rows in metrics.jsonl: what a checkpoint written now covers
+        # TensorBoard can only drop whole steps: everything from the checkpoint's step on, whose kept rows are
+        # then written again
+        self.writer = SummaryWriter(run_dir, purge_step=resume_step)
+        if not resume_step:
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                                  "\n".join(f"|{k}|{v}|" for k, v in args_dict.items()))
+        for row in kept:
+            if row["step"] == resume_step:
+                self._add_scalars(row)
         self.metrics_file = open(metrics_path, "a")
         self.wandb = None
         if track:  # optional, as in CleanRL; imported lazily so that wandb is not a dependency
@@ -107,23 +128,24 @@ class RunLogger:
 
         Returns the row with Python numbers (non-finite floats stay floats; only the file spells them as strings).
         """
-        row = {"step": int(step)}
-        for key, value in metrics.items():
-            value = _to_python(value)
-            row[key] = value
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, int(step))
+        row = {"step": int(step), **{key: _to_python(value) for key, value in metrics.items()}}
+        self._add_scalars(row)
         self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
+        self.rows += 1
         return row
+
+    def _add_scalars(self, row):
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["step"])
 
     def figure_path(self, name):
         return os.path.join(self.run_dir, "figures", name)
 
     def save_figure(self, fig, name):
         """Save a matplotlib figure to ``figures/<name>`` and close it."""
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         path = self.figure_path(name)
         tmp = f"{path}.tmp{os.getpid()}"
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=os.path.splitext(name)[1][1:] or "png")

@@ -291,3 +291,22 @@ def apply_spectral_norm_to_first_layer(torso):
                 setattr(module, name, SpectralNorm(child))
                 return
     raise ValueError("no Linear or Conv2d layer to apply spectral norm to")
+
+
+class MinAtarQNetwork(nn.Module):
+    """Young & Tian (2019)'s MinAtar DQN network (examples/dqn.py): conv 16 3x3 stride 1 -> ReLU -> 128 -> ReLU ->
+    a linear head, PyTorch's default initialisation. With ``layer_norm`` a normalisation sits between each hidden
+    layer and its ReLU, as in the ALE agent (Sec 6.3): GroupNorm with one group (LayerNorm over (C, H, W)) on the
+    conv, LayerNorm on the dense layer. Input: (N, C, 10, 10) or replay stacks (N, 1, C, 10, 10) of 0/1 uint8."""
+
+    def __init__(self, in_channels, num_actions, layer_norm, channels_last=False):
+        super().__init__()
+        self.torso = nn.Sequential(*_conv(in_channels, 16, 3, layer_norm), nn.Flatten(),
+                                   *_dense(8 * 8 * 16, 128, layer_norm))
+        self.head = nn.Linear(128, num_actions)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+
+    def forward(self, states):
+        x = states.reshape(-1, *states.shape[-3:]).to(self.head.weight.dtype)
+        return self.head(self.torso(x.contiguous(memory_format=self.memory_format)))

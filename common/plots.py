@@ -3,14 +3,7 @@ draws from, so importing this module loads neither."""
 import numpy as np
 import torch
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from common.logger import pyplot
 
 
 def draw_grad_cov(snapshots, title, frames_per_step=4):
@@ -19,7 +12,7 @@ def draw_grad_cov(snapshots, title, frames_per_step=4):
     ``snapshots`` is a list of ``(step, C_k)``; at most five, evenly spaced, are drawn."""
     from common.grad_cov import kmeans_order
 
-    plt = _pyplot()
+    plt = pyplot()
     picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
     fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3), squeeze=False)
     for ax, (step, cov) in zip(axes[0], picks):
@@ -38,7 +31,7 @@ def draw_spectral_densities(snapshots, title, frames_per_step=4):
     weights)`` snapshot of a Lanczos run."""
     from common.hessian import spectral_density
 
-    plt = _pyplot()
+    plt = pyplot()
     low = min(float(nodes[0]) for _, nodes, _ in snapshots)
     high = max(float(nodes[-1]) for _, nodes, _ in snapshots)
     margin = 0.05 * (high - low) + 1e-6

@@ -7,11 +7,14 @@
     curves = runs.load("probe_curves.pt")                       # {run_dir: object}; unreadable ones become skips
 
 A file that is missing, truncated or corrupt never raises: the run is skipped with a one-line reason. A directory
-that a sweep moved aside (``<cell>.stale-<time>``, see ``common.sweep``) is a stale copy and never read.
+that a sweep moved aside (``<cell>.stale-<time>``, see ``common.sweep``) is a stale copy and never read, and so is
+any copied, moved or renamed run directory (``X.bak``, ``X.stale``): its summary.json names the directory the run
+was written in, and a directory of another name is skipped as a copy.
 """
-import json
 import os
 import re
+
+from common.rundir import Unreadable, read_json, read_metrics, read_torch
 
 STATUSES = ("completed", "diverged", "interrupted")
 STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a directory it moves aside
@@ -19,57 +22,6 @@ STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a dire
 
 def is_stale(path):
     return bool(STALE.search(os.path.basename(os.path.normpath(path))))
-
-
-class Unreadable(Exception):
-    """A run-directory file that is missing, truncated or corrupt; the message is a one-line reason."""
-
-
-def read_json(path):
-    """The parsed JSON file; ``Unreadable`` when it is missing or half-written."""
-    name = os.path.basename(path)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise Unreadable(f"no {name}") from None
-    except (OSError, ValueError) as e:
-        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
-
-
-def read_metrics(path):
-    """The rows of a metrics.jsonl. A torn last line (a write cut short by a kill) is dropped; a corrupt line
-    before it makes the file ``Unreadable``."""
-    try:
-        with open(path) as f:
-            lines = f.read().split("\n")
-    except OSError as e:
-        raise Unreadable(f"no {os.path.basename(path)}" if isinstance(e, FileNotFoundError) else
-                         f"{os.path.basename(path)} is unreadable ({e.strerror})") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if number == len(lines):  # no newline after it: the last write did not finish
-                break
-            raise Unreadable(f"{os.path.basename(path)} line {number} is corrupt") from None
-    return rows
-
-
-def read_torch(path):
-    """A file written by ``torch.save`` (loaded on the CPU); ``Unreadable`` when missing, truncated or corrupt."""
-    import torch
-
-    name = os.path.basename(path)
-    if not os.path.exists(path):
-        raise Unreadable(f"no {name}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated zip, a pickle error: both mean the file is unusable
-        raise Unreadable(f"{name} is truncated or corrupt ({type(e).__name__})") from None
 
 
 def read_file(path):
@@ -88,6 +40,13 @@ def _numeric(value):
     return value
 
 
+def _same_dir(written_for, run_dir):
+    """The directory a run was written in is ``run_dir``: the same name (the runs' tree may have moved whole),
+    or the same directory by another path (a symbolic link)."""
+    name = lambda path: os.path.basename(os.path.normpath(path))  # noqa: E731
+    return name(written_for) == name(run_dir) or os.path.realpath(written_for) == os.path.realpath(run_dir)
+
+
 def read_run(run_dir):
     """One run directory as a table row; ``Unreadable`` when its args.json or summary.json cannot be read."""
     args, summary = read_json(os.path.join(run_dir, "args.json")), None
@@ -99,11 +58,22 @@ def read_run(run_dir):
         raise
     if not isinstance(args, dict) or not isinstance(summary, dict) or summary.get("status") not in STATUSES:
         raise Unreadable("args.json or summary.json is not a run's (no status)")
+    written_for = summary.get("run_dir")  # the directory the run wrote (summaries of older code lack it)
+    if isinstance(written_for, str) and not _same_dir(written_for, run_dir):
+        raise Unreadable(f"a copy or a moved run: its summary.json was written in "
+                         f"{os.path.basename(os.path.normpath(written_for))}, not here")
     row = {"run_dir": run_dir, "status": summary["status"], "steps": summary.get("steps"),
            "wall_time_s": summary.get("wall_time_s")}
     row.update({f"args.{k}": v for k, v in args.items()})
-    row.update({k: _numeric(v) for k, v in (summary.get("metrics") or {}).items()})
-    row["probes"] = summary.get("probes") or []
+    # the length the run trained to: a resume may raise it above args.json's (which keeps the original arguments)
+    total = summary.get("total")
+    if isinstance(total, dict):
+        row.update({f"args.{k}": v for k, v in total.items() if k in args})
+    metrics, probes = summary.get("metrics") or {}, summary.get("probes") or []
+    if not isinstance(metrics, dict) or not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
+        raise Unreadable("summary.json is corrupt (its metrics or probes are not a run's)")
+    row.update({k: _numeric(v) for k, v in metrics.items()})
+    row["probes"] = probes
     return row
 
 

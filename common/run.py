@@ -30,24 +30,27 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import socket
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import torch
 
-from common import results
 from common.errors import UsageError, check
 from common.logger import RunLogger, default_run_name, is_finite, torch_save_staged
+from common.rundir import Unreadable, read_json
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
 MAY_CHANGE_ON_RESUME = ("run_dir", "resume", "cuda", "track", "data_dir", "log_every", "checkpoint_every")
 LOCK_FILE = ".lock"  # in every run directory: its flock is held by the one process that writes there
+ORPHAN = re.compile(r"\.(tmp|write_test)(\d+)$")  # a file being written by process <pid> (common.logger, here)
 RESUME_HINT = None  # what an interrupted run tells the user to run; None: its own command with --resume
 _unfinished = []  # the Runs of this process that have neither finished nor been abandoned
 _locks = {}  # real path of a run directory -> [its open lock file, how many holders in this process]
@@ -170,6 +173,24 @@ def lock(run_dir):
         _locks[key] = [file, 1]
 
 
+def check_lock(run_dir):
+    """Raise ``Locked`` when ``<run_dir>/.lock`` is no longer the file this process locked: deleted or replaced by
+    hand, or the directory moved, another process may be writing the run now, so this one must write no more."""
+    entry = _locks.get(os.path.realpath(run_dir))
+    if entry is None:
+        return
+    held = os.fstat(entry[0].fileno())
+    try:
+        now = os.stat(os.path.join(run_dir, LOCK_FILE))
+        same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise Locked(f"{os.path.join(run_dir, LOCK_FILE)} was deleted or replaced while this process wrote the run "
+                     f"(another process may be writing it now): this process stops without writing more; never "
+                     f"delete a run's lock file by hand (the kernel drops the lock when its holder dies)")
+
+
 def unlock(run_dir):
     """Give back one hold of ``lock(run_dir)``; the last one releases the lock."""
     entry = _locks.get(os.path.realpath(run_dir))
@@ -190,9 +211,29 @@ def locked(run_dir):
         unlock(run_dir)
 
 
+def remove_orphans(run_dir):
+    """Remove the temporary files that writes cut short by a kill left (``<file>.tmp<pid>``, in the run directory
+    and figures/), except this process's own: under the run directory's lock no other process is writing them."""
+    for folder in (run_dir, os.path.join(run_dir, "figures")):
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            match = ORPHAN.search(name)
+            if match and int(match.group(2)) != os.getpid():
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+
+
 def holds_a_run(run_dir):
     """True when ``run_dir`` holds anything besides its lock file."""
     return any(name != LOCK_FILE for name in os.listdir(run_dir))
+
+
+def checkpoint_step(run_dir):
+    """The step of a run directory's checkpoint.pt (its tensors memory-mapped, not read); None when unreadable."""
+    try:
+        return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False,
+                          mmap=True)["lifecycle"]["step"]
+    except Exception:  # a truncated or foreign file: its resume says so in one line
+        return None
 
 
 def _as_json(value):
@@ -205,8 +246,8 @@ def _read_json(path):
     if not os.path.exists(path):
         return None
     try:
-        return results.read_json(path)
-    except results.Unreadable as e:
+        return read_json(path)
+    except Unreadable as e:
         raise UsageError(f"{os.path.dirname(path)}: {e}: start afresh with another --run-dir") from None
 
 
@@ -255,7 +296,7 @@ class Run:
         self.args, self.total = args, total
         self.interrupted = self.diverged = self._measuring = False
         self.signal = None  # the name of the signal that interrupted the run
-        self.finished, self.resumes, self.wall_time_before = None, [], 0.0
+        self.finished, self.resumes, self.wall_time_before, self.checkpoint_rows = None, [], 0.0, None
         self.start_time, self.logger, self.created, self.run_dir = time.time(), None, False, None
         try:
             with deferred_signals():
@@ -275,7 +316,8 @@ class Run:
         process learns that the directory is taken, not what it looks like half-written)."""
         args = self.args
         if args.resume:
-            check(os.path.isdir(args.run_dir), f"--run-dir {args.run_dir} does not exist: start without --resume")
+            check(os.path.isdir(args.run_dir), f"--run-dir {args.run_dir} does not exist: start it without --resume"
+                                               + _command_hint(args, args.run_dir))
             self.run_dir = args.run_dir
         elif args.run_dir:
             self.created = _claim_named_dir(args.run_dir)
@@ -285,6 +327,8 @@ class Run:
         lock(self.run_dir)
         if args.resume:
             self._check_resume(may_change)
+            if not self.finished:
+                remove_orphans(self.run_dir)
         else:
             check(not holds_a_run(self.run_dir), f"--run-dir {self.run_dir} already holds a run: pass --resume to "
                                                  f"continue it, or choose another --run-dir")
@@ -311,11 +355,21 @@ class Run:
                 print(f"run {run_dir} already completed ({self.total} {reached:,}): nothing to do; raise "
                       f"--{self.total.replace('_', '-')} to train further", flush=True)
                 self.finished = summary
+        if self.finished:
+            return
         every = getattr(args, "checkpoint_every", 0)
-        check(self.finished or os.path.exists(os.path.join(run_dir, "checkpoint.pt")),
+        restart = f"move it aside (mv {run_dir} {run_dir}.stale) and start it again without --resume"
+        checkpoint = os.path.join(run_dir, "checkpoint.pt")
+        check(os.path.exists(checkpoint),
               f"--run-dir {run_dir} has no checkpoint.pt to resume (the run stopped before its first checkpoint"
-              + (f", every --checkpoint-every {every:,} steps," if every else "") + " or it was deleted): move it "
-              f"aside (mv {run_dir} {run_dir}.stale) and start again without --resume")
+              + (f", every --checkpoint-every {every:,} steps," if every else "") + " or it was deleted): "
+              + restart + _command_hint(args, run_dir))
+        try:  # a torch.save file is a zip archive: a truncated one has no central directory (checked before any
+            with zipfile.ZipFile(checkpoint) as archive:  # run of a seed group trains)
+                archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            raise UsageError(f"{checkpoint} is corrupt or truncated: start afresh with another --run-dir, or "
+                             + restart + _command_hint(args, run_dir)) from None
 
     def load_checkpoint(self, device):
         """The script's state saved by ``save_checkpoint`` (None for a fresh run); restores the global RNGs."""
@@ -333,12 +387,13 @@ class Run:
         summary = _read_json(os.path.join(self.run_dir, "summary.json")) or {}
         self.wall_time_before = max(lifecycle["wall_time_s"], summary.get("wall_time_s", 0.0))
         self.resumes = lifecycle["resumes"] + [lifecycle["step"]]
+        self.checkpoint_rows = lifecycle.get("rows")  # None from a checkpoint that predates the count
         return ckpt
 
     def start(self, step=0):
         """Open the logger at ``step`` (the checkpoint's on resume) and turn signals into ``run.interrupted``."""
         self.logger = RunLogger(self.run_dir, self.args, track=self.args.track,
-                                resume_step=step if self.args.resume else None)
+                                resume_step=step if self.args.resume else None, resume_rows=self.checkpoint_rows)
         _listener.enter()  # a process's main listens from its start; a run called in-process listens from here
         if _listener.received:  # a signal while setting up that no one raised on (it came in a deferred block)
             self.interrupted, self.signal = True, _listener.received
@@ -369,6 +424,7 @@ class Run:
 
     def log(self, step, metrics):
         """Log ``metrics`` at ``step``; the returned row holds Python numbers. A non-finite value sets ``diverged``."""
+        check_lock(self.run_dir)
         row = self.logger.log(step, metrics)
         bad = [k for k, v in row.items() if not is_finite(v)]
         if bad and not self.diverged:
@@ -387,8 +443,10 @@ class Run:
         """``save_checkpoint``'s file, written beside checkpoint.pt but not yet in its place: its path, which
         ``os.replace(path, run.checkpoint_path)`` commits. Runs that resume together (a seed group) write all
         theirs first, so that a kill can leave them at different steps only between two renames."""
+        # "rows": the metrics.jsonl rows this checkpoint covers; a resume drops the rest, even at its own step
+        check_lock(self.run_dir)
         lifecycle = {"step": int(step), "wall_time_s": self.wall_time(), "resumes": self.resumes,
-                     "rng": _get_rng_state()}
+                     "rows": self.logger.rows, "rng": _get_rng_state()}
         return torch_save_staged({**state, "lifecycle": lifecycle}, self.checkpoint_path)
 
     def save_figure(self, make_figure, name):
@@ -399,9 +457,6 @@ class Run:
             if not self.stopping:
                 raise
             print(f"figure {name} not drawn from this run's data ({type(e).__name__}: {e})", flush=True)
-
-    def figure_path(self, name):
-        return self.logger.figure_path(name)
 
     def _release(self):
         """Leave the process's list of unfinished runs, the run directory's lock and the signal listener."""
@@ -415,9 +470,11 @@ class Run:
     def finish(self, step, done, metrics=None, **extra):
         """Write summary.json: status diverged, else completed when ``done``, else interrupted."""
         status = "diverged" if self.diverged else "completed" if done else "interrupted"
+        check_lock(self.run_dir)
         summary = self.logger.finish(status, step, metrics, wall_time_s=self.wall_time(), resumes=self.resumes,
                                      total={self.total: getattr(self.args, self.total)}, run_dir=self.run_dir,
                                      **extra)
+        remove_orphans(self.run_dir)
         with deferred_signals(raise_pending=False):  # the summary is written: a signal now stops only what follows
             self._release()
         if status == "interrupted":
@@ -448,9 +505,15 @@ def abandon_unfinished():
         run.abandon()
 
 
-def resume_command(args, run_dir):
-    """The command that continues this run: the process's own command line with the run's own ``--seed``,
-    ``--run-dir`` and ``--resume`` (and ``--num-seeds 1`` where it named several seeds: each seed's directory
+def _command_hint(args, run_dir):
+    """``: <the command that starts this run afresh>`` (for one seed of a group: that seed alone), or nothing in a
+    process that gives its own hints (a sweep)."""
+    return "" if RESUME_HINT else ": " + resume_command(args, run_dir, resume=False)
+
+
+def resume_command(args, run_dir, resume=True):
+    """The command that continues this run (``resume=False``: that starts it afresh): the process's own command
+    line with the run's own ``--seed``, ``--run-dir`` and ``--resume`` (and ``--num-seeds 1`` where it named several seeds: each seed's directory
     resumes on its own, or all of them with the original command and ``--resume``)."""
     own = ("--seed", "--run-dir", "--run_dir", "--num-seeds", "--num_seeds")
     flags = ("--resume", "--no-resume")
@@ -466,7 +529,14 @@ def resume_command(args, run_dir):
             i += 1
     seeds = ["--num-seeds", "1"] if any(w.split("=", 1)[0] in own[3:] for w in words) else []
     return shlex.join([sys.executable, sys.argv[0], *kept, "--seed", str(args.seed), *seeds, "--run-dir",
-                       run_dir, "--resume"])
+                       run_dir, *["--resume"] * resume])
+
+
+def seed_everything(seed):
+    """Seed Python's, NumPy's and torch's global RNGs (CleanRL's seeding); ``_get_rng_state`` captures them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _get_rng_state():
@@ -482,12 +552,6 @@ def _set_rng_state(state):
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def share_signals(runs):
-    """Several runs in one process (``--num-seeds``) hear every signal together: the process's one handler
-    interrupts every run that trains and abandons the measurement they are in, so nothing is left to do here. Kept
-    so that a script names the runs that train together."""
 
 
 def combined_summary(summaries):

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from common.cli import seed_everything
 from common.errors import UsageError, check
 from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
-from common.run import Run, combined_summary, share_signals
+from common.run import Run, combined_summary, seed_everything
+from common.rundir import seed_run_dir
 from common.sync import allowed_sync
 
 
@@ -388,7 +388,7 @@ def seed_args(args, k):
     """The Args of seed k's single run: its seed, its run directory, one seed. With --num-seeds N > 1, --run-dir D
     gives D__seed<seed> for each seed (no --run-dir: each seed's own default name)."""
     seed = args.seed + k
-    run_dir = args.run_dir and (f"{args.run_dir}__seed{seed}" if args.num_seeds > 1 else args.run_dir)
+    run_dir = args.run_dir and (seed_run_dir(args.run_dir, seed) if args.num_seeds > 1 else args.run_dir)
     return dataclasses.replace(args, seed=seed, num_seeds=1, run_dir=run_dir or None)
 
 
@@ -412,7 +412,7 @@ class RunGroup:
     """The runs of ``--num-seeds`` N seeds trained in lockstep, seed k's the single run ``seed_args(args, k)``:
     each claims its own directory, logs, probes, checkpoints, diverges and finishes as that run would. The loop
     runs while any seed lives (not diverged); a diverged seed keeps its slot in the stacks and its numbers are
-    never read. A signal interrupts every seed (``share_signals``).
+    never read. A signal interrupts every seed (the process's one handler interrupts every run).
 
     ``env_steps_per_step`` scales ``charts/SPS`` (environment steps per optimizer step); ``probe_seed_batch``
     seeds probe in one lockstep at a time (0: all)."""
@@ -488,7 +488,6 @@ class RunGroup:
         for s in self.active:
             s.run.start(step)
             s.steps = step
-        share_signals([s.run for s in self.active])
         self._window = (step, time.time())
 
     def _live(self):

@@ -29,16 +29,30 @@ import itertools
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import results
+from common import early_signals, results
 from common import run as run_module
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
+from common.rundir import split_seed_run_dir
+
+# What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets
+# and their test preset.
+DATASETS = {
+    "paper": ("cifar10", "mnist"),  # Sec 3.2, Fig 3 and Fig 8-13 use CIFAR-10 and MNIST observations
+    "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation
+}
+TEST_PRESET = {  # seconds per cell, for the tests only: its 5-step probe fits nothing (unfit for results)
+    "cuda": False, "num_images": 1_000, "width": 16, "total_steps": 40, "learning_starts": 32, "buffer_size": 1_000,
+    "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5, "probe_targets": 2, "probe_inputs": 64,
+    "probe_batch_size": 16,
+}
 
 
 def values(field_name, items, label=str):
@@ -123,7 +137,7 @@ def tasks(grid, seeds_per_task=1):
             pack = group[i:i + seeds_per_task]
             seeds = [cell.overrides["seed"] for cell in pack]
             check(seeds == list(range(seeds[0], seeds[0] + len(pack))) and
-                  all(cell.name.endswith(f"__seed{seed}") for cell, seed in zip(pack, seeds)),
+                  all(split_seed_run_dir(cell.name)[1] == seed for cell, seed in zip(pack, seeds)),
                   f"--seeds-per-task needs consecutive seeds labelled seed<N>; got {[c.name for c in pack]}")
             packs.append(pack)
     return packs
@@ -198,17 +212,6 @@ def cell_args(sweep, grid, cell, options):
     return sweep.args_cls(**{**base, **cell.overrides, "exp_name": grid.name, "run_dir": run_dir})
 
 
-def checkpoint_step(run_dir):
-    """The step of a cell's checkpoint.pt (its tensors memory-mapped, not read), or None when it is unreadable."""
-    import torch
-
-    try:
-        return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False,
-                          mmap=True)["lifecycle"]["step"]
-    except Exception:  # a truncated or foreign file: its resume says so in one line
-        return None
-
-
 def cell_state(args):
     """What a cell's directory holds: "completed" or "diverged" (never moved aside or retrained, whatever files
     beside summary.json were deleted), ("resume", checkpoint step), or "fresh" (nothing to continue)."""
@@ -218,7 +221,7 @@ def cell_state(args):
         return "diverged"
     if summary.get("status") == "completed" and (summary.get("steps", 0) >= args.total_steps or not has_checkpoint):
         return "completed"
-    return ("resume", checkpoint_step(args.run_dir)) if has_checkpoint else "fresh"
+    return ("resume", run_module.checkpoint_step(args.run_dir)) if has_checkpoint else "fresh"
 
 
 def move_aside(run_dir):
@@ -255,7 +258,7 @@ def run_group(sweep, all_args, cells, state):
           (" in lockstep" if len(cells) > 1 else ""), flush=True)
     args = dataclasses.replace(all_args[0], resume=resume)
     if len(cells) > 1:
-        base = args.run_dir[:-len(f"__seed{args.seed}")]
+        base = split_seed_run_dir(args.run_dir)[0]
         args = dataclasses.replace(args, run_dir=base, num_seeds=len(cells))
     return EXIT_STATUS[sweep.train(args)["status"]]
 
@@ -357,13 +360,17 @@ def task_indices(options, num_tasks):
 def run(sweep, argv=None):
     """Parse the command line and do what it asks; returns the exit status. A signal from the first line on
     stops it with 75; the same command then continues."""
+    held = early_signals.hold()  # the script's install() has listened while it imported
     with run_module.listening():
         hint, run_module.RESUME_HINT = run_module.RESUME_HINT, "the same sweep command (it resumes this cell)"
         try:
+            early_signals.release(held)
             options = build_parser(sweep).parse_args(argv)
             if options.command == "analyze":
                 check(os.path.isdir(options.runs_dir), f"--runs-dir {options.runs_dir} is not a directory")
+                started = time.time()
                 sweep.analyze(options.runs_dir, options)
+                remove_earlier_protocols(options.runs_dir, started)
                 return EXIT_COMPLETED
             grid = sweep.make_grid(options)
             check(options.seeds_per_task >= 1, f"--seeds-per-task must be positive, got {options.seeds_per_task}")
@@ -383,6 +390,18 @@ def run(sweep, argv=None):
             return EXIT_INTERRUPTED
         finally:
             run_module.RESUME_HINT = hint
+
+
+def remove_earlier_protocols(out_dir, since):
+    """Remove the ``protocol-<id>`` folders (``common.validity``) that an earlier analysis wrote into ``out_dir`` and
+    the one that ended now did not (their ``protocol_<id>.json`` is older than ``since``): results of runs that are
+    gone or now pooled otherwise would stand beside the new ones. A folder without that file is not ours."""
+    for name in sorted(os.listdir(out_dir)):
+        match, path = re.fullmatch(r"protocol-(\w+)", name), os.path.join(out_dir, name)
+        fields = match and os.path.join(path, f"protocol_{match[1]}.json")
+        if fields and os.path.isfile(fields) and os.path.getmtime(fields) < since:
+            shutil.rmtree(path)
+            print(f"removed {path}: an earlier analysis's protocol, not among the runs now")
 
 
 def main(sweep, argv=None):

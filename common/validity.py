@@ -15,10 +15,13 @@ import os
 from dataclasses import dataclass, field
 
 from common.results import read_runs
+from common.rundir import split_seed_run_dir
 
-# Args fields that say where or how fast a run ran, not what it measured: runs differing only in them are comparable.
+# Args fields that say where, how fast or with which outputs a run ran, not what it measured: runs differing only
+# in them are comparable. Every other field is the protocol (both sweeps' analyses and the Atari aggregate).
 NOT_PROTOCOL = ("seed", "run_dir", "resume", "exp_name", "data_dir", "cuda", "track", "num_seeds", "probe_seed_batch",
-                "checkpoint_every")
+                "checkpoint_every", "log_every", "capture_video", "save_model", "env_threads", "compile",
+                "channels_last")
 MIN_INITIAL_FIT = 0.4
 """the default of the sweeps' --min-initial-fit: the P(theta_0) / b a fresh network must reach for a run's
 plasticity loss to count. Measured at the cpu presets' probe (2,000 steps, 512 MNIST inputs, width 64;
@@ -33,8 +36,7 @@ fits (Adam 1e-3, MLP: 0.972 and 0.983)"""
 def cell_name(run_dir):
     """A run's cell without its seed: ``mnist__true_label__mlp__adam`` for ``...__adam__seed1``."""
     name = os.path.basename(os.path.normpath(run_dir))
-    head, sep, tail = name.rpartition("__seed")
-    return head if sep and tail.isdigit() else name
+    return split_seed_run_dir(name)[0]
 
 
 def number(value):
@@ -50,7 +52,8 @@ def probe_fits(row, prefix="probe"):
     run recorded them, else P / b of its first and last probe rows; b from the first probe row (NaN without it).
     ``prefix`` names the probe (``common.probe.PROBES``: ``probe_ref`` for the reference probe)."""
     probes = row.get("probes")
-    probes = probes if isinstance(probes, list) and probes else [{}]
+    probes = [p for p in probes if isinstance(p, dict)] if isinstance(probes, list) else []  # a corrupt entry: none
+    probes = probes or [{}]
 
     def fit(probe):
         p, b = number(probe.get(f"{prefix}/plasticity")), number(probe.get(f"{prefix}/baseline"))

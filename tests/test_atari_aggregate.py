@@ -5,8 +5,11 @@ The expected statistics are worked out by hand below, and the bootstrap interval
 """
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -195,3 +198,81 @@ def test_too_few_runs_give_one_line_errors(tmp_path):
                              "--runs-dir", str(empty)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "error: no game has completed runs both with and without LayerNorm"
+
+
+def outputs(folder):
+    """{path relative to folder: (bytes, mtime)} of every file under it."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and "args.json" != p.name and "summary.json" != p.name}
+
+
+def test_a_final_evaluation_without_a_finished_episode_is_not_scored(tmp_path, capsys):
+    """A summary from before the fix: eval/episodes 0 beside an earlier evaluation's return. Skipped, not scored."""
+    write_runs(tmp_path)
+    stale = write_run(tmp_path, "Freeway_True_stale", "Freeway", True, 9, 1000.0)
+    summary = json.loads((stale / "summary.json").read_text())
+    summary["metrics"]["eval/episodes"] = 0
+    (stale / "summary.json").write_text(json.dumps(summary))
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert "finished no episode (eval/episodes 0)" in capsys.readouterr().out
+    scored = pd.read_csv(tmp_path / "human_normalized_scores.csv")
+    assert len(scored) == 24 and not scored["run_dir"].str.contains("stale").any()
+
+
+def test_an_output_dir_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    (tmp_path / "runs").mkdir()
+    write_runs(tmp_path / "runs")
+    (tmp_path / "a_file").write_text("")
+    for output_dir, message in ((tmp_path / "a_file", "is a file, not a folder"), ("/proc/nope", "cannot be written")):
+        result = subprocess.run([sys.executable, "ddqn_atari_layernorm.py", "aggregate", "--runs-dir",
+                                 str(tmp_path / "runs"), "--output-dir", str(output_dir), "--num-boot", "100",
+                                 "--num-boot-profile", "100"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: --output-dir {output_dir} {message}") and "choose another" in line, line
+
+
+def test_an_interrupted_aggregate_leaves_the_previous_outputs_as_they_were(tmp_path):
+    """SIGTERM during the bootstrap of a second analysis (with a fifth Freeway seed, which changes every output):
+    exit 75 with a line about aggregate, and the first analysis's files untouched, nothing added."""
+    write_runs(tmp_path)
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    before = outputs(tmp_path)
+    assert "human_normalized_scores.csv" in before and "fig7_layernorm_improvement.png" in before
+    for game, config in (("Freeway", True), ("Freeway", False), ("Enduro", True), ("Enduro", False),
+                         ("Venture", True), ("Venture", False)):
+        write_run(tmp_path, f"{game}_{config}_fifth", game, config, 9, 0.0)
+    process = subprocess.Popen([sys.executable, "ddqn_atari_layernorm.py", "aggregate", "--runs-dir", str(tmp_path),
+                                "--num-boot", "1000000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:  # the per-game table is printed; its files and figure take a second or two
+        if line.startswith("median improvement"):
+            break
+    time.sleep(5)  # well into the bootstrap (minutes at 10^6 replicates)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 75, err
+    assert err.strip().splitlines()[-1] == ("SIGTERM before aggregate wrote its outputs (the earlier ones are "
+                                            "unchanged): run the same command again")
+    assert outputs(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_new_analysis_replaces_every_output_of_the_previous_one(tmp_path):
+    """Two protocols, then one (the longer runs removed): the protocol-<n> folders go; then two again: the top
+    level's outputs of the one-protocol analysis go. A file of the user's in a protocol folder stays."""
+    write_runs(tmp_path)
+    write_runs(tmp_path, total_frames=8000, prefix="long_")
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert (tmp_path / "protocol-2" / "aggregate_metrics.csv").exists()
+    (tmp_path / "protocol-1" / "notes.txt").write_text("mine")
+    for long_run in tmp_path.glob("long_*"):
+        shutil.rmtree(long_run)
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert not (tmp_path / "protocol-2").exists() and (tmp_path / "aggregate_metrics.csv").exists()
+    assert [p.name for p in (tmp_path / "protocol-1").iterdir()] == ["notes.txt"]
+    write_runs(tmp_path, total_frames=8000, prefix="long_")
+    aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
+    assert not any((tmp_path / name).exists() for name in atari_stats.OUTPUTS)
+    assert (tmp_path / "protocol-1" / "notes.txt").exists() and (tmp_path / "protocol-2" / "protocol.json").exists()

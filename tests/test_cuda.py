@@ -412,9 +412,11 @@ def test_sigterm_and_resume_on_cuda_is_bit_identical(tmp_path, module_name):
 # ----------------------------------------------------------------------------- 3. --num-seeds 3 on the GPU
 def run_dirs(combined, run_dir, seeds):
     """Each seed's directory: from the combined summary's runs, else <run-dir>__seed<seed> (the Args' docstring)."""
+    from common.rundir import seed_run_dir
+
     if isinstance(combined, dict) and "runs" in combined:
         return [s["run_dir"] for s in combined["runs"]]
-    return [f"{run_dir}__seed{seed}" for seed in seeds]
+    return [seed_run_dir(run_dir, seed) for seed in seeds]
 
 
 def test_three_seeds_on_cuda_equal_three_single_runs(tmp_path):

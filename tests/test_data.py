@@ -1,3 +1,4 @@
+import gzip
 import os
 import pickle
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from common.errors import UsageError
+from common import data
 from common.data import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
 
 
@@ -62,3 +64,31 @@ def test_random_relabel_is_seeded_and_uniform():
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     images, labels = load_dataset("fashion_mnist", str(tmp_path), train=True)
     assert images.shape == (60000, 1, 28, 28) and torch.bincount(labels).tolist() == [6000] * 10
+
+
+def test_a_failed_download_leaves_no_folder_that_hides_the_debian_copy(tmp_path, monkeypatch):
+    """Offline, torchvision makes FashionMNIST/raw before its download fails; that empty folder is removed, and an
+    empty folder made some other way does not hide the Debian package's copy."""
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    for prefix, count in (("train", 3), ("t10k", 2)):  # tiny IDX files in the package's gzipped layout
+        with gzip.open(debian / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(bytes([0, 0, 8, 3]) + np.array([count, 28, 28], ">i4").tobytes() + bytes(count * 784))
+        with gzip.open(debian / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(bytes([0, 0, 8, 1]) + np.array([count], ">i4").tobytes() + bytes(range(count)))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+
+    def offline(name, data_dir, train, download):
+        os.makedirs(os.path.join(data_dir, "FashionMNIST", "raw"))
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(data, "_load_torchvision_mnist", offline)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "not-installed"))
+    with pytest.raises(UsageError, match="could not be downloaded"):
+        load_dataset("fashion_mnist", str(data_dir))
+    assert os.listdir(data_dir) == []
+    (data_dir / "FashionMNIST" / "raw").mkdir(parents=True)
+    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(debian))
+    images, labels = load_dataset("fashion_mnist", str(data_dir))
+    assert images.shape == (3, 1, 28, 28) and labels.tolist() == [0, 1, 2]

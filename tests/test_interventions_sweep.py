@@ -41,6 +41,11 @@ def test_interventions_grid_lists_every_arch_and_intervention(capsys):
     assert len(listed(capsys, "--preset", "cpu_discriminating")) == 2 * 2 * 8 * 3
 
 
+def test_the_figures_order_the_grids_axes_as_the_grid_does():
+    assert (plots.INTERVENTIONS, plots.OUTPUTS) == (tuple(iv.INTERVENTIONS), tuple(iv.OUTPUTS))
+    assert (plots.ARCHS, plots.VARIANTS) == (iv.ARCHS, iv.VARIANTS)
+
+
 def test_width_grid_follows_a2(capsys):
     names = listed(capsys, "--grid", "width")
     cells = [dict(zip(iv.AXES["width"], n.split("__"))) for n in names]

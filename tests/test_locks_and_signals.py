@@ -259,3 +259,34 @@ def test_the_hint_of_an_interrupted_seed_group_names_commands_that_work(tmp_path
     assert result.returncode == EXIT_COMPLETED, result.stderr
     assert json.load(open(base + "__seed2/summary.json"))["steps"] == 300
     assert_logged_once(base + "__seed2", 300)
+
+
+STARTER = '''
+import sys, types
+sys.path.insert(0, ".")
+script, sys.argv = sys.argv[1], sys.argv[1:]
+code = compile(open(script).read(), script, "exec")
+main = sys.modules["__main__"] = types.ModuleType("__main__")
+main.__file__ = script
+print("starting", flush=True)  # the interpreter is up: what follows is the script's first line, then its imports
+exec(code, main.__dict__)
+'''
+
+
+@pytest.mark.parametrize("script", ["ddqn_atari_layernorm.py", "dqn_classification_mdp.py", "falsification.py"])
+def test_a_signal_while_a_script_imports_its_libraries_ends_with_75_and_no_traceback(tmp_path, script):
+    """Signals from 0.05 s to 1 s after the script's first line: mostly while torch and the rest import (seconds),
+    later in the set-up. Each ends the process with 75, writing nothing; Slurm scripts requeue only on 75."""
+    starter = tmp_path / "starter.py"
+    starter.write_text(STARTER)
+    runs = tmp_path / "runs"
+    flags = {"ddqn_atari_layernorm.py": ["--no-cuda", "--run-dir", str(runs / "atari")],
+             "dqn_classification_mdp.py": [*DQN, "--run-dir", str(runs / "dqn")],
+             "falsification.py": [*SWEEP[1:], "--runs-dir", str(runs), "--tasks", "0"]}[script]
+    for delay, sig in ((0.05, signal.SIGINT), (0.2, signal.SIGTERM), (0.5, signal.SIGUSR1), (1.0, signal.SIGINT)):
+        process = Process(tmp_path, [str(starter), script, *flags])
+        process.wait_for("starting", timeout=60)
+        time.sleep(delay)
+        status, seconds = process.stop(sig)
+        assert status == EXIT_INTERRUPTED and "Traceback" not in process.err(), (delay, sig, status, process.err())
+        assert not glob.glob(str(runs / "**" / "args.json"), recursive=True)

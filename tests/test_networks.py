@@ -2,7 +2,6 @@ import pytest
 import torch
 from torch import nn
 
-import common.interventions
 from common.networks import (ARCHITECTURES, SpectralNorm, TwoHot, build_network, draw_masks, dropout_calls,
                              supplied_masks)
 
@@ -101,7 +100,3 @@ def test_vit_dropout_takes_supplied_masks_drawn_from_a_generator():
     assert values.unique().tolist() == pytest.approx([0.0, 1 / 0.9])
     assert 0.08 < (values == 0).float().mean() < 0.12
     assert not torch.equal(outputs[0], vit.eval()(x))  # eval mode: no dropout
-
-
-def test_two_hot_keeps_its_public_name_in_interventions():
-    assert common.interventions.TwoHot is TwoHot
