@@ -8,7 +8,7 @@ its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient co
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -20,15 +20,15 @@ from typing import Optional
 
 import torch
 
-from common.cli import main, select_device
-from common.data import load_dataset
-from common.envs import ClassificationMDP
 from common.errors import UsageError, check
-from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
-from common.hessian import hessian_matvec, lanczos, spectral_density
-from common.logger import pyplot
-from common.networks import build_network, eval_mode
-from common.run import Interrupted, Run, seed_everything
+from common.runtime.cli import main, select_device
+from common.runtime.logger import pyplot
+from common.runtime.run import Interrupted, Run, seed_everything
+from common.science.data import load_dataset
+from common.science.envs import ClassificationMDP
+from common.science.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
+from common.science.hessian import hessian_matvec, lanczos, spectral_density
+from common.science.networks import build_network, eval_mode
 
 NUM_ACTIONS = 10
 

@@ -3,10 +3,10 @@
 Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --variant true_label --arch mlp``.
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step. ``train`` reads as one
-agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/seeds.py`` handles.
+agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/runtime/seeds.py`` handles.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -18,19 +18,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.cli import main, select_device
-from common.data import DATASETS, load_dataset
-from common.envs import VARIANTS, ClassificationMDP
 from common.errors import UsageError, check
-from common.hessian import hessian_matvec, top_eigenvalue
-from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.logger import atomic_torch_save, pyplot
-from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
-from common.optim import OPTIMIZERS, make_optimizer
-from common.probe import run_probes
-from common.run import Interrupted
-from common.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
-from common.stats import plasticity_statistics
+from common.runtime.cli import main, select_device
+from common.runtime.logger import atomic_torch_save, pyplot
+from common.runtime.run import Interrupted
+from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
+from common.science.data import DATASETS, load_dataset
+from common.science.envs import VARIANTS, ClassificationMDP
+from common.science.hessian import hessian_matvec, top_eigenvalue
+from common.science.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
+from common.science.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
+from common.science.optim import OPTIMIZERS, make_optimizer
+from common.science.probe import run_probes
+from common.science.stats import plasticity_statistics
 
 
 LOG_KEYS = ("losses/td_loss", "losses/q_values", "charts/accuracy", "charts/reward_rate")
@@ -136,7 +136,7 @@ class Args:
     network with gradients and optimizer moments: lower it when those do not fit in memory, or when a smaller
     lockstep runs faster on your machine (benchmarks/bench_seeds.py measures it; results in benchmarks/RESULTS.md)"""
     stats: bool = True
-    """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
+    """log the statistics of Sec 5.2 (common/science/stats.py) on the probe inputs at every probe"""
     hessian: bool = True
     """log the top Hessian eigenvalue of the TD loss at every probe (Fig 14, curvature/hessian_top)"""
     hessian_batch_size: int = 512
@@ -242,7 +242,7 @@ def td_loss(q_network, target_network, images, batch, gamma, double_q, train=Tru
     over the minibatch, and the mean predicted value. Bootstrap targets ``r + gamma Q_target(s', a*)``, ``a*`` the
     online network's argmax with Double-Q, come from eval-mode forwards; the online forward that is trained runs in
     train mode (``train=False``: eval mode, for the probe's statistics and Hessian). Seeds are the leading axis of
-    ``batch`` (``common.seeds``): the results are ``(N,)``."""
+    ``batch`` (``common.runtime.seeds``): the results are ``(N,)``."""
     obs, actions, rewards, next_obs = batch
     network = q_network.template  # values and loss need no parameters
     with torch.no_grad():
@@ -284,7 +284,7 @@ def network_statistics(args, q_network, target_network, images, inputs, batch, i
 
 
 def probe_plasticity(args, q_network, target_network, images, replay, initial_parameters, seeds, step):
-    """Sec 3.1 for the ``seeds`` (``common.seeds.Seed``) due at ``step``, all their fits in one lockstep
+    """Sec 3.1 for the ``seeds`` (``common.runtime.seeds.Seed``) due at ``step``, all their fits in one lockstep
     (``run_probes``): fit fresh random targets from a copy of each seed's current parameters. Before that, each
     seed's statistics of Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``).
     Returns per seed ``(metrics, mean learning curve)``. Each seed's probe draws only from its own generators (its
@@ -382,7 +382,7 @@ def probe_fits(seed):
 
 def train(args):
     """Train the agent of Sec 3.2 (seeds seed .. seed + num_seeds - 1 in lockstep, each exactly its single run:
-    ``common.seeds``). Returns the run's summary; with several seeds ``{"status", "runs"}``, the worst status."""
+    ``common.runtime.seeds``). Returns the run's summary; with several seeds ``{"status", "runs"}``, the worst status."""
     validate(args)
     runs = RunGroup(args, total="total_steps", env_steps_per_step=args.num_envs, probe_seed_batch=args.probe_seed_batch)
     if runs.finished:

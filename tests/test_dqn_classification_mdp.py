@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common.seeds import Generators, OneSeed, SeedStack, StackedReplay
 from common.errors import EXIT_INTERRUPTED
+from common.runtime.seeds import Generators, OneSeed, SeedStack, StackedReplay
 from test_data import write_tiny_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

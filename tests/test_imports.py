@@ -12,7 +12,7 @@ SCRIPTS = ("dqn_classification_mdp.py", "adam_instability_mnist.py", "brownian_v
 
 
 def imported_modules(path, package="common"):
-    """The ``package`` modules a file imports anywhere (also inside functions), as names like ``common.run``."""
+    """The ``package`` modules a file imports anywhere (also inside functions), as names like ``common.runtime.run``."""
     found = set()
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
@@ -99,11 +99,11 @@ def test_a_cycle_is_found(tmp_path):
 
 def test_building_a_network_loads_neither_curvature_nor_statistics():
     graph = import_graph(os.path.join(ROOT, "common"))
-    assert not closure(graph, ["common.networks"]) & {"common.hessian", "common.stats", "common.grad_cov"}
-    assert "common.stats" in closure(graph, ["common.interventions"])  # the closure does follow imports
-    code = "import sys, common.networks; print(sorted(m for m in sys.modules if m.startswith('common')))"
+    assert not closure(graph, ["common.science.networks"]) & {"common.science.hessian", "common.science.stats", "common.science.grad_cov"}
+    assert "common.science.stats" in closure(graph, ["common.science.interventions"])  # the closure does follow imports
+    code = "import sys, common.science.networks; print(sorted(m for m in sys.modules if m.startswith('common')))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "['common', 'common.networks']"
+    assert loaded.stdout.strip() == "['common', 'common.science.networks']"
 
 
 def test_the_readme_lists_the_modules_each_script_needs():

@@ -15,12 +15,12 @@ import torch
 
 import adam_instability_mnist as adam
 import brownian_vs_gd as brownian
-import common.logger
+import common.runtime.logger
 import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
 from common.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
-from common.data import load_dataset
-from common.run import LOCK_FILE
+from common.runtime.run import LOCK_FILE
+from common.science.data import load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("PLASTICITY_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -69,7 +69,7 @@ def files(run_dir):
 # ------------------------------------------------------------------------------------------------- 1. run directories
 def test_default_run_names_are_unique_for_runs_started_in_the_same_second(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(common.logger, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
+    monkeypatch.setattr(common.runtime.logger, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
     first = adam.train(adam.Args(data_dir=data_dir, **ADAM))
     second = adam.train(adam.Args(data_dir=data_dir, **ADAM))
     runs = sorted(os.listdir(tmp_path / "runs"))
@@ -391,7 +391,7 @@ def test_a_signal_after_the_last_step_still_reaches_the_handler_before_the_run(t
     cell but must still stop the range (it was dropped before)."""
     import dataclasses
 
-    from common.run import Run
+    from common.runtime.run import Run
 
     @dataclasses.dataclass
     class Args:

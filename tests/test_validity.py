@@ -1,4 +1,4 @@
-"""common/validity.py: the probe-validity filter on synthetic runs (low, missing and absurd fits are excluded and
+"""common/analysis/validity.py: the probe-validity filter on synthetic runs (low, missing and absurd fits are excluded and
 counted), saturation, protocols; and, for every cpu preset of both sweeps, that its probe is the paper's and that a
 fresh network fits it under each of the grid's optimizers."""
 import dataclasses
@@ -11,9 +11,9 @@ import torch
 import dqn_classification_mdp as agent
 import falsification
 import interventions_sweep
-from common import validity
-from common.data import load_dataset
-from common.probe import run_probe
+from common.analysis import validity
+from common.science.data import load_dataset
+from common.science.probe import run_probe
 
 
 def run(name, metrics=None, probes=None, **args):

@@ -3,7 +3,7 @@
 Seed k keeps everything its single run has: its own initialisation, environment copies, replay, generators,
 global-RNG stream, target network, optimizer state and run directory. What is shared is the arithmetic: the
 copies' parameters are stacked along a leading axis (``torch.func.stack_module_state``), the forward and backward
-are one ``vmap``-ed call, and one elementwise optimizer (``common.optim``) steps the stacked tensors, which is
+are one ``vmap``-ed call, and one elementwise optimizer (``common.science.optim``) steps the stacked tensors, which is
 exactly N independent optimizers. With N = 1 the same code is the plain single run.
 
 The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) and ``load_state_dicts(states)``:
@@ -15,10 +15,10 @@ The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) an
 - ``Generators``: one ``torch.Generator`` per seed (actions, minibatches, dropout masks): draws stack along the
   seed axis; ``GlobalRNGs``: each seed's own global torch RNG state, swapped in where a single run draws from the
   global RNG (initialisation, interventions);
-- ``RunGroup``: the N runs (``common.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
+- ``RunGroup``: the N runs (``common.runtime.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
 
 Dropout in the training forward (the ViT) draws seed k's masks from ``stack.dropout_generators[k]`` before the
-vmapped call and supplies them (``common.networks.supplied_masks``); a single run draws and supplies its masks the
+vmapped call and supplies them (``common.science.networks.supplied_masks``); a single run draws and supplies its masks the
 same way, so a ViT seed equals its single run too.
 """
 import contextlib
@@ -34,10 +34,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from common.errors import UsageError, check
-from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
-from common.run import Run, combined_summary, seed_everything
-from common.rundir import seed_run_dir
-from common.sync import allowed_sync
+from common.runtime.run import Run, combined_summary, seed_everything
+from common.runtime.rundir import seed_run_dir
+from common.runtime.sync import allowed_sync
+from common.science.networks import draw_masks, dropout_calls, in_mode, supplied_masks
 
 
 class SeedStack:

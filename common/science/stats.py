@@ -24,7 +24,7 @@ Definitions (the paper names the quantities but not their formulas; these are th
 import torch
 from torch import nn
 
-from common.networks import eval_mode
+from common.science.networks import eval_mode
 
 ACTIVATIONS = (nn.ReLU, nn.GELU)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)

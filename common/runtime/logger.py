@@ -13,7 +13,7 @@ import time
 import torch
 
 from common.errors import UsageError
-from common.rundir import Unreadable, read_metrics
+from common.runtime.rundir import Unreadable, read_metrics
 
 
 def atomic_write_text(path, text):
