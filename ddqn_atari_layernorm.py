@@ -100,8 +100,8 @@ class Args:
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
-    """channels_last CNN: the same numbers in the memory layout the CPU's and GPU's convolution kernels prefer
-    (its speed: benchmarks/bench_ddqn_atari.py)"""
+    """channels_last CNN (NHWC, the layout of DQN Zoo's Haiku convolutions): the same numbers in the memory layout
+    the convolution kernels prefer (its speed: benchmarks/bench_ddqn_atari.py)"""
     compile: bool = False
     """torch.compile the update's forward and backward (the optimizer step stays eager): equal to eager to float
     rounding, compiled once at the first update; its speed-up is measured in

@@ -105,7 +105,7 @@ class Args:
     total_steps: int = 100_000
     """optimizer steps (the paper's runs: 100k here; 100 x 1,000 in Sec 6.2)"""
     num_envs: int = 1
-    """environment copies stepped per iteration (each iteration is one optimizer step)"""
+    """environment copies stepped per iteration (each iteration is one optimizer step; not given: CleanRL's 1)"""
     buffer_size: int = 100_000
     """replay capacity in transitions (A.2 gives none; A.3's 100,000)"""
     learning_starts: int = 1_000
