@@ -319,14 +319,14 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
     return rows
 
 
-def intervene(args, q_network, optimizer, replay, images, rng, rngs):
+def intervene(args, q_network, optimizer, replay, images, rng, global_rngs):
     """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place: each seed's re-initialisations from its
     own global-RNG stream, its ReDo batch from its own generator. Optimizer state is reset for all seeds at once
     (they intervene at the same steps), which for each seed is what its single run does: shrink & perturb starts
     a fresh optimizer, as Ash & Adams' code does."""
     obs_shape, device = tuple(images.shape[1:]), images.device
     redo_inputs = images[replay.sample(args.redo_batch_size, rng)[0]] if args.redo else [None] * len(q_network)
-    for network, network_optimizer, inputs in rngs.each(q_network.modules, optimizer.views(), redo_inputs):
+    for network, network_optimizer, inputs in global_rngs.each(q_network.modules, optimizer.views(), redo_inputs):
         if args.reset_last_layer:
             reset_last_layer(network)
         if args.shrink_perturb:
@@ -398,7 +398,7 @@ def train(args):
         q_network.dropout_generators = runs.dropout_generators(device)  # the ViT's dropout masks
         window = torch.zeros(len(runs), 4, device=device)  # the log window's sums of loss, Q, accuracy, reward
         state = dict(q_network=q_network, target_network=target_network, optimizer=optimizer, replay=replay, env=env,
-                     generator=rng, dropout_generator=q_network.dropout_generators, stats=window,
+                     generator=rng, dropout_generator=q_network.dropout_generators, log_window=window,
                      initial_parameters=initial_parameters)
         step = runs.resume(state, device)
     if step is None:  # a fresh run: fill the replay with uniformly random actions
@@ -418,7 +418,7 @@ def train(args):
     try:
         if args.probe_every and step % args.probe_every == 0 and runs.probe(step, probe):  # step 0, or abandoned
             if 0 < step and step % intervention_period == 0 and not runs.probe_pending:
-                intervene(args, q_network, optimizer, replay, images, rng, runs.rngs)  # it waited for the probe
+                intervene(args, q_network, optimizer, replay, images, rng, runs.global_rngs)  # it waited for the probe
         while step < args.total_steps and not runs.stopping:
             actions = act(q_network, images, obs, args.epsilon, rng)
             next_obs, rewards = env.step(actions)
@@ -443,7 +443,7 @@ def train(args):
                 runs.probe(step, probe)  # the network as trained: before the intervention of the same step
             # A probe that a signal skips or abandons is redone on resume, and the intervention then follows it.
             if step % intervention_period == 0 and not runs.probe_pending:  # after the copy: targets keep theta
-                intervene(args, q_network, optimizer, replay, images, rng, runs.rngs)
+                intervene(args, q_network, optimizer, replay, images, rng, runs.global_rngs)
             if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
                 runs.save_checkpoint(step, state)
     except Interrupted:

@@ -225,9 +225,9 @@ def test_bad_input_is_a_one_line_error(argv, flag):
 
 # Where a default comes from: the paper (Sec 3.1, A.2, Fig 4, eq. 5), a named code base or author, or a statement
 # that the paper gives none ("not given") or that the choice is ours.
-SOURCE = re.compile(r"\b(Sec|Fig|eq)\.? ?\d|\b[AB]\.\d|et al\.|CleanRL|DQN Zoo|dopamine|optax|PyHessian|Haiku|ale[-_]py|"
-                    r"\w/\w+|not given|paper gives none|not in the paper|beyond the paper|deviation|\bours\b|measured",
-                    re.IGNORECASE)
+SOURCE = re.compile(r"\b(Sec|Fig|eq)\.? ?\d|\b[AB]\.\d|et al\.|CleanRL|DQN Zoo|dopamine|optax|PyHessian|Haiku|"
+                    r"ale[-_]py|\w/\w+|not given|paper gives none|not in the paper|beyond the paper|deviation|"
+                    r"\bours\b|measured", re.IGNORECASE)
 # Fields that say where, how or how observably a run runs, not what it computes (validity.NOT_PROTOCOL and the
 # fields that may change on resume): a source is not asked of them.
 NOT_SCIENCE = set(NOT_PROTOCOL) | set(MAY_CHANGE_ON_RESUME)

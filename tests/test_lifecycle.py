@@ -310,6 +310,18 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data_dir):
         adam.train(adam.Args(data_dir=data_dir, run_dir=run_dir, resume=True, **ADAM))
 
 
+@pytest.mark.parametrize("module, config", [(dqn, DQN), (brownian, BROWNIAN)], ids=["dqn", "brownian"])
+def test_a_checkpoint_with_the_log_window_under_its_old_key_is_a_one_line_error(tmp_path, module, config, data_dir):
+    run_dir = str(tmp_path / "run")
+    module.train(module.Args(data_dir=data_dir, run_dir=run_dir, **{**config, "total_steps": 20}))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["stats"] = checkpoint.pop("log_window")
+    torch.save(checkpoint, path)
+    with pytest.raises(UsageError, match=r"lacks.*log_window|lacks the log window.*another --run-dir"):
+        module.train(module.Args(data_dir=data_dir, run_dir=run_dir, resume=True, **config))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_a_damaged_mnist_file_is_reported_as_corrupt(tmp_path, damage, data_dir):
     raw = tmp_path / "MNIST" / "raw"

@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from common.errors import UsageError, check
+from common.runtime.logger import to_python
 from common.runtime.run import Run, combined_summary, seed_everything
 from common.runtime.rundir import seed_run_dir
 from common.runtime.sync import allowed_sync
@@ -422,7 +423,7 @@ class RunGroup:
         self.total, self.env_steps_per_step, self.probe_seed_batch = (getattr(args, total), env_steps_per_step,
                                                                       probe_seed_batch)
         self.active = [s for s in self.seeds if not s.run.finished]  # these train, log and save
-        self.rngs, self._window = None, (0, time.time())
+        self.global_rngs, self._window = None, (0, time.time())
 
     def __len__(self):
         return len(self.seeds)
@@ -446,13 +447,14 @@ class RunGroup:
 
     def build(self, make, device):
         """``make(seed)`` for each seed after seeding the global RNGs with it (as its single run does), stacked
-        part by part (``stack_parts``); each seed's global RNG state afterwards becomes its own (``self.rngs``)."""
+        part by part (``stack_parts``); each seed's global RNG state afterwards becomes its own
+        (``self.global_rngs``)."""
         parts, states = [], []
         for s in self.seeds:
             seed_everything(s.seed)
             parts.append(make(s.seed))
             states.append(_global_rng_state(device))
-        self.rngs = GlobalRNGs(states, device)
+        self.global_rngs = GlobalRNGs(states, device)
         return tuple(stack_parts(seed_parts) for seed_parts in zip(*parts))
 
     def generators(self, device):
@@ -475,7 +477,7 @@ class RunGroup:
         check(all(loaded[s.index]["step"] == step for s in self.active), "the seeds' checkpoints are at different "
               "steps: resume each seed's run directory on its own (--num-seeds 1)")
         try:
-            for name, part in {**state, "seed_rng": self.rngs}.items():
+            for name, part in {**state, "seed_rng": self.global_rngs}.items():
                 load_seed_states(part, [ckpt[name] for ckpt in ckpts])
             for s, ckpt in zip(self.seeds, ckpts):
                 s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
@@ -528,7 +530,7 @@ class RunGroup:
                         measuring.enter_context(s.run.measurement())
                     results = measure(group, step)
                     with allowed_sync():  # the one host sync of these probes' results
-                        rows, curves = _to_python([metrics for metrics, _ in results]), [c.cpu() for _, c in results]
+                        rows, curves = to_python([metrics for metrics, _ in results]), [c.cpu() for _, c in results]
                 for s, row, curve in zip(group, rows, curves):
                     s.probes.append(s.run.log(step, row))
                     s.curves.append((step, curve))
@@ -553,7 +555,8 @@ class RunGroup:
         """Write every seed's checkpoint, then put them all in place: the group resumes only from one step."""
         staged = []
         for s in seeds:
-            parts = {name: seed_state(part, s.index) for name, part in {**state, "seed_rng": self.rngs}.items()}
+            parts = {name: seed_state(part, s.index)
+                     for name, part in {**state, "seed_rng": self.global_rngs}.items()}
             staged.append(s.run.stage_checkpoint({**parts, "step": step, "probes": s.probes,
                                                   "probe_curves": s.curves}, step))
         for s, path in zip(seeds, staged):
@@ -578,15 +581,3 @@ class RunGroup:
             done = s.steps >= self.total and not s.probe_pending
             summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, probes=s.probes)
         return combined_summary(summaries)
-
-
-def _to_python(rows):
-    """Every tensor value of ``rows`` (dicts of scalars) as a Python number, in one host sync."""
-    tensors = [v for row in rows for v in row.values() if isinstance(v, torch.Tensor)]
-    values = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).tolist() if tensors else [])
-    return [{key: (_like(v, next(values)) if isinstance(v, torch.Tensor) else v) for key, v in row.items()}
-            for row in rows]
-
-
-def _like(tensor, value):
-    return value if tensor.is_floating_point() else int(value)
