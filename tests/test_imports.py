@@ -38,9 +38,11 @@ def tree_modules(root=ROOT):
 
 def imports_of(path, modules, root=ROOT):
     """The tree's modules that the file at ``path`` imports anywhere (also inside functions). A bare name resolves
-    to a module beside the file first (benchmarks and tests put their folder on sys.path), then to the root's."""
+    to a module beside the file first where the folder is a script folder (benchmarks and tests put theirs on
+    sys.path), then to the root's; inside the ``common`` package it is an installed package (``import minatar``)."""
     here = os.path.relpath(os.path.dirname(path), root).replace(os.sep, ".")
-    prefixes = [f"{here}." if here != "." else "", ""]
+    beside = here != "." and here.split(".")[0] != "common"
+    prefixes = [f"{here}." if beside else "", ""]
 
     def resolve(name):
         return next((prefix + name for prefix in prefixes if prefix + name in modules), None)
