@@ -10,7 +10,7 @@ eps_root = 1e-3, eq. 6) keeps memorising new labellings for much longer.
 batches, so the comparison is paired.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import main, select_device
-from common.data import NUM_CLASSES, load_dataset, random_relabel
 from common.errors import check
-from common.logger import pyplot
-from common.optim import Adam
-from common.run import Run, seed_everything
+from common.runtime.cli import main, select_device
+from common.runtime.logger import pyplot
+from common.runtime.run import Run, seed_everything
+from common.science.data import NUM_CLASSES, load_dataset, random_relabel
+from common.science.optim import Adam
+from common.science.stats import dead_fractions
 
 # A.1: both share lr 1e-3, b1 0.9, eps 1e-9; the tuned one decays v faster and adds eps_root inside the root.
 ADAM_CONFIGS = {
@@ -88,14 +89,9 @@ def relabel(inputs, labels, seed):
 @torch.no_grad()
 def evaluate(model, inputs, labels):
     """Accuracy, loss, and per hidden layer the fraction of dead ReLUs (never positive on any of ``inputs``)."""
-    alive = []
-    x = inputs
-    for layer in model:
-        x = layer(x)
-        if isinstance(layer, nn.ReLU):
-            alive.append((x > 0).any(dim=0))
-    accuracy = (x.argmax(dim=1) == labels).float().mean()
-    return accuracy, F.cross_entropy(x, labels), [1.0 - a.float().mean() for a in alive]
+    logits = model(inputs)
+    accuracy = (logits.argmax(dim=1) == labels).float().mean()
+    return accuracy, F.cross_entropy(logits, labels), dead_fractions(model, inputs)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ its Hessian spectral density (Lanczos, Ghorbani et al. 2019) and the gradient co
 Run: ``python brownian_vs_gd.py``; the reduced CPU configuration is in docs/brownian_vs_gd.md.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -20,15 +20,16 @@ from typing import Optional
 
 import torch
 
-from common.cli import main, select_device
-from common.data import load_dataset
-from common.envs import ClassificationMDP
 from common.errors import UsageError, check
-from common.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
-from common.hessian import hessian_matvec, lanczos, spectral_density
-from common.logger import pyplot
-from common.networks import build_network, eval_mode
-from common.run import Interrupted, Run, seed_everything
+from common.runtime.cli import main, select_device
+from common.runtime.logger import pyplot
+from common.runtime.run import Interrupted, Run, seed_everything
+from common.science.data import load_dataset
+from common.science.envs import ClassificationMDP
+from common.science.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
+from common.science.hessian import hessian_matvec, lanczos, spectral_density
+from common.science.networks import build_network, eval_mode
+from common.science.stats import distance_from
 
 NUM_ACTIONS = 10
 
@@ -140,11 +141,6 @@ def measure_curvature(net, x, eps, args):
         "grad_cov_neg_fraction": neg_fraction, "grad_cov_neg_mean": neg_mean}
 
 
-def distance(params, start):
-    """||params - start|| over all parameters."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(params, start))))
-
-
 def plot_fig2(records, steps, args):
     """Fig 2: Hessian densities at the start and the end for both processes, and the two final ordered C_k."""
     plt = pyplot()
@@ -210,17 +206,19 @@ def train(args):
                             device=device).expand(args.hessian_inputs, NUM_ACTIONS).contiguous()
 
     records, checkpoint_steps, final = {"gd": [], "walk": []}, [], {}
-    step, stats = 0, torch.zeros(3, device=device)
+    step, window = 0, torch.zeros(3, device=device)  # the log window's sums of loss, Q, step norm
     obs = env.reset()
     ckpt = run.load_checkpoint(device)
     if ckpt:
+        check("log_window" in ckpt, f"{run.checkpoint_path} lacks the log window (from an older version of this "
+              f"code): start afresh with another --run-dir")
         for net, key in ((gd_net, "gd_net"), (walk_net, "walk_net"), (target_net, "target_net")):
             net.load_state_dict(ckpt[key])
         start_params, obs = ckpt["start_params"], ckpt["obs"]
         env.load_state_dict(ckpt["env"])
         generator.set_state(ckpt["generator"].cpu())
-        step, stats, records, checkpoint_steps, final = (ckpt[k] for k in ("step", "stats", "records",
-                                                                           "checkpoint_steps", "final"))
+        step, window, records, checkpoint_steps, final = (ckpt[k] for k in ("step", "log_window", "records",
+                                                                            "checkpoint_steps", "final"))
     run.start(step)
     print(f"device {device}, {sum(p.numel() for p in gd_params):,} parameters")
 
@@ -228,16 +226,16 @@ def train(args):
         run.save_checkpoint({"gd_net": gd_net.state_dict(), "walk_net": walk_net.state_dict(),
                              "target_net": target_net.state_dict(), "start_params": start_params,
                              "env": env.state_dict(), "obs": obs, "generator": generator.get_state(), "step": step,
-                             "stats": stats, "records": records, "checkpoint_steps": checkpoint_steps,
+                             "log_window": window, "records": records, "checkpoint_steps": checkpoint_steps,
                              "final": final}, step)
 
     def measure_and_log(step):
         """The curvature of both processes at ``step``; a signal abandons it, and the resumed run redoes it."""
         metrics, new_records = {}, {}
         with run.measurement(generator):
-            for name, net, params in (("gd", gd_net, gd_params), ("walk", walk_net, walk_params)):
+            for name, net in (("gd", gd_net), ("walk", walk_net)):
                 new_records[name], scalars = measure_curvature(net, probe_x, probe_eps, args)
-                scalars["distance_from_init"] = distance(params, start_params)
+                scalars["distance_from_init"] = distance_from(net, start_params)
                 metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
         for name, record in new_records.items():
             records[name].append(record)
@@ -266,17 +264,17 @@ def train(args):
             grads = torch.autograd.grad(loss, gd_params)
             step_norm = coupled_step(gd_params, walk_params, grads, args.learning_rate, generator)
             step += 1
-            stats += torch.stack([loss.detach(), q_mean, step_norm])
+            window += torch.stack([loss.detach(), q_mean, step_norm])
 
             if step % args.target_period == 0:
                 target_net.load_state_dict(gd_net.state_dict())
             if step % args.log_every == 0:
                 sps = args.log_every / (time.time() - window_time)
-                mean = (stats / args.log_every).tolist()  # the one host sync per log window
+                mean = (window / args.log_every).tolist()  # the one host sync per log window
                 final.update({k: v for k, v in run.log(step, {
                     "losses/td_loss": mean[0], "losses/q_values": mean[1], "curvature/step_norm": mean[2],
                     "charts/SPS": sps}).items() if k != "step"})
-                stats.zero_()
+                window.zero_()
                 window_time = time.time()
             if curvature_due() and not run.stopping:
                 measure_and_log(step)

@@ -9,20 +9,20 @@ sampled batch (eq. 3; Fig 7 bottom, 19-20).
     python ddqn_atari_layernorm.py aggregate --runs-dir runs                    # Fig 7 (top) over many runs
 
 Step counts are agent steps (4 frames each, summed over the `--num-envs` environments) unless the name says frames.
-The emulators step in C++ threads (common.atari.VectorAtari); the frames, the replay and the networks stay on the
+The emulators step in C++ threads (common.science.atari.VectorAtari); the frames, the replay and the networks stay on the
 device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; `--resume` continues exactly where
 the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
-trains N seeds in lockstep in one process, each its single run's equal (common.lockstep).
+trains N seeds in lockstep in one process, each its single run's equal (common.runtime.lockstep).
 
-The same agent runs on MinAtar (Young & Tian 2019; common.minatar), the CPU-scale stand-in for the ALE: only the
-environments, the network (their conv 16 3x3 -> 128 -> actions, common.networks.MinAtarQNetwork, with LayerNorm
+The same agent runs on MinAtar (Young & Tian 2019; common.science.minatar), the CPU-scale stand-in for the ALE: only the
+environments, the network (their conv 16 3x3 -> 128 -> actions, common.science.networks.MinAtarQNetwork, with LayerNorm
 as above) and the defaults of their examples/dqn.py change with the id (the fields whose docs say MinAtar); the
 Double-Q target and the paper's RMSProp stay.
 
     python ddqn_atari_layernorm.py --env-id MinAtar/Breakout-v1 --no-layer-norm
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -37,19 +37,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import lockstep
-from common.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized, load_atari_scores,
-                          write_video)
-from common.cli import main, select_device
+from common.analysis.plots import draw_grad_cov, draw_spectral_densities
 from common.errors import check
-from common.grad_cov import gradient_covariance, interference_summary, per_example_grads
-from common.hessian import hessian_matvec, lanczos
-from common.minatar import MINATAR_DEFAULTS, VectorMinAtar, check_minatar_args, is_minatar
-from common.networks import MinAtarQNetwork
-from common.optim import RMSProp
-from common.plots import draw_grad_cov, draw_spectral_densities
-from common.run import Interrupted, Run, seed_everything
-from common.sync import allowed_sync
+from common.runtime import lockstep
+from common.runtime.cli import main, select_device
+from common.runtime.run import Interrupted, Run, seed_everything
+from common.runtime.sync import allowed_sync
+from common.science.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized,
+                                  load_atari_scores, write_video)
+from common.science.grad_cov import gradient_covariance, interference_summary, per_example_grads
+from common.science.hessian import hessian_matvec, lanczos
+from common.science.minatar import MINATAR_DEFAULTS, VectorMinAtar, check_minatar_args, is_minatar
+from common.science.networks import MinAtarQNetwork
+from common.science.optim import RMSProp
 
 
 ALE_DEFAULTS = dict(preprocessing="dqn_zoo", total_frames=200_000_000, train_frequency=4,
@@ -64,7 +64,7 @@ class Args:
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
     num_seeds: int = 1
-    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.lockstep: their updates are one
+    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.runtime.lockstep: their updates are one
     vmapped call, as several runs share one GPU); each equals its single run and writes its own run directory,
     <run-dir>__seed<seed> with --run-dir"""
     cuda: bool = True
@@ -80,8 +80,8 @@ class Args:
 
     env_id: str = "ALE/Breakout-v5"
     """ALE game, any version: every id runs under DQN Zoo's settings (frameskip 1 in the emulator, no sticky actions,
-    minimal action set; gym_atari.py); common.atari.atari_env_ids() maps the 57 games to their ids. Or a MinAtar
-    game, MinAtar/<Game>-v1 (common.minatar): Young & Tian (2019)'s network and their examples/dqn.py's defaults
+    minimal action set; gym_atari.py); common.science.atari.atari_env_ids() maps the 57 games to their ids. Or a MinAtar
+    game, MinAtar/<Game>-v1 (common.science.minatar): Young & Tian (2019)'s network and their examples/dqn.py's defaults
     wherever a field below says "MinAtar" (default None resolves by the id's family)"""
     preprocessing: Literal["dqn_zoo", "gymnasium"] | None = None
     """frames and stacks as DQN Zoo's processors.atari (max of the last two RGB frames, luminance, bilinear 84x84,
@@ -100,8 +100,8 @@ class Args:
     layer_norm: bool = True
     """LayerNorm after each hidden layer (Sec 6.3); --no-layer-norm is the DQN Zoo baseline"""
     channels_last: bool = True
-    """channels_last CNN: the same numbers in the memory layout the CPU's and GPU's convolution kernels prefer
-    (its speed: benchmarks/bench_ddqn_atari.py)"""
+    """channels_last CNN (NHWC, the layout of DQN Zoo's Haiku convolutions): the same numbers in the memory layout
+    the convolution kernels prefer (its speed: benchmarks/bench_ddqn_atari.py)"""
     compile: bool = False
     """torch.compile the update's forward and backward (the optimizer step stays eager): equal to eager to float
     rounding, compiled once at the first update; its speed-up is measured in
@@ -288,7 +288,7 @@ def td_loss(q_net, target_net, batch, gamma, huber_delta):
 
 
 def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
-    """(k, d) gradients of each transition's TD loss (one vmap over the batch, common.grad_cov)."""
+    """(k, d) gradients of each transition's TD loss (one vmap over the batch, common.science.grad_cov)."""
     obs, actions = batch[:2]
     targets = batch_targets(q_net, target_net, batch, gamma)
     action_masks = F.one_hot(actions, q_net.head.out_features).float()  # no integer indexing inside vmap
@@ -304,7 +304,7 @@ def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
 
 
 def td_loss_hessian(q_net, target_net, batch, gamma, huber_delta, num_iters):
-    """Lanczos nodes and weights of the Hessian of the TD loss on one batch (Fig 21-22, common.hessian)."""
+    """Lanczos nodes and weights of the Hessian of the TD loss on one batch (Fig 21-22, common.science.hessian)."""
     matvec, dim = hessian_matvec(lambda: td_loss(q_net, target_net, batch, gamma, huber_delta)[0],
                                  list(q_net.parameters()))
     return lanczos(matvec, dim, min(num_iters, dim))
@@ -415,7 +415,7 @@ def open_run(args):
 
 
 def train(args):
-    """One run, or --num-seeds runs in lockstep; the agent's updates are made by common.lockstep."""
+    """One run, or --num-seeds runs in lockstep; the agent's updates are made by common.runtime.lockstep."""
     check_args(args)
     huber_delta = args.batch_size * args.grad_error_bound
     return lockstep.train(args, open_run, agent,
@@ -612,7 +612,7 @@ def aggregate(args):
     """Fig 7 (top), Wang et al. (2016)'s per-game improvement of LayerNorm over the baseline, and rliable's
     aggregates of human-normalised scores (IQM, median, mean, optimality gap, probability of improvement,
     performance profiles) with stratified bootstrap 95% intervals; figures and CSV files in --output-dir."""
-    from common.atari_stats import aggregate_runs  # rliable is needed only here, not to train
+    from common.analysis.atari_stats import aggregate_runs  # rliable is needed only here, not to train
 
     return aggregate_runs(args.runs_dir, args.output_dir, args.num_boot, args.num_boot_profile, args.seed)
 

@@ -3,10 +3,10 @@
 Sec 3.2, 5.1 and A.2. Run: ``python dqn_classification_mdp.py --dataset mnist --variant true_label --arch mlp``.
 Everything lives on the device: images are a uint8 tensor, the env steps all copies at once, and the replay stores
 image indices. One iteration steps the ``num_envs`` envs once and takes one optimizer step. ``train`` reads as one
-agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/seeds.py`` handles.
+agent's procedure; the seeds of ``--num-seeds`` are a leading tensor axis that ``common/runtime/seeds.py`` handles.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -18,19 +18,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.cli import main, select_device
-from common.data import DATASETS, load_dataset
-from common.envs import VARIANTS, ClassificationMDP
 from common.errors import UsageError, check
-from common.hessian import hessian_matvec, top_eigenvalue
-from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.logger import atomic_torch_save, pyplot
-from common.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
-from common.optim import OPTIMIZERS, make_optimizer
-from common.probe import PROBES, probe_key, run_probes
-from common.run import Interrupted
-from common.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
-from common.stats import plasticity_statistics
+from common.runtime.cli import main, select_device
+from common.runtime.logger import atomic_torch_save, pyplot
+from common.runtime.run import Interrupted
+from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
+from common.science.data import DATASETS, load_dataset
+from common.science.envs import VARIANTS, ClassificationMDP
+from common.science.hessian import hessian_matvec, top_eigenvalue
+from common.science.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
+from common.science.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
+from common.science.optim import OPTIMIZERS, make_optimizer
+from common.science.probe import PROBES, probe_key, run_probes
+from common.science.stats import plasticity_statistics
 
 
 LOG_KEYS = ("losses/td_loss", "losses/q_values", "charts/accuracy", "charts/reward_rate")
@@ -105,7 +105,7 @@ class Args:
     total_steps: int = 100_000
     """optimizer steps (the paper's runs: 100k here; 100 x 1,000 in Sec 6.2)"""
     num_envs: int = 1
-    """environment copies stepped per iteration (each iteration is one optimizer step)"""
+    """environment copies stepped per iteration (each iteration is one optimizer step; not given: CleanRL's 1)"""
     buffer_size: int = 100_000
     """replay capacity in transitions (A.2 gives none; A.3's 100,000)"""
     learning_starts: int = 1_000
@@ -149,7 +149,7 @@ class Args:
     network with gradients and optimizer moments: lower it when those do not fit in memory, or when a smaller
     lockstep runs faster on your machine (benchmarks/bench_seeds.py measures it; results in benchmarks/RESULTS.md)"""
     stats: bool = True
-    """log the statistics of Sec 5.2 (common/stats.py) on the probe inputs at every probe"""
+    """log the statistics of Sec 5.2 (common/science/stats.py) on the probe inputs at every probe"""
     hessian: bool = True
     """log the top Hessian eigenvalue of the TD loss at every probe (Fig 14, curvature/hessian_top)"""
     hessian_batch_size: int = 512
@@ -266,7 +266,7 @@ def td_loss(q_network, target_network, images, batch, gamma, double_q, train=Tru
     over the minibatch, and the mean predicted value. Bootstrap targets ``r + gamma Q_target(s', a*)``, ``a*`` the
     online network's argmax with Double-Q, come from eval-mode forwards; the online forward that is trained runs in
     train mode (``train=False``: eval mode, for the probe's statistics and Hessian). Seeds are the leading axis of
-    ``batch`` (``common.seeds``): the results are ``(N,)``."""
+    ``batch`` (``common.runtime.seeds``): the results are ``(N,)``."""
     obs, actions, rewards, next_obs = batch
     network = q_network.template  # values and loss need no parameters
     with torch.no_grad():
@@ -316,7 +316,7 @@ def network_statistics(args, q_network, target_network, images, inputs, batch, i
 
 
 def probe_plasticity(args, q_network, target_network, images, replay, initial_parameters, seeds, step):
-    """Sec 3.1 for the ``seeds`` (``common.seeds.Seed``) due at ``step``, all their fits in one lockstep
+    """Sec 3.1 for the ``seeds`` (``common.runtime.seeds.Seed``) due at ``step``, all their fits in one lockstep
     (``run_probes``): fit fresh random targets from a copy of each seed's current parameters. Before that, each
     seed's statistics of Sec 5.2 on the same inputs and the TD Hessian's top eigenvalue (``network_statistics``).
     Returns per seed ``(metrics, mean learning curve)``. Each seed's probe draws only from its own generators (its
@@ -364,14 +364,14 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
     return rows
 
 
-def intervene(args, q_network, target_network, optimizer, replay, images, rng, rngs):
+def intervene(args, q_network, target_network, optimizer, replay, images, rng, global_rngs):
     """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place: each seed's re-initialisations from its
     own global-RNG stream, its ReDo batch from its own generator. Optimizer state is reset for all seeds at once
     (they intervene at the same steps), which for each seed is what its single run does: shrink & perturb starts
     a fresh optimizer, as Ash & Adams' code does. With --reset-target-head the target takes the fresh head."""
     obs_shape, device = tuple(images.shape[1:]), images.device
     redo_inputs = images[replay.sample(args.redo_batch_size, rng)[0]] if args.redo else [None] * len(q_network)
-    for network, network_optimizer, inputs in rngs.each(q_network.modules, optimizer.views(), redo_inputs):
+    for network, network_optimizer, inputs in global_rngs.each(q_network.modules, optimizer.views(), redo_inputs):
         if args.reset_last_layer:
             reset_last_layer(network)
         if args.shrink_perturb:
@@ -423,7 +423,7 @@ def save_probe_curves(args, seed):
 def probe_fits(seed):
     """``probe/initial_fit`` = P(theta_0) / b(theta_0) and ``probe/final_fit`` = P(theta_T) / b(theta_T): the
     fraction of the targets' variance the first and the last probe's fits explain; the same as
-    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe (``common.probe.probe_key``). A
+    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe (``common.science.probe.probe_key``). A
     plasticity loss means something only where a fresh network fits the probe (a high initial fit)."""
     if not seed.probes:
         return {}
@@ -437,7 +437,7 @@ def probe_fits(seed):
 
 def train(args):
     """Train the agent of Sec 3.2 (seeds seed .. seed + num_seeds - 1 in lockstep, each exactly its single run:
-    ``common.seeds``). Returns the run's summary; with several seeds ``{"status", "runs"}``, the worst status."""
+    ``common.runtime.seeds``). Returns the run's summary; with several seeds ``{"status", "runs"}``, the worst status."""
     validate(args)
     runs = RunGroup(args, total="total_steps", env_steps_per_step=args.num_envs, probe_seed_batch=args.probe_seed_batch)
     if runs.finished:
@@ -453,7 +453,7 @@ def train(args):
         q_network.dropout_generators = runs.dropout_generators(device)  # the ViT's dropout masks
         window = torch.zeros(len(runs), 4, device=device)  # the log window's sums of loss, Q, accuracy, reward
         state = dict(q_network=q_network, target_network=target_network, optimizer=optimizer, replay=replay, env=env,
-                     generator=rng, dropout_generator=q_network.dropout_generators, stats=window,
+                     generator=rng, dropout_generator=q_network.dropout_generators, log_window=window,
                      initial_parameters=initial_parameters)
         step = runs.resume(state, device)
     if step is None:  # a fresh run: fill the replay with uniformly random actions
@@ -474,7 +474,7 @@ def train(args):
         if args.probe_every and step % args.probe_every == 0 and runs.probe(step, probe):  # step 0, or abandoned
             if 0 < step and step % intervention_period == 0 and not runs.probe_pending:
                 # it waited for the probe
-                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.rngs)
+                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.global_rngs)
         while step < args.total_steps and not runs.stopping:
             actions = act(q_network, images, obs, args.epsilon, rng)
             next_obs, rewards = env.step(actions)
@@ -502,7 +502,7 @@ def train(args):
                 runs.probe(step, probe)  # the network as trained: before the intervention of the same step
             # A probe that a signal skips or abandons is redone on resume, and the intervention then follows it.
             if step % intervention_period == 0 and not runs.probe_pending:  # after the copy: targets keep theta
-                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.rngs)
+                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.global_rngs)
             if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
                 runs.save_checkpoint(step, state)
     except Interrupted:

@@ -2,11 +2,11 @@
 
 Each cell of the grid below trains one agent of ``dqn_classification_mdp.py`` (Sec 5.1: target network every 1,000
 steps, a probe every 5,000). ``analyze`` reads the runs of one protocol whose fresh network could fit the probe
-(``common.validity``) and asks, for every statistic the agent logs (``stats/...``: weight norm, weight rank, feature
+(``common.analysis.validity``) and asks, for every statistic the agent logs (``stats/...``: weight norm, weight rank, feature
 rank, dead units, ...) and every grouping of the runs (the learning problem, dataset x variant, and each single
 axis), whether the statistic's final value correlates with the plasticity loss (the headline) and with P(theta_T)
 inside the cells of each group, where only the seed differs. Each correlation is tested by permuting the outcome
-among each cell's seeds, and Holm's correction holds the family-wise error over every test (``common.inference``).
+among each cell's seeds, and Holm's correction holds the family-wise error over every test (``common.science.inference``).
 Two groups of one grouping significant with opposite signs after the correction are a sign reversal: the statistic
 cannot be a cause of plasticity loss on its own (Sec 5.2, after Buhlmann 2020).
 
@@ -16,7 +16,7 @@ cannot be a cause of plasticity loss on its own (Sec 5.2, after Buhlmann 2020).
     python falsification.py analyze --runs-dir runs                   # falsification.json, fig3_falsification.png
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 import dqn_classification_mdp
-from common import inference, sweep, validity
-from common.envs import VARIANTS  # the three MDPs of Sec 3.2
+from common.analysis import sweep, validity
 from common.errors import check
-from common.logger import pyplot
+from common.runtime.logger import pyplot
+from common.science import inference
+from common.science.envs import VARIANTS  # the three MDPs of Sec 3.2
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
 # "We train 128 DQN agents under a range of tasks, observation spaces, optimizers, and seeds" (Sec 5.2), with the
@@ -55,7 +56,7 @@ SEEDS = (1, 2, 3, 4)
 SEEDS_BY_PRESET = {"cpu": (1, 2, 3, 4, 5)}
 """presets whose grid has other seeds than ``SEEDS``. The tests are within cells, so the seeds of a cell are the
 replicates: at 5 seeds a cell's exact permutation distribution has 5! = 120 orderings (4 seeds: 24), which lets a
-group of a few cells reach significance after the correction over every test (see ``common.inference``)."""
+group of a few cells reach significance after the correction over every test (see ``common.science.inference``)."""
 EXCLUDE = ({"optimizer": "sgd", "variant": "sparse_reward"},)
 
 # Run sizes. Cells set the fields above; a preset sets everything else that differs from Args' defaults.
@@ -122,7 +123,7 @@ def group_members(table):
 
 def within_cell_tests(table, statistics, targets, seed=0, num_permutations=inference.NUM_PERMUTATIONS):
     """One row per outcome, statistic, grouping and group: runs, cells, the within-cell rank correlation and its
-    permutation p-value (``common.inference.within_cell_test``), or why the group is not tested. Each row's test
+    permutation p-value (``common.science.inference.within_cell_test``), or why the group is not tested. Each row's test
     object is under ``"_test"``."""
     rows = []
     codes = inference.cell_codes(cell_labels(table))
@@ -368,7 +369,7 @@ def add_arguments(parser):
                         help="Monte Carlo orderings per test, where a cell holds too many seeds to enumerate them")
     parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
                         help="analyse only runs whose fresh network fits at least this fraction of the probe's "
-                             "variance, P(theta_0) / b (see common.validity.MIN_INITIAL_FIT; a negative value keeps "
+                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
                              "every run with finite fits)")
 
 

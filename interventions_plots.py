@@ -1,7 +1,7 @@
 """The figures of ``interventions_sweep.py analyze`` (Fig 5, 6, 8-18): each a PNG with its numbers in a CSV of the
 same name beside it, the CSV's ``protocol`` column naming the runs' protocol (``protocol_<id>.json``).
 
-Every function takes a grid's prepared table (``interventions_sweep.prepare``) and its ``common.validity.Protocol``
+Every function takes a grid's prepared table (``interventions_sweep.prepare``) and its ``common.analysis.validity.Protocol``
 (where to write, which protocol, the diverged runs, and ``probe``: which probe's numbers the table holds, paper or
 reference). Figures of plasticity loss show the fresh network's probe fit P(theta_0) / b beside it: a loss is a
 measurement only where that fit is high. Every figure names its probe in its title and CSV; the reference probe's
@@ -14,11 +14,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from common.envs import VARIANTS
-from common.logger import pyplot
-from common.networks import ARCHITECTURES as ARCHS
-from common.probe import PROBES
-from common.validity import SATURATION
+from common.analysis.validity import SATURATION
+from common.runtime.logger import pyplot
+from common.science.envs import VARIANTS
+from common.science.networks import ARCHITECTURES as ARCHS
+from common.science.probe import PROBES
 
 plt = pyplot()
 

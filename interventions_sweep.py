@@ -10,13 +10,13 @@
 ``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time, with
 the probe ``--probe`` names (paper: the agent's own optimizer, Sec 3.1; reference: one optimizer, rate and loss for
 every arm, ``dqn_classification_mdp.Args.ref_probe``), which every figure and CSV names,
-leaves out (and counts per cell) the runs whose fresh network could not fit the probe (``common.validity``), writes
+leaves out (and counts per cell) the runs whose fresh network could not fit the probe (``common.analysis.validity``), writes
 each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of the same name beside it, and prints
 the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
 seeds and their diverged runs.
 """
 if __name__ == "__main__":  # a signal while the libraries below import ends the process with 75, as one later does
-    from common import early_signals
+    from common.runtime import early_signals
 
     early_signals.install()
 
@@ -25,10 +25,10 @@ import functools
 import os
 
 import dqn_classification_mdp
-from common import results, sweep, validity
-from common.envs import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
+from common.analysis import results, sweep, validity
 from common.errors import check
-from common.probe import PROBES, probe_key
+from common.science.envs import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
+from common.science.probe import PROBES, probe_key
 
 # --------------------------------------------------------------------------------------------------------- the grids
 MLP_WIDTHS = tuple(("mlp", 16 * k) for k in (1, 2, 4, 8, 12, 16))  # A.2: "a base width of 16 ... factors 1 ... 16"
@@ -61,7 +61,7 @@ OUTPUTS = {
     "two_hot": {"two_hot": True, "optimizer": "adam", "learning_rate": 3e-3},
 }
 # Axis values per preset; "paper" takes its datasets from --datasets. ReDo recycles units of a Sequential torso
-# only (the agent's common.interventions.redo), so the grid leaves out ReDo on ResNet-18 and the ViT.
+# only (the agent's common.science.interventions.redo), so the grid leaves out ReDo on ResNet-18 and the ViT.
 GRIDS = {
     "width": {  # Fig 5; the variant is not given: the true-label MDP of Fig 4
         "paper": {"variant": ("true_label",), "arch_width": MLP_WIDTHS + CNN_WIDTHS,
@@ -173,7 +173,7 @@ def treatment(output, intervention):
 
 
 def load(runs_dir, kind, options):
-    """The protocols of one grid's completed and diverged runs (``common.validity.load_protocols``), each table
+    """The protocols of one grid's completed and diverged runs (``common.analysis.validity.load_protocols``), each table
     prepared; completed runs with fewer than two probes are left out and counted."""
     grid_dir = os.path.join(runs_dir, GRID_NAMES[kind])
     if not os.path.isdir(grid_dir):
@@ -284,7 +284,7 @@ def add_arguments(parser):
                              "once), offline = MNIST and Fashion-MNIST")
     parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
                         help="analyse only runs whose fresh network fits at least this fraction of the probe's "
-                             "variance, P(theta_0) / b (see common.validity.MIN_INITIAL_FIT; a negative value keeps "
+                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
                              "every run with finite fits)")
     parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
                         help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "

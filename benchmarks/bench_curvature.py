@@ -1,7 +1,7 @@
 """Curvature tools against their peers and the simplest correct versions, timed in the same run; appends to RESULTS.md.
 
 1. Hessian-vector products on a 784-128-128-10 MLP, batch 512: double backward through a gradient graph built once
-   (``common.hessian.hessian_matvec``), a fresh double backward per product, and torch.func ``jvp(grad)``.
+   (``common.science.hessian.hessian_matvec``), a fresh double backward per product, and torch.func ``jvp(grad)``.
 2. A 90-step Lanczos density on a 784-512-512-10 MLP, batch 512, against the real PyHessian (``pip install
    pyhessian``: an optional benchmark dependency, never vendored and not in requirements.txt; without it this
    section says so and times only the rest): one run (``density(iter=90, n_v=1)`` against ``lanczos``) and
@@ -9,7 +9,7 @@
    long float64 fully reorthogonalised reference run. An extra row times our earlier reimplementation of
    PyHessian's loop with a fresh gradient graph per product (the baseline of the old "2.13x"; PyHessian itself
    reuses the graph for a single batch).
-3. Per-example gradients for k = 512 (``common.grad_cov.per_example_grads``) against a loop of backward passes.
+3. Per-example gradients for k = 512 (``common.science.grad_cov.per_example_grads``) against a loop of backward passes.
 
 Timings alternate between the contenders and report the median, because these CPUs are shared. One torch thread
 by default: on 2 cores shared with other jobs, two OpenMP threads stall each other. About 3 minutes on an idle
@@ -29,9 +29,9 @@ from torch.func import functional_call, grad, jvp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_dqn_classification import Budget, append  # noqa: E402
-from common.grad_cov import per_example_grads  # noqa: E402
-from common.hessian import hessian_matvec, lanczos, lanczos_batched  # noqa: E402
-from common.networks import build_network  # noqa: E402
+from common.science.grad_cov import per_example_grads  # noqa: E402
+from common.science.hessian import hessian_matvec, lanczos, lanczos_batched  # noqa: E402
+from common.science.networks import build_network  # noqa: E402
 
 DEVICE = torch.device("cpu")  # --cuda: the GPU
 
@@ -266,7 +266,7 @@ def main():
     lines += ["| runs | method | seconds | speed-up vs PyHessian | top error | bottom error |", "|---|---|---|---|---|---|"]
     for runs, table in ((1, one), (args.nv, many)):
         for name, row in table.items():
-            label = {"ours": "common.hessian (lanczos" + ("_batched)" if runs > 1 else ")"),
+            label = {"ours": "common.science.hessian (lanczos" + ("_batched)" if runs > 1 else ")"),
                      "PyHessian": "PyHessian 0.1 `density`",
                      "old reimplementation": "extra: old reimplementation of PyHessian's loop, fresh graph per product"}[name]
             ratio = f"**{table['PyHessian']['seconds'] / row['seconds']:.2f}x**" if "PyHessian" in table else "n/a"

@@ -125,7 +125,7 @@ def cleanrl_loop(steps, learning_starts, buffer_size, num_envs, device="cpu", do
     import torch.nn.functional as F
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    from common.atari import make_env
+    from common.science.atari import make_env
     from ddqn_atari_layernorm import QNetwork
 
     def thunk():
@@ -202,7 +202,7 @@ def emulation(steps, num_envs, pipeline, envpool_path=None):
 
     rng = np.random.default_rng(0)
     if pipeline == "today":
-        from common.atari import make_env
+        from common.science.atari import make_env
 
         env = make_env(ENV_ID, 30, 108_000)
         env.reset(seed=0)
@@ -214,7 +214,7 @@ def emulation(steps, num_envs, pipeline, envpool_path=None):
         return time.perf_counter() - start
     if pipeline == "envpool":
         return envpool_emulation(steps, num_envs, envpool_path)
-    from common.atari import VectorAtari
+    from common.science.atari import VectorAtari
 
     envs = VectorAtari(ENV_ID, num_envs, 30, 108_000, 0, "cpu", num_threads=2)
     envs.reset()
@@ -237,7 +237,7 @@ def envpool_emulation(steps, num_envs, envpool_path):
     sys.path.append(envpool_path)  # after the venv: only what the venv lacks comes from there
     import envpool
 
-    from common.atari import luminance_84x84_torch
+    from common.science.atari import luminance_84x84_torch
 
     envs = envpool.make(ENV_ID.split("/")[1], env_type="gymnasium", num_envs=num_envs, num_threads=2,
                         img_height=210, img_width=160, gray_scale=False, stack_num=1, frame_skip=4, noop_max=30,
@@ -262,11 +262,11 @@ def evaluation(steps, eval_envs, cuda=False):
     args = script.Args(eval_frames=4 * steps, cuda=cuda, **({"eval_envs": eval_envs} if eval_envs else {}))
     q_net = script.QNetwork(4, layer_norm=True, channels_last=True).to(device)
     if eval_envs:
-        from common.atari import VectorAtari
+        from common.science.atari import VectorAtari
 
         env = VectorAtari(ENV_ID, eval_envs, 30, 108_000, 0, device, num_threads=2)
     else:
-        from common.atari import make_env
+        from common.science.atari import make_env
 
         env = make_env(ENV_ID, 30, 108_000)
     start = time.perf_counter()
@@ -278,8 +278,8 @@ def checkpoint(buffer_size):
     """Seconds to write (atomically) and read a checkpoint's replay at capacity buffer_size, and its bytes."""
     import torch
 
-    from common.atari import FrameReplay
-    from common.logger import atomic_torch_save
+    from common.runtime.logger import atomic_torch_save
+    from common.science.atari import FrameReplay
 
     replay = FrameReplay(buffer_size)
     with tempfile.TemporaryDirectory(dir=ROOT) as directory:

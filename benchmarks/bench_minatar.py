@@ -5,7 +5,7 @@ set dqn.py uses) and the same update period (one update of batch 32 per agent st
 without LayerNorm, at 1 and 4 environments; and --num-seeds 3 in lockstep against 3 single runs one after another.
 
 Every process is timed the same way: a counter wraps the game's step (minatar.Environment.act for dqn.py,
-common.minatar.VectorMinAtar.step here), starts the clock once every seed has --start agent steps (past the 5,000
+common.science.minatar.VectorMinAtar.step here), starts the clock once every seed has --start agent steps (past the 5,000
 random warm-up steps of both, so every timed step learns) and stops the process --steps agent steps (per seed)
 later. Three single runs one after another take three times one single run's time, so their rate is the single
 run's (the seeds differ only in their numbers).
@@ -47,7 +47,7 @@ if mode == "peer":
     minatar.Environment.act = counted
 else:
     sys.path.insert(0, os.getcwd())
-    from common.minatar import VectorMinAtar
+    from common.science.minatar import VectorMinAtar
     step = VectorMinAtar.step
     def counted(self, actions):
         tick(self.num_envs)

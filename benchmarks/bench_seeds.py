@@ -3,7 +3,7 @@
 Agent: both sides call the real ``dqn_classification_mdp.train`` (no probes, one log at the end) and read the
 loop's own speed from ``charts/SPS`` (set-up and the replay fill excluded). Lockstep: agent steps per second
 summed over the N seeds. Sequential: N single runs one after another, their total steps over their total loop time.
-Probes: ``common.probe.run_probes`` on N networks (the N seeds' probes in one lockstep of N x K fits, as the
+Probes: ``common.science.probe.run_probes`` on N networks (the N seeds' probes in one lockstep of N x K fits, as the
 agent runs them) against N calls of ``run_probe`` (each vectorised over its K targets, as a single run probes);
 probe fits per second, target construction and final losses included.
 Appends a section to benchmarks/RESULTS.md (or --results):
@@ -22,11 +22,11 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dqn_classification_mdp as dqn  # noqa: E402
 from bench_dqn_classification import Budget, append, timed  # noqa: E402
-from common.cli import select_device  # noqa: E402
-from common.data import load_dataset  # noqa: E402
-from common.networks import build_network  # noqa: E402
-from common.optim import make_optimizer  # noqa: E402
-from common.probe import run_probe, run_probes  # noqa: E402
+from common.runtime.cli import select_device  # noqa: E402
+from common.science.data import load_dataset  # noqa: E402
+from common.science.networks import build_network  # noqa: E402
+from common.science.optim import make_optimizer  # noqa: E402
+from common.science.probe import run_probe, run_probes  # noqa: E402
 
 
 @dataclass

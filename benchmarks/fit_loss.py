@@ -15,7 +15,7 @@ from scipy.stats import t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.probe import PROBES, probe_key  # noqa: E402
+from common.science.probe import PROBES, probe_key  # noqa: E402
 
 
 def fit_lost(probes, probe):

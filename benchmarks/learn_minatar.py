@@ -1,7 +1,7 @@
 """Evidence that the MinAtar agent learns, and that a broken target or replay would not: Double DQN with LayerNorm
 on MinAtar/Breakout-v1 for --total-frames agent steps, one update per --train-frequency steps (Young & Tian's
 defaults otherwise), then its final
-evaluation (epsilon 0.01) against the random policy's score (common/minatar_scores.csv). Exit status 1 when the
+evaluation (epsilon 0.01) against the random policy's score (common/science/minatar_scores.csv). Exit status 1 when the
 final evaluation does not beat the random score by --margin.
 
     OMP_NUM_THREADS=1 python benchmarks/learn_minatar.py                   # the agent as shipped: passes
@@ -21,8 +21,8 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ddqn_atari_layernorm as ddqn  # noqa: E402
-from common.atari import FrameReplay  # noqa: E402
-from common.minatar import load_random_scores  # noqa: E402
+from common.science.atari import FrameReplay  # noqa: E402
+from common.science.minatar import load_random_scores  # noqa: E402
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Sec 3.1 chose the probe's 2,000 steps so that "networks starting from random initializations [can] solve the
 task": a plasticity loss means something only where a fresh network fits the probe. This measures that fit for
 every (arch, optimizer setting) asked, on probe inputs drawn from the dataset (at step 0 the replay holds uniformly
-drawn images), with ``dqn_classification_mdp``'s network, optimizer and ``common.probe.run_probe``:
+drawn images), with ``dqn_classification_mdp``'s network, optimizer and ``common.science.probe.run_probe``:
 
     OMP_NUM_THREADS=1 python benchmarks/probe_fit.py --archs mlp cnn --settings adam_1e-3 sgd_1e-1 --seeds 1 2
     OMP_NUM_THREADS=1 python benchmarks/probe_fit.py --reference --widths 16 64 256 --probe-inputs 1024 2048
@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dqn_classification_mdp as agent  # noqa: E402
-from common.data import load_dataset  # noqa: E402
-from common.probe import run_probe  # noqa: E402
+from common.science.data import load_dataset  # noqa: E402
+from common.science.probe import run_probe  # noqa: E402
 
 
 def parse_setting(text):

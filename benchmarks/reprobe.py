@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dqn_classification_mdp as agent  # noqa: E402
-from common.interventions import reset_last_layer  # noqa: E402
-from common.seeds import SeedStack, StackedReplay  # noqa: E402
+from common.science.interventions import reset_last_layer  # noqa: E402
+from common.runtime.seeds import SeedStack, StackedReplay  # noqa: E402
 
 
 def reprobe(run_dir, head_seed=0):

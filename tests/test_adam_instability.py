@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import adam_instability_mnist as exp
-from common.optim import Adam
+from common.science.optim import Adam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import atari_stats
-from common.atari import load_atari_scores
+from common.analysis import atari_stats
 from common.errors import UsageError
+from common.science.atari import load_atari_scores
 from ddqn_atari_layernorm import AggregateArgs, aggregate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,10 +1,10 @@
-"""Tests of the vectorised ALE pipeline (common.atari.VectorAtari, luminance_84x84_torch, the lanes of FrameReplay)
+"""Tests of the vectorised ALE pipeline (common.science.atari.VectorAtari, luminance_84x84_torch, the lanes of FrameReplay)
 against today's one-environment DQNZooPreprocessing and against single-lane replays."""
 import numpy as np
 import pytest
 import torch
 
-from common.atari import FrameReplay, VectorAtari, luminance_84x84, make_env
+from common.science.atari import FrameReplay, VectorAtari, luminance_84x84, make_env
 
 
 def noop_frames(venv, k):
@@ -47,7 +47,7 @@ def test_device_luminance_matches_numpy_and_pil_on_recorded_frames():
     recorded = [env.unwrapped.step(int(rng.integers(env.action_space.n)))[0] for _ in range(60)]
     recorded += [np.full((210, 160, 3), c, np.uint8) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 1, 1))]
     recorded.append(rng.integers(0, 256, (210, 160, 3), dtype=np.uint8))  # noise: every filter weight counts
-    from common.atari import luminance_84x84_torch
+    from common.science.atari import luminance_84x84_torch
 
     ours = luminance_84x84_torch(torch.from_numpy(np.stack(recorded))).numpy().astype(int)
     reference = np.stack([luminance_84x84(rgb) for rgb in recorded]).astype(int)

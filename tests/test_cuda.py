@@ -15,7 +15,7 @@
 4. No hidden host syncs. ``set_sync_debug_mode("error")`` for a whole run would stop at its first set-up copy
    (loading the dataset onto the device is a synchronising copy), so the loops run in mode "warn" at two lengths
    and every sync is counted by the project line that made it: set-up and the final checkpoint are the same in
-   both, so a count that grows with the run's length is a sync in the loop outside ``common.sync.allowed_sync()``.
+   both, so a count that grows with the run's length is a sync in the loop outside ``common.runtime.sync.allowed_sync()``.
    The allowance itself is checked in mode "error".
 
 The tiny configurations are the CPU tests' own (``tests/test_lifecycle.py``, the sweeps' ``--preset test``), read
@@ -81,7 +81,7 @@ def data_path():
 
 def run_sweep_cell(module_name, runs_dir, cuda, extra=()):
     """Cell 0 of a sweep at its ``--preset test``, on the GPU or the CPU; returns the cell's run directory."""
-    from common import sweep
+    from common.analysis import sweep
 
     argv = ["--tasks", "0", "--preset", "test", "--runs-dir", str(runs_dir), "--set", f"data_dir={data_path()}",
             "--set", f"cuda={'true' if cuda else 'false'}", *extra]
@@ -412,7 +412,7 @@ def test_sigterm_and_resume_on_cuda_is_bit_identical(tmp_path, module_name):
 # ----------------------------------------------------------------------------- 3. --num-seeds 3 on the GPU
 def run_dirs(combined, run_dir, seeds):
     """Each seed's directory: from the combined summary's runs, else <run-dir>__seed<seed> (the Args' docstring)."""
-    from common.rundir import seed_run_dir
+    from common.runtime.rundir import seed_run_dir
 
     if isinstance(combined, dict) and "runs" in combined:
         return [s["run_dir"] for s in combined["runs"]]
@@ -474,7 +474,7 @@ def counted_syncs():
 
 @needs_gpu
 def test_allowed_sync_permits_only_the_syncs_it_wraps():
-    from common.sync import allowed_sync
+    from common.runtime.sync import allowed_sync
 
     x = torch.arange(4.0, device="cuda")
     torch.cuda.set_sync_debug_mode("error")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.errors import UsageError
-from common import data
-from common.data import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
+from common.science import data
+from common.science.data import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
 
 
 def write_tiny_cifar10(root, per_batch=20, seed=0):

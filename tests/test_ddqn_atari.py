@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores, luminance_84x84,
-                          make_env, rom_name)
 from common.errors import UsageError
-from common.grad_cov import gradient_covariance
+from common.science.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores,
+                                  luminance_84x84, make_env, rom_name)
+from common.science.grad_cov import gradient_covariance
 from ddqn_atari_layernorm import Args, QNetwork, double_q_targets, epsilon_at, td_error_grads, td_loss, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,9 +3,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import common.envs  # noqa: F401  (registers the gymnasium env)
-from common.data import random_relabel
-from common.envs import ClassificationMDP
+import common.science.envs  # noqa: F401  (registers the gymnasium env)
+from common.science.data import random_relabel
+from common.science.envs import ClassificationMDP
 
 
 @pytest.fixture(scope="module")

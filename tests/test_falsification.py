@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import binom
 
 import falsification
-from common import sweep
+from common.analysis import sweep
 
 
 def test_the_grid_has_128_cells_as_documented(capsys):

@@ -1,8 +1,9 @@
-"""common.grad_cov against brute force: a Python loop of backward passes and explicit cosines."""
+"""common.science.grad_cov against brute force: a Python loop of backward passes and explicit cosines."""
 import torch
 from torch import nn
 
-from common.grad_cov import gradient_covariance, interference, interference_summary, kmeans_order, per_example_grads
+from common.science.grad_cov import (gradient_covariance, interference, interference_summary, kmeans_order,
+                                     per_example_grads)
 
 
 def td_loss(q, actions, targets):

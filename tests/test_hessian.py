@@ -1,11 +1,11 @@
-"""common.hessian against independent references: eigvalsh of explicit matrices and of exact Hessians."""
+"""common.science.hessian against independent references: eigvalsh of explicit matrices and of exact Hessians."""
 import torch
 from torch import nn
 from torch.func import functional_call
 
-import common.hessian
-from common.hessian import hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density, top_eigenvalue
-from common.networks import eval_mode
+import common.science.hessian
+from common.science.hessian import hessian_matvec, hvp, lanczos, lanczos_batched, spectral_density, top_eigenvalue
+from common.science.networks import eval_mode
 
 
 def tiny_mlp(sizes=(5, 8, 5), seed=0, batch_norm=False):
@@ -191,16 +191,16 @@ def test_partial_reorthogonalisation_skips_steps_and_leaves_no_ghosts(monkeypatc
                              torch.tensor([30.0, 60.0, 100.0], dtype=torch.float64)])
     A = (q * eigenvalues) @ q.T
     decisions = []
-    lost = common.hessian._Orthogonality.lost
+    lost = common.science.hessian._Orthogonality.lost
 
     def recording(self, *args):
         decisions.append(lost(self, *args))
         return decisions[-1]
 
-    monkeypatch.setattr(common.hessian._Orthogonality, "lost", recording)
+    monkeypatch.setattr(common.science.hessian._Orthogonality, "lost", recording)
     nodes, weights = lanczos(lambda v: A @ v, dim, 90, seed=1)
     assert 0 < sum(map(len, decisions)) < 90
-    monkeypatch.setattr(common.hessian._Orthogonality, "lost", lambda self, *args: [0])
+    monkeypatch.setattr(common.science.hessian._Orthogonality, "lost", lambda self, *args: [0])
     full_nodes, full_weights = lanczos(lambda v: A @ v, dim, 90, seed=1)
     assert torch.allclose(nodes, full_nodes, rtol=0, atol=1e-8 * 100)
     assert torch.allclose(weights, full_weights, rtol=0, atol=1e-8)

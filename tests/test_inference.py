@@ -1,4 +1,4 @@
-"""common.inference against independent references: brute-force enumeration of every ordering, scipy's ranks,
+"""common.science.inference against independent references: brute-force enumeration of every ordering, scipy's ranks,
 statsmodels' Holm."""
 import itertools
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 from statsmodels.stats.multitest import multipletests
 
-from common import inference
+from common.science import inference
 
 
 def ranks_by_hand(values, cells):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
-from common.networks import build_network
-from common.optim import Adam, RMSProp
-from common.stats import dormant_masks
+from common.science.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
+from common.science.networks import build_network
+from common.science.optim import Adam, RMSProp
+from common.science.stats import dormant_masks
 
 
 def train_a_little(net, optimizer, steps=3, seed=0):

@@ -11,7 +11,7 @@ import torch
 
 import interventions_plots as plots
 import interventions_sweep as iv
-from common import sweep
+from common.analysis import sweep
 
 
 def listed(capsys, *argv):

@@ -15,12 +15,12 @@ import torch
 
 import adam_instability_mnist as adam
 import brownian_vs_gd as brownian
-import common.logger
+import common.runtime.logger
 import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
 from common.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
-from common.data import load_dataset
-from common.run import LOCK_FILE
+from common.runtime.run import LOCK_FILE
+from common.science.data import load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("PLASTICITY_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
@@ -69,7 +69,7 @@ def files(run_dir):
 # ------------------------------------------------------------------------------------------------- 1. run directories
 def test_default_run_names_are_unique_for_runs_started_in_the_same_second(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(common.logger, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
+    monkeypatch.setattr(common.runtime.logger, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.0))
     first = adam.train(adam.Args(data_dir=data_dir, **ADAM))
     second = adam.train(adam.Args(data_dir=data_dir, **ADAM))
     runs = sorted(os.listdir(tmp_path / "runs"))
@@ -310,6 +310,18 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, data_dir):
         adam.train(adam.Args(data_dir=data_dir, run_dir=run_dir, resume=True, **ADAM))
 
 
+@pytest.mark.parametrize("module, config", [(dqn, DQN), (brownian, BROWNIAN)], ids=["dqn", "brownian"])
+def test_a_checkpoint_with_the_log_window_under_its_old_key_is_a_one_line_error(tmp_path, module, config, data_dir):
+    run_dir = str(tmp_path / "run")
+    module.train(module.Args(data_dir=data_dir, run_dir=run_dir, **{**config, "total_steps": 20}))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["stats"] = checkpoint.pop("log_window")
+    torch.save(checkpoint, path)
+    with pytest.raises(UsageError, match=r"lacks.*log_window|lacks the log window.*another --run-dir"):
+        module.train(module.Args(data_dir=data_dir, run_dir=run_dir, resume=True, **config))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_a_damaged_mnist_file_is_reported_as_corrupt(tmp_path, damage, data_dir):
     raw = tmp_path / "MNIST" / "raw"
@@ -391,7 +403,7 @@ def test_a_signal_after_the_last_step_still_reaches_the_handler_before_the_run(t
     cell but must still stop the range (it was dropped before)."""
     import dataclasses
 
-    from common.run import Run
+    from common.runtime.run import Run
 
     @dataclasses.dataclass
     class Args:

@@ -2,7 +2,7 @@
 (falsification.py's test preset) on real MNIST.
 
 A signal is sent at a sweep of moments. To reach a moment deterministically, a process runs its script through a
-small driver that makes one function print "paused at <moment>" and wait for the signal (``common.run`` is not
+small driver that makes one function print "paused at <moment>" and wait for the signal (``common.runtime.run`` is not
 changed for the test): parsing the command line (before the run directory exists), loading the data, building
 the networks, the replay warm-up, loading the checkpoint, between two cells, and the final checkpoint.
 """
@@ -39,13 +39,13 @@ SWEEP = ["falsification.py", "--preset", "test", "--datasets", "offline", "--set
 DRIVER = '''
 import runpy, sys, time
 sys.path.insert(0, ".")
-import common.run
+import common.runtime.run
 moment, call, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.argv = sys.argv[3:]
-TARGETS = {"parse": ("tyro", None, "cli"), "data": ("common.data", None, "load_dataset"),
-           "network": ("common.networks", None, "build_network"), "warmup": ("common.seeds", "StackedReplay", "add"),
-           "load": ("common.run", "Run", "load_checkpoint"), "checkpoint": ("common.run", "Run", "stage_checkpoint"),
-           "cell": ("common.sweep", None, "run_pack")}
+TARGETS = {"parse": ("tyro", None, "cli"), "data": ("common.science.data", None, "load_dataset"),
+           "network": ("common.science.networks", None, "build_network"), "warmup": ("common.runtime.seeds", "StackedReplay", "add"),
+           "load": ("common.runtime.run", "Run", "load_checkpoint"), "checkpoint": ("common.runtime.run", "Run", "stage_checkpoint"),
+           "cell": ("common.analysis.sweep", None, "run_pack")}
 module, cls, name = TARGETS[moment]
 owner = __import__(module, fromlist=["_"])
 owner = getattr(owner, cls) if cls else owner
@@ -63,7 +63,7 @@ def wrapper(*args, **kwargs):
         print(f"paused at {moment}", flush=True)
         for _ in range(1200):  # until the signal: raised here, or recorded for the run to act on
             time.sleep(0.05)
-            if common.run.signal_received():
+            if common.runtime.run.signal_received():
                 break
     return original(*args, **kwargs)
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from minatar import Environment
 
-from common.atari import FrameReplay
 from common.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE, UsageError
-from common.minatar import GAMES, MINATAR_DEFAULTS, VectorMinAtar, load_random_scores, minatar_env_ids
-from common.networks import MinAtarQNetwork
+from common.science.atari import FrameReplay
+from common.science.minatar import GAMES, MINATAR_DEFAULTS, VectorMinAtar, load_random_scores, minatar_env_ids
+from common.science.networks import MinAtarQNetwork
 from ddqn_atari_layernorm import ALE_DEFAULTS, Args, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,7 +294,7 @@ def write_minatar_run(root, name, game, layer_norm, seed, curve, env_family="Min
 
 
 def test_aggregate_normalises_minatar_runs_by_random_and_the_best_configuration(tmp_path):
-    from common import atari_stats
+    from common.analysis import atari_stats
     from ddqn_atari_layernorm import AggregateArgs, aggregate
 
     random_scores = load_random_scores()

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.networks import (ARCHITECTURES, SpectralNorm, TwoHot, build_network, draw_masks, dropout_calls,
-                             supplied_masks)
+from common.science.networks import (ARCHITECTURES, SpectralNorm, TwoHot, build_network, draw_masks, dropout_calls,
+                                     supplied_masks)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

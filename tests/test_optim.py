@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.optim import Adam, RMSProp, make_optimizer
+from common.science.optim import Adam, RMSProp, make_optimizer
 
 
 def _quadratic_grads(steps, shape, seed=0):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from common.networks import TwoHot, build_network
-from common.optim import Adam, make_optimizer
-from common.probe import PROBES, make_targets, predict_values, probe_key, run_probe, run_probes
+from common.science.networks import TwoHot, build_network
+from common.science.optim import Adam, make_optimizer
+from common.science.probe import PROBES, make_targets, predict_values, probe_key, run_probe, run_probes
 
 
 def _setup(dtype=torch.float32, **net_kwargs):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common.envs import ClassificationMDP
-from common.optim import Adam
-from common.probe import run_probe
+from common.science.envs import ClassificationMDP
+from common.science.optim import Adam
+from common.science.probe import run_probe
 
 CONFIG = dict(total_steps=240, num_envs=2, learning_starts=20, buffer_size=300, batch_size=8, width=16, gamma=0.9,
               epsilon=0.3, target_period=25, log_every=40, probe_every=120, probe_steps=5, probe_targets=3,

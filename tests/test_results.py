@@ -1,4 +1,4 @@
-"""common/results.py: the one reader of run directories, against real run directories and real truncated files."""
+"""common/analysis/results.py: the one reader of run directories, against real run directories and real truncated files."""
 import json
 import os
 from dataclasses import dataclass
@@ -7,8 +7,8 @@ from typing import Optional
 import pytest
 import torch
 
-from common import results
-from common.run import Run
+from common.analysis import results
+from common.runtime.run import Run
 
 
 @dataclass

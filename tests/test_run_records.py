@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 import adam_instability_mnist as adam
-import common.logger
-import common.run
+import common.runtime.logger
+import common.runtime.run
 import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
-from common import atari_stats, validity
+from common.analysis import atari_stats, validity
+from common.analysis.results import read_runs
 from common.errors import EXIT_USAGE, UsageError
-from common.results import read_runs
 from test_lifecycle import ADAM, ATARI, DATA, DQN, ROOT, _kill_self_on_call, argv, files, read_rows
 
 
@@ -30,7 +30,7 @@ class Killed(BaseException):
 def _die_after_row(monkeypatch, key):
     """Make the process die (``Killed``) right after it logs the first row holding ``key``, as SIGKILL would, with
     the row on disk in metrics.jsonl and TensorBoard."""
-    original = common.logger.RunLogger.log
+    original = common.runtime.logger.RunLogger.log
 
     def log(self, step, metrics):
         row = original(self, step, metrics)
@@ -39,13 +39,13 @@ def _die_after_row(monkeypatch, key):
             raise Killed
         return row
 
-    monkeypatch.setattr(common.logger.RunLogger, "log", log)
+    monkeypatch.setattr(common.runtime.logger.RunLogger, "log", log)
 
 
 def _killed(train, args):
     with pytest.raises(Killed):
         train(args)
-    common.run.abandon_unfinished()  # what the kernel does for a killed process: the lock is dropped
+    common.runtime.run.abandon_unfinished()  # what the kernel does for a killed process: the lock is dropped
 
 
 def _scalars(run_dir):
@@ -94,7 +94,7 @@ def test_atari_a_hessian_redone_after_resume_and_then_killed_is_logged_once(tmp_
 # ------------------------------------------------------------------------------------------------ one writer per run
 def test_a_run_whose_lock_file_is_deleted_stops_before_writing_more(tmp_path, monkeypatch, data_dir):
     run_dir = str(tmp_path / "run")
-    original = common.logger.RunLogger.log
+    original = common.runtime.logger.RunLogger.log
 
     def log(self, step, metrics):
         row = original(self, step, metrics)
@@ -103,10 +103,10 @@ def test_a_run_whose_lock_file_is_deleted_stops_before_writing_more(tmp_path, mo
             open(os.path.join(run_dir, ".lock"), "w").close()
         return row
 
-    monkeypatch.setattr(common.logger.RunLogger, "log", log)
-    with pytest.raises(common.run.Locked, match="deleted or replaced"):
+    monkeypatch.setattr(common.runtime.logger.RunLogger, "log", log)
+    with pytest.raises(common.runtime.run.Locked, match="deleted or replaced"):
         dqn.train(dqn.Args(data_dir=data_dir, run_dir=run_dir, **DQN))
-    common.run.abandon_unfinished()
+    common.runtime.run.abandon_unfinished()
     assert max(r["step"] for r in read_rows(run_dir)) == 10
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))
     assert not os.path.exists(os.path.join(run_dir, "checkpoint.pt"))  # the first is due at step 20

@@ -1,4 +1,4 @@
-"""--num-seeds N trains N agents in lockstep that equal N single runs, and common/seeds.py's pieces."""
+"""--num-seeds N trains N agents in lockstep that equal N single runs, and common/runtime/seeds.py's pieces."""
 import json
 import os
 import signal
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common import sweep
-from common.optim import Adam
-from common.seeds import SeedStack, load_optimizer_states, optimizer_state
+from common.analysis import sweep
+from common.runtime.seeds import SeedStack, load_optimizer_states, optimizer_state
+from common.science.optim import Adam
 
 TINY = dict(total_steps=20, learning_starts=20, buffer_size=500, batch_size=8, width=16, log_every=5,
             target_period=5, probe_every=10, probe_steps=4, probe_targets=2, probe_inputs=16, probe_batch_size=8,

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import falsification
-from common import sweep
+from common.analysis import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_CONF = """\

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.networks import ARCHITECTURES, build_network
-from common.stats import (activation_summary, dead_units, distance_from, dormant_masks, dormant_units,
-                          effective_rank, feature_rank, gradient_norm, layer_weight_norms, plasticity_statistics,
-                          srank, weight_norm, weight_rank)
+from common.science.networks import ARCHITECTURES, build_network
+from common.science.stats import (activation_summary, dead_units, distance_from, dormant_masks, dormant_units,
+                                  effective_rank, feature_rank, gradient_norm, layer_weight_norms,
+                                  plasticity_statistics, srank, weight_norm, weight_rank)
 
 
 def matrix_with_spectrum(singular_values, rows, cols, seed=0):

@@ -1,4 +1,4 @@
-"""common/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
+"""common/analysis/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
 import json
 import os
 import signal
@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import pytest
 
-from common import sweep
+from common.analysis import sweep
 from common.errors import UsageError
 
 
@@ -202,7 +202,7 @@ def test_a_pack_of_seeds_in_mixed_states_resumes_each_from_where_it_is(tmp_path,
     assert [(s["status"], s["steps"], s["resumes"]) for s in summaries] == \
         [("completed", 40, [])] * 1 + [("completed", 40, [20])] + [("completed", 40, [])] * 2
     assert not list((tmp_path / "falsification").glob("*.stale-*"))
-    from common import results
+    from common.analysis import results
 
     assert len(results.read_runs(str(tmp_path))) == 4
 
@@ -222,7 +222,7 @@ def test_a_completed_cell_is_never_moved_aside_and_a_stale_copy_never_counted(tm
     assert (cell_dir(tmp_path, 1) / "metrics.jsonl").read_bytes() == before
     (stale,) = (tmp_path / "falsification").glob("*.stale-*")
     assert stale.name.startswith(cell_dir(tmp_path, 2).name)
-    from common import results
+    from common.analysis import results
 
     runs = results.read_runs(str(tmp_path))
     assert len(runs) == 4 and runs.skipped == [(str(stale), "a stale copy the sweep moved aside")]

@@ -1,6 +1,7 @@
-"""common/validity.py: the probe-validity filter on synthetic runs (low, missing and absurd fits are excluded and
+"""common/analysis/validity.py: the probe-validity filter on synthetic runs (low, missing and absurd fits are excluded and
 counted), saturation, protocols; and, for every cpu preset of both sweeps, that its probe is the paper's and that a
 fresh network fits it under each of the grid's optimizers."""
+import argparse
 import dataclasses
 import math
 
@@ -11,9 +12,9 @@ import torch
 import dqn_classification_mdp as agent
 import falsification
 import interventions_sweep
-from common import validity
-from common.data import load_dataset
-from common.probe import run_probe
+from common.analysis import sweep, validity
+from common.science.data import load_dataset
+from common.science.probe import run_probe
 
 
 def run(name, metrics=None, probes=None, **args):
@@ -80,11 +81,24 @@ def test_protocols_split_on_every_field_but_the_axes_and_where_runs_ran():
 PRESETS = {"falsification": falsification.PRESETS["cpu"], "interventions": interventions_sweep.PRESETS["cpu"]}
 
 
-@pytest.mark.parametrize("preset", PRESETS.values(), ids=PRESETS.keys())
-def test_cpu_presets_keep_the_papers_probe(preset):
-    assert preset["probe_steps"] == agent.Args.probe_steps == 2_000  # Sec 3.1
-    assert preset["probe_targets"] >= 3 and 512 <= preset["probe_inputs"] <= 1_024
-    assert preset["total_steps"] == 2 * preset["probe_every"]  # probes at the start, the middle and the end
+GRIDS = {"falsification": [argparse.Namespace(datasets="offline")],
+         "interventions": [argparse.Namespace(grid=grid, datasets="offline") for grid in ("width", "interventions")]}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_cpu_cell_keeps_the_papers_probe(name):
+    """Each cell's Args as the sweep builds them (defaults < preset < the cell's values): the paper's probe and
+    probes at the start, the middle and the end."""
+    module = {"falsification": falsification, "interventions": interventions_sweep}[name]
+    for options in GRIDS[name]:
+        options = argparse.Namespace(**vars(options), preset="cpu", set=[], runs_dir="runs")
+        grid = module.make_grid(options)
+        for cell in grid.cells():
+            args = sweep.cell_args(module.SWEEP, grid, cell, options)
+            assert args.probe_steps == 2_000 and args.probe_targets >= 3, cell.name  # Sec 3.1; A.2 uses 10
+            assert 512 <= args.probe_inputs <= 1_024, cell.name
+            probes = [step for step in range(args.total_steps + 1) if step % args.probe_every == 0]
+            assert probes == [0, args.total_steps // 2, args.total_steps], cell.name
 
 
 OPTIMIZERS = {**{f"falsification {k}": ("falsification", v) for k, v in falsification.OPTIMIZERS.items()},

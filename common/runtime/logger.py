@@ -13,7 +13,7 @@ import time
 import torch
 
 from common.errors import UsageError
-from common.rundir import Unreadable, read_metrics
+from common.runtime.rundir import Unreadable, read_metrics
 
 
 def atomic_write_text(path, text):
@@ -51,10 +51,21 @@ def pyplot():
     return plt
 
 
-def _to_python(value):
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    return value
+def to_python(rows):
+    """``rows`` (dicts) with every tensor value as Python: a one-element tensor as a number of its kind (float, int,
+    bool), all of them read in one host sync; a larger one as a list."""
+    scalars = [v for row in rows for v in row.values() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    values = iter(torch.stack([t.detach().reshape(()).to(torch.float64) for t in scalars]).tolist() if scalars else [])
+
+    def convert(v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        if v.numel() != 1:
+            return v.tolist()
+        value = next(values)
+        return value if v.is_floating_point() else bool(value) if v.dtype == torch.bool else int(value)
+
+    return [{key: convert(v) for key, v in row.items()} for row in rows]
 
 
 def _jsonable(value):
@@ -128,7 +139,7 @@ class RunLogger:
 
         Returns the row with Python numbers (non-finite floats stay floats; only the file spells them as strings).
         """
-        row = {"step": int(step), **{key: _to_python(value) for key, value in metrics.items()}}
+        row = {"step": int(step), **to_python([metrics])[0]}
         self._add_scalars(row)
         self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
@@ -158,7 +169,7 @@ class RunLogger:
         assert status in ("completed", "diverged", "interrupted"), status
         summary = {"status": status, "steps": int(steps),
                    "wall_time_s": time.time() - self.start_time if wall_time_s is None else wall_time_s,
-                   "metrics": {k: _jsonable(_to_python(v)) for k, v in (metrics or {}).items()}, **extra}
+                   "metrics": {k: _jsonable(v) for k, v in to_python([metrics or {}])[0].items()}, **extra}
         atomic_write_text(os.path.join(self.run_dir, "summary.json"), json.dumps(summary, indent=2))
         self.writer.close()
         self.metrics_file.close()

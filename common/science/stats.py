@@ -24,7 +24,7 @@ Definitions (the paper names the quantities but not their formulas; these are th
 import torch
 from torch import nn
 
-from common.networks import eval_mode
+from common.science.networks import eval_mode
 
 ACTIVATIONS = (nn.ReLU, nn.GELU)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
@@ -104,12 +104,13 @@ def activation_summary(network, inputs, chunk=512):
         counts[i] += a.numel() // a.shape[1 if a.dim() == 4 else -1]
 
     handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, ACTIVATIONS)]
+    forward = getattr(network, "features", network)  # a plain nn.Sequential has no features: its outputs stand in
     try:
         with eval_mode(network):
             features = []
             for start in range(0, len(inputs), chunk):
                 calls[0] = 0
-                features.append(network.features(inputs[start:start + chunk]))
+                features.append(forward(inputs[start:start + chunk]))
     finally:
         for handle in handles:
             handle.remove()
@@ -119,6 +120,11 @@ def activation_summary(network, inputs, chunk=512):
 
 def _dead_fraction(layers):
     return torch.cat([(maximum == 0) for maximum, _ in layers]).float().mean()
+
+
+def dead_fractions(network, inputs):
+    """Per activation call, the fraction of its units that are zero on every input (and every position)."""
+    return [(maximum == 0).float().mean() for maximum, _ in activation_summary(network, inputs)[1]]
 
 
 def _dormant(layers, tau):

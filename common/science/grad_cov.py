@@ -9,7 +9,7 @@
 import torch
 from torch.func import functional_call, grad, vmap
 
-from common.networks import eval_mode
+from common.science.networks import eval_mode
 
 
 def per_example_grads(model, loss_fn, inputs, *targets, chunk_size=None):

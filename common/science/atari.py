@@ -47,10 +47,10 @@ def check_env_id(env_id):
 
     gym.register_envs(ale_py)
     check(env_id in gym.registry and gym.registry[env_id].entry_point.startswith("ale_py"),
-          f"unknown Atari env id {env_id!r}: use an ALE id such as ALE/Breakout-v5 (common.atari.atari_env_ids())")
+          f"unknown Atari env id {env_id!r}: use an ALE id such as ALE/Breakout-v5 (common.science.atari.atari_env_ids())")
     check(game_name(env_id) in load_atari_scores(), f"{env_id} has no random and human scores in "
-          f"common/atari_scores.csv, so no human-normalised score: use one of the 57 games of "
-          f"common.atari.atari_env_ids()")
+          f"common/science/atari_scores.csv, so no human-normalised score: use one of the 57 games of "
+          f"common.science.atari.atari_env_ids()")
 
 
 def make_env(env_id, noop_max, max_episode_frames, preprocessing="dqn_zoo", render=False):

@@ -4,8 +4,8 @@ import sys
 
 import tyro
 
-from common import early_signals, run
 from common.errors import EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE, UsageError
+from common.runtime import early_signals, run
 
 
 STOPPED = "before the run trained: nothing lost; run the same command again to continue"
@@ -14,7 +14,7 @@ STOPPED = "before the run trained: nothing lost; run the same command again to c
 def main(train, args_cls, stopped=STOPPED):
     """``train(tyro.cli(args_cls))`` and exit with the status of the returned summary (``EXIT_STATUS``).
 
-    Signals are honoured from the first line on (``common.run.listening``): one that comes before the run trains
+    Signals are honoured from the first line on (``common.runtime.run.listening``): one that comes before the run trains
     stops the process with ``EXIT_INTERRUPTED``, nothing lost, and the same command continues. A ``UsageError``
     prints one line to stderr and exits with ``EXIT_USAGE`` (``EXIT_LOCKED`` when another process holds the run
     directory); a run directory created for the run and still empty is removed. ``stopped`` ends the line printed

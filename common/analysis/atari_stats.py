@@ -16,12 +16,12 @@ intervals as arch does, so its intervals equal ``rliable.library.get_interval_es
 probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test per game).
 
 Runs of different protocols (every Args field but the axes, the seeds, the paths and the speed settings:
-``common.validity``) are never pooled: each protocol is analysed on its own.
+``common.analysis.validity``) are never pooled: each protocol is analysed on its own.
 
 MinAtar runs (``MinAtar/<Game>-v1``; an ALE run and a MinAtar run never share a protocol: their preprocessing
 field differs) have no human scores. Their normalised score is (score - random) / (reference - random): random is
 the uniformly random policy's mean return measured with the training protocol's sticky actions
-(common/minatar_scores.csv, 1,000 episodes per game, ``python -m common.minatar``), and the reference is the best
+(common/science/minatar_scores.csv, 1,000 episodes per game, ``python -m common.science.minatar``), and the reference is the best
 seed-mean final score of a configuration in the protocol analysed (1 = the better configuration's mean). No
 published table of MinAtar DQN returns fixes a reference (Young & Tian 2019 report theirs as curves), so the
 scale is relative to the runs analysed: comparable within one aggregate, not across aggregates. The "human"
@@ -40,13 +40,13 @@ import pandas as pd
 import scipy.stats
 from rliable import metrics
 
-from common import run
-from common.atari import game_name, load_atari_scores
+from common.analysis.results import Unreadable, read_metrics, read_runs
+from common.analysis.validity import differing_fields, split_protocols
 from common.errors import UsageError, check
-from common.logger import pyplot
-from common.minatar import PREFIX, is_minatar, load_random_scores
-from common.results import Unreadable, read_metrics, read_runs
-from common.validity import differing_fields, split_protocols
+from common.runtime import run
+from common.runtime.logger import pyplot
+from common.science.atari import game_name, load_atari_scores
+from common.science.minatar import PREFIX, is_minatar, load_random_scores
 
 CONFIGS = {True: "LayerNorm", False: "baseline"}  # args.layer_norm -> configuration name
 SCORE = "eval/episodic_return"  # the final evaluation's mean episode return (DQN Zoo's protocol)
@@ -155,8 +155,8 @@ def interval_estimates(scores_by_config, num_boot, num_boot_profile, seed):
 
 # ---------------------------------------------------------------------------------------------------- runs
 def final_scores(runs):
-    """One row per usable run of a ``common.results.RunTable``: game, config, seed, score, random and human scores
-    (DQN Zoo's atari_data, in common/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
+    """One row per usable run of a ``common.analysis.results.RunTable``: game, config, seed, score, random and human scores
+    (DQN Zoo's atari_data, in common/science/atari_scores.csv), human_normalized, the args. Others join ``runs.skipped``."""
     table, scores = runs.table, load_atari_scores()
     env_ids = table.get("args.env_id", pd.Series(None, index=table.index))
     minatar = env_ids.map(is_minatar)
@@ -174,8 +174,8 @@ def final_scores(runs):
     unscored = known & (episodes == 0)
     scored = known & ~unscored & np.isfinite(final)
     runs.skip(table.loc[~atari, "run_dir"], "not an Atari run (no env_id or layer_norm in args.json)")
-    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/atari_scores.csv "
-              "or common/minatar_scores.csv")
+    runs.skip(table.loc[atari & ~known, "run_dir"], "a game without random and human scores in common/science/atari_scores.csv "
+              "or common/science/minatar_scores.csv")
     runs.skip(table.loc[unscored, "run_dir"], "its final evaluation finished no episode (eval/episodes 0): no score")
     runs.skip(table.loc[known & ~unscored & ~scored, "run_dir"], f"no finite final {SCORE} in summary.json")
     rows = table.loc[scored].assign(game=games[scored], config=layer_norm[scored].map(lambda v: CONFIGS[bool(v)]),

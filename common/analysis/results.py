@@ -1,23 +1,23 @@
 """The one reader of run directories: runs into a pandas table, and every directory it leaves out with its reason.
 
-    from common.results import read_runs
+    from common.analysis.results import read_runs
     runs = read_runs("runs/falsification")                     # completed runs only
     print(runs.report())                                        # what was read and what was skipped, and why
     runs.table["probe/plasticity_loss"]                        # one row per run
     curves = runs.load("probe_curves.pt")                       # {run_dir: object}; unreadable ones become skips
 
 A file that is missing, truncated or corrupt never raises: the run is skipped with a one-line reason. A directory
-that a sweep moved aside (``<cell>.stale-<time>``, see ``common.sweep``) is a stale copy and never read, and so is
+that a sweep moved aside (``<cell>.stale-<time>``, see ``common.analysis.sweep``) is a stale copy and never read, and so is
 any copied, moved or renamed run directory (``X.bak``, ``X.stale``): its summary.json names the directory the run
 was written in, and a directory of another name is skipped as a copy.
 """
 import os
 import re
 
-from common.rundir import Unreadable, read_json, read_metrics, read_torch
+from common.runtime.rundir import Unreadable, read_json, read_metrics, read_torch
 
 STATUSES = ("completed", "diverged", "interrupted")
-STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.sweep gives a directory it moves aside
+STALE = re.compile(r"\.stale-\d+(_\d+)?$")  # the name common.analysis.sweep gives a directory it moves aside
 
 
 def is_stale(path):

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from common.stats import dormant_masks
+from common.science.stats import dormant_masks
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def shrink_perturb(network, fresh_network, shrink, perturb):
 
 def reset_optimizer_state(optimizer, params=None):
     """Forget the optimizer's state (moments, step counts) for ``params`` (default: all). The next step then acts
-    as a fresh optimizer's would. Works for ``common.optim.Adam``/``RMSProp`` and torch's optimizers."""
+    as a fresh optimizer's would. Works for ``common.science.optim.Adam``/``RMSProp`` and torch's optimizers."""
     if params is None:
         optimizer.state.clear()
     else:
@@ -76,7 +76,7 @@ def _redo_layers(network):
 @torch.no_grad()
 def redo(network, optimizer, inputs, tau=0.1):
     """ReDo (Sokar et al., 2023) on the mlp and cnn architectures: for each tau-dormant unit on ``inputs``
-    (``common.stats.dormant_masks``), re-initialise its incoming weights from the layer's initialiser, zero its
+    (``common.science.stats.dormant_masks``), re-initialise its incoming weights from the layer's initialiser, zero its
     bias and its outgoing weights (as dopamine's ``labs/redo/weight_recyclers.py`` does), reset its
     normalisation's gain and bias to 1 and 0, and zero the optimizer's moments of all of these (dopamine keeps the
     bias's moments; zeroed here with the bias they belong to). Layers are processed input to output, so a recycled unit's new incoming row is

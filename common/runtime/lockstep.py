@@ -3,7 +3,7 @@
 The agent's training loop is a generator that leaves its updates to ``train``: it yields its online and target
 networks and receives their optimizer, then yields each minibatch it learns on and receives that update's
 ``(loss, q_values)``. For one seed, ``train`` makes each update as a plain loop would (``loss.backward()``, one
-optimizer step). For several, it stacks the seeds' networks (``common.seeds.SeedStack``: each seed's modules become
+optimizer step). For several, it stacks the seeds' networks (``common.runtime.seeds.SeedStack``: each seed's modules become
 views of the stacked tensors), makes the seeds' updates one vmapped forward and backward, and steps one
 elementwise optimizer on the stacked parameters, which is exactly one optimizer per seed. Everything else stays each
 seed's own: its environments, replay, exploration and sampling generators, run directory, measurements and
@@ -21,9 +21,9 @@ import torch
 from torch.func import functional_call, vmap
 
 from common.errors import UsageError
-from common.run import SIGNALS, combined_summary
-from common.rundir import seed_run_dir
-from common.seeds import SeedStack
+from common.runtime.run import SIGNALS, combined_summary
+from common.runtime.rundir import seed_run_dir
+from common.runtime.seeds import SeedStack
 
 
 def seed_args(args):

@@ -1,5 +1,5 @@
 """A run directory's name in a group of seeds, and its files read back: a file that is missing, truncated or corrupt
-raises ``Unreadable`` with a one-line reason (the run machinery turns it into a usage error, ``common.results`` into
+raises ``Unreadable`` with a one-line reason (the run machinery turns it into a usage error, ``common.analysis.results`` into
 a skipped run)."""
 import json
 import os

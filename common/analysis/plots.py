@@ -3,14 +3,14 @@ draws from, so importing this module loads neither."""
 import numpy as np
 import torch
 
-from common.logger import pyplot
+from common.runtime.logger import pyplot
 
 
 def draw_grad_cov(snapshots, title, frames_per_step=4):
     """A row of C_k heat maps over training (Fig 19-20), rows and columns in k-means order (A.1).
 
     ``snapshots`` is a list of ``(step, C_k)``; at most five, evenly spaced, are drawn."""
-    from common.grad_cov import kmeans_order
+    from common.science.grad_cov import kmeans_order
 
     plt = pyplot()
     picks = [snapshots[i] for i in sorted(set(np.linspace(0, len(snapshots) - 1, 5).astype(int)))]
@@ -29,7 +29,7 @@ def draw_grad_cov(snapshots, title, frames_per_step=4):
 def draw_spectral_densities(snapshots, title, frames_per_step=4):
     """Gaussian-smoothed Hessian spectral densities over training (Fig 21-22), one curve per ``(step, nodes,
     weights)`` snapshot of a Lanczos run."""
-    from common.hessian import spectral_density
+    from common.science.hessian import spectral_density
 
     plt = pyplot()
     low = min(float(nodes[0]) for _, nodes, _ in snapshots)

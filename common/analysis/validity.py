@@ -6,7 +6,7 @@ of the probe's variance (``probe/initial_fit`` = P(theta_0) / b small) measures 
 spreads, so analyses exclude it and say so. At the other end, where both fits are within noise of b, the probe is
 saturated: a loss of zero there says the probe is too easy, not that nothing was lost.
 
-Tables are ``common.results.read_runs`` tables: ``run_dir``, ``status``, ``args.<field>``, final metrics, ``probes``.
+Tables are ``common.analysis.results.read_runs`` tables: ``run_dir``, ``status``, ``args.<field>``, final metrics, ``probes``.
 """
 import hashlib
 import json
@@ -14,8 +14,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from common.results import read_runs
-from common.rundir import split_seed_run_dir
+from common.analysis.results import read_runs
+from common.runtime.rundir import split_seed_run_dir
 
 # Args fields that say where, how fast or with which outputs a run ran, not what it measured: runs differing only
 # in them are comparable. Every other field is the protocol (both sweeps' analyses and the Atari aggregate).
@@ -50,7 +50,7 @@ def number(value):
 def probe_fits(row, prefix="probe"):
     """``(initial fit, final fit, initial b)`` of one run: ``probe/initial_fit`` and ``probe/final_fit`` where the
     run recorded them, else P / b of its first and last probe rows; b from the first probe row (NaN without it).
-    ``prefix`` names the probe (``common.probe.PROBES``: ``probe_ref`` for the reference probe)."""
+    ``prefix`` names the probe (``common.science.probe.PROBES``: ``probe_ref`` for the reference probe)."""
     probes = row.get("probes")
     probes = [p for p in probes if isinstance(p, dict)] if isinstance(probes, list) else []  # a corrupt entry: none
     probes = probes or [{}]

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from common.data import NUM_CLASSES, random_relabel
+from common.science.data import NUM_CLASSES, random_relabel
 
 VARIANTS = ("true_label", "random_label", "sparse_reward")
 

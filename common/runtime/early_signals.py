@@ -2,7 +2,7 @@
 calls ``install()`` before those imports; SIGTERM, SIGUSR1 or SIGINT then ends the process at once with
 ``EXIT_INTERRUPTED`` (75) and one line, nothing having been written, as a signal before the run trains does, so
 that a Slurm script requeues it. ``hold()`` and ``release()`` give the signals to the process's real listener
-(``common.run.listening``) without a moment in which one would kill the process.
+(``common.runtime.run.listening``) without a moment in which one would kill the process.
 
 A leaf module that imports only builtins (``_signal``, not ``signal``, whose ``enum`` takes tens of milliseconds on a
 loaded machine): the time before ``install()`` takes effect is the interpreter's own start-up, which no script can

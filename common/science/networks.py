@@ -207,7 +207,7 @@ class TransformerBlock(nn.Module):
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose masks can come from the caller (``supplied_masks``). Copies stacked under vmap cannot
-    each draw from their own RNG, so code that trains them (``common.seeds``, ``common.probe``) draws every copy's
+    each draw from their own RNG, so code that trains them (``common.runtime.seeds``, ``common.science.probe``) draws every copy's
     masks from that copy's own generator (``draw_masks``) and supplies them; a plain call supplied the same masks
     computes the same thing. Without supplied masks it is ``nn.Dropout``."""
 

@@ -36,7 +36,7 @@ def hessian_matvec(loss_fn, params):
     the batch and the parameters are frozen at this moment. ``v`` may have any float dtype and device; the product
     has those of ``params``. A ``(n, dim)`` batch of vectors is multiplied in one vmapped double backward
     (``is_grads_batched``), which ``lanczos_batched`` uses. For a module with BatchNorm or dropout, build the
-    closure inside ``common.networks.eval_mode(model)``.
+    closure inside ``common.science.networks.eval_mode(model)``.
     """
     params = list(params)
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)

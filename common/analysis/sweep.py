@@ -14,7 +14,7 @@ Cell N lives in ``<runs-dir>/<grid name>/<cell name>``. A task first locks its c
 process's cell: exit 73 at the end, the cell left to it). A cell whose ``summary.json`` says ``completed`` (or
 ``diverged``) is never rerun or moved aside, whatever files beside it were deleted; one with a ``checkpoint.pt``
 continues from it (``train(args)`` with ``resume=True``); a directory with neither (a run killed before its first
-checkpoint) is moved aside to ``<cell>.stale-<time>`` (``common.results`` never reads it) and restarted.
+checkpoint) is moved aside to ``<cell>.stale-<time>`` (``common.analysis.results`` never reads it) and restarted.
 With ``--seeds-per-task K`` a task is a pack of up to K cells that differ only in their seed (the last axis,
 labelled ``seed<N>``, consecutive seeds): each cell continues from where it is, and consecutive cells in the same
 state (fresh, or resuming from the same step) train in one ``train`` with ``num_seeds``, each seed in its own
@@ -36,11 +36,11 @@ import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import early_signals, results
-from common import run as run_module
+from common.analysis import results
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
-from common.rundir import split_seed_run_dir
+from common.runtime import early_signals, run as run_module
+from common.runtime.rundir import split_seed_run_dir
 
 # What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets
 # and their test preset.
@@ -226,7 +226,7 @@ def cell_state(args):
 
 def move_aside(run_dir):
     """Move a cell directory that holds a run with nothing to continue (killed before its first checkpoint) to
-    ``<cell>.stale-<time>`` (which ``common.results`` never reads), and lock its fresh directory instead."""
+    ``<cell>.stale-<time>`` (which ``common.analysis.results`` never reads), and lock its fresh directory instead."""
     stale, n = f"{run_dir}.stale-{int(time.time())}", 1
     while os.path.exists(stale):
         n += 1
@@ -393,7 +393,7 @@ def run(sweep, argv=None):
 
 
 def remove_earlier_protocols(out_dir, since):
-    """Remove the ``protocol-<id>`` folders (``common.validity``) that an earlier analysis wrote into ``out_dir`` and
+    """Remove the ``protocol-<id>`` folders (``common.analysis.validity``) that an earlier analysis wrote into ``out_dir`` and
     the one that ended now did not (their ``protocol_<id>.json`` is older than ``since``): results of runs that are
     gone or now pooled otherwise would stand beside the new ones. A folder without that file is not ours."""
     for name in sorted(os.listdir(out_dir)):

@@ -18,7 +18,7 @@ A script's ``train(args)`` reads::
         run.save_checkpoint(state, step)
     return run.finish(step, done=step >= total, metrics=...)
 
-``common.cli.main`` listens for signals from its first line (one before ``run.start`` stops the process at once:
+``common.runtime.cli.main`` listens for signals from its first line (one before ``run.start`` stops the process at once:
 nothing is lost) and maps the summary's status to the exit status (0 completed, 3 diverged, 75 interrupted; 73 when
 another process holds the run directory). One process writes a run directory: ``<run_dir>/.lock`` is ``flock``ed
 (re-entrant within the process, dropped by the kernel when it dies) and names its holder.
@@ -43,14 +43,14 @@ import numpy as np
 import torch
 
 from common.errors import UsageError, check
-from common.logger import RunLogger, default_run_name, is_finite, torch_save_staged
-from common.rundir import Unreadable, read_json
+from common.runtime.logger import RunLogger, default_run_name, is_finite, torch_save_staged
+from common.runtime.rundir import Unreadable, read_json
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # Fields that cannot change what a run computes: these may differ between a run and its resumption.
 MAY_CHANGE_ON_RESUME = ("run_dir", "resume", "cuda", "track", "data_dir", "log_every", "checkpoint_every")
 LOCK_FILE = ".lock"  # in every run directory: its flock is held by the one process that writes there
-ORPHAN = re.compile(r"\.(tmp|write_test)(\d+)$")  # a file being written by process <pid> (common.logger, here)
+ORPHAN = re.compile(r"\.(tmp|write_test)(\d+)$")  # a file being written by process <pid> (common.runtime.logger, here)
 RESUME_HINT = None  # what an interrupted run tells the user to run; None: its own command with --resume
 _unfinished = []  # the Runs of this process that have neither finished nor been abandoned
 _locks = {}  # real path of a run directory -> [its open lock file, how many holders in this process]
@@ -68,7 +68,7 @@ class Locked(UsageError):
 
 # ---------------------------------------------------------------------------------------------------------- signals
 class _Listener:
-    """The process's one handler of SIGTERM, SIGUSR1 and SIGINT, from ``listening()`` (``common.cli.main``, a
+    """The process's one handler of SIGTERM, SIGUSR1 and SIGINT, from ``listening()`` (``common.runtime.cli.main``, a
     sweep's main) on, or from ``Run.start`` for a run called in-process. A signal interrupts every run that is training (they checkpoint and
     stop), abandons the measurement under way, and otherwise, while no run trains, raises ``Interrupted`` at once
     (or at the end of a ``deferred_signals()`` block). The outermost ``leave`` restores the handlers that were there
@@ -500,7 +500,7 @@ class Run:
 
 
 def abandon_unfinished():
-    """``Run.abandon`` for every run of this process that has not finished (``common.cli.main`` on errors)."""
+    """``Run.abandon`` for every run of this process that has not finished (``common.runtime.cli.main`` on errors)."""
     for run in list(reversed(_unfinished)):
         run.abandon()
 

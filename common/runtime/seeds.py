@@ -3,7 +3,7 @@
 Seed k keeps everything its single run has: its own initialisation, environment copies, replay, generators,
 global-RNG stream, target network, optimizer state and run directory. What is shared is the arithmetic: the
 copies' parameters are stacked along a leading axis (``torch.func.stack_module_state``), the forward and backward
-are one ``vmap``-ed call, and one elementwise optimizer (``common.optim``) steps the stacked tensors, which is
+are one ``vmap``-ed call, and one elementwise optimizer (``common.science.optim``) steps the stacked tensors, which is
 exactly N independent optimizers. With N = 1 the same code is the plain single run.
 
 The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) and ``load_state_dicts(states)``:
@@ -15,10 +15,10 @@ The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) an
 - ``Generators``: one ``torch.Generator`` per seed (actions, minibatches, dropout masks): draws stack along the
   seed axis; ``GlobalRNGs``: each seed's own global torch RNG state, swapped in where a single run draws from the
   global RNG (initialisation, interventions);
-- ``RunGroup``: the N runs (``common.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
+- ``RunGroup``: the N runs (``common.runtime.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
 
 Dropout in the training forward (the ViT) draws seed k's masks from ``stack.dropout_generators[k]`` before the
-vmapped call and supplies them (``common.networks.supplied_masks``); a single run draws and supplies its masks the
+vmapped call and supplies them (``common.science.networks.supplied_masks``); a single run draws and supplies its masks the
 same way, so a ViT seed equals its single run too.
 """
 import contextlib
@@ -34,10 +34,11 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from common.errors import UsageError, check
-from common.networks import draw_masks, dropout_calls, in_mode, supplied_masks
-from common.run import Run, combined_summary, seed_everything
-from common.rundir import seed_run_dir
-from common.sync import allowed_sync
+from common.runtime.logger import to_python
+from common.runtime.run import Run, combined_summary, seed_everything
+from common.runtime.rundir import seed_run_dir
+from common.runtime.sync import allowed_sync
+from common.science.networks import draw_masks, dropout_calls, in_mode, supplied_masks
 
 
 class SeedStack:
@@ -422,7 +423,7 @@ class RunGroup:
         self.total, self.env_steps_per_step, self.probe_seed_batch = (getattr(args, total), env_steps_per_step,
                                                                       probe_seed_batch)
         self.active = [s for s in self.seeds if not s.run.finished]  # these train, log and save
-        self.rngs, self._window = None, (0, time.time())
+        self.global_rngs, self._window = None, (0, time.time())
 
     def __len__(self):
         return len(self.seeds)
@@ -446,13 +447,14 @@ class RunGroup:
 
     def build(self, make, device):
         """``make(seed)`` for each seed after seeding the global RNGs with it (as its single run does), stacked
-        part by part (``stack_parts``); each seed's global RNG state afterwards becomes its own (``self.rngs``)."""
+        part by part (``stack_parts``); each seed's global RNG state afterwards becomes its own
+        (``self.global_rngs``)."""
         parts, states = [], []
         for s in self.seeds:
             seed_everything(s.seed)
             parts.append(make(s.seed))
             states.append(_global_rng_state(device))
-        self.rngs = GlobalRNGs(states, device)
+        self.global_rngs = GlobalRNGs(states, device)
         return tuple(stack_parts(seed_parts) for seed_parts in zip(*parts))
 
     def generators(self, device):
@@ -475,7 +477,7 @@ class RunGroup:
         check(all(loaded[s.index]["step"] == step for s in self.active), "the seeds' checkpoints are at different "
               "steps: resume each seed's run directory on its own (--num-seeds 1)")
         try:
-            for name, part in {**state, "seed_rng": self.rngs}.items():
+            for name, part in {**state, "seed_rng": self.global_rngs}.items():
                 load_seed_states(part, [ckpt[name] for ckpt in ckpts])
             for s, ckpt in zip(self.seeds, ckpts):
                 s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
@@ -528,7 +530,7 @@ class RunGroup:
                         measuring.enter_context(s.run.measurement())
                     results = measure(group, step)
                     with allowed_sync():  # the one host sync of these probes' results
-                        rows, curves = _to_python([metrics for metrics, _ in results]), [c.cpu() for _, c in results]
+                        rows, curves = to_python([metrics for metrics, _ in results]), [c.cpu() for _, c in results]
                 for s, row, curve in zip(group, rows, curves):
                     s.probes.append(s.run.log(step, row))
                     s.curves.append((step, curve))
@@ -553,7 +555,8 @@ class RunGroup:
         """Write every seed's checkpoint, then put them all in place: the group resumes only from one step."""
         staged = []
         for s in seeds:
-            parts = {name: seed_state(part, s.index) for name, part in {**state, "seed_rng": self.rngs}.items()}
+            parts = {name: seed_state(part, s.index)
+                     for name, part in {**state, "seed_rng": self.global_rngs}.items()}
             staged.append(s.run.stage_checkpoint({**parts, "step": step, "probes": s.probes,
                                                   "probe_curves": s.curves}, step))
         for s, path in zip(seeds, staged):
@@ -578,15 +581,3 @@ class RunGroup:
             done = s.steps >= self.total and not s.probe_pending
             summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, probes=s.probes)
         return combined_summary(summaries)
-
-
-def _to_python(rows):
-    """Every tensor value of ``rows`` (dicts of scalars) as a Python number, in one host sync."""
-    tensors = [v for row in rows for v in row.values() if isinstance(v, torch.Tensor)]
-    values = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).tolist() if tensors else [])
-    return [{key: (_like(v, next(values)) if isinstance(v, torch.Tensor) else v) for key, v in row.items()}
-            for row in rows]
-
-
-def _like(tensor, value):
-    return value if tensor.is_floating_point() else int(value)

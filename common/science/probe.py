@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
 
-from common.networks import draw_masks, dropout_calls, eval_mode, supplied_masks
+from common.science.networks import draw_masks, dropout_calls, eval_mode, supplied_masks
 
 
 # The probes an agent runs, by the name analyses take (--probe), and the prefix of their metric keys: the paper's

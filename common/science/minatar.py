@@ -6,7 +6,7 @@ constants are MINATAR_DEFAULTS. The games are minatar's own ``Environment`` obje
 (a game step costs microseconds): sticky actions with probability 0.1 (the package's and dqn.py's default), no
 frame skip (a frame is an agent step), and the action set of the id: ``-v1`` the game's minimal set, ``-v0`` all 6
 actions (dqn.py and the paper's results). Observations are (10, 10, C) bool; they reach the agent channels-first as
-uint8 0/1 and the replay stores each one once (common.atari.FrameReplay with a history of 1).
+uint8 0/1 and the replay stores each one once (common.science.atari.FrameReplay with a history of 1).
 """
 import csv
 import os
@@ -146,12 +146,12 @@ def random_policy_score(env_id, episodes, seed=0):
 
 
 def load_random_scores():
-    """{game: mean return of the random policy} (common/minatar_scores.csv, made by ``python -m common.minatar``)."""
+    """{game: mean return of the random policy} (common/science/minatar_scores.csv, made by ``python -m common.science.minatar``)."""
     with open(RANDOM_SCORES_CSV) as f:
         return {row["game"]: float(row["random"]) for row in csv.DictReader(f)}
 
 
-if __name__ == "__main__":  # python -m common.minatar: measure the random-policy scores into minatar_scores.csv
+if __name__ == "__main__":  # python -m common.science.minatar: measure the random-policy scores into minatar_scores.csv
     rows = []
     for game, env_id in minatar_env_ids().items():
         mean, sem = random_policy_score(env_id, episodes=1_000)
