@@ -423,8 +423,9 @@ def save_probe_curves(args, seed):
 def probe_fits(seed):
     """``probe/initial_fit`` = P(theta_0) / b(theta_0) and ``probe/final_fit`` = P(theta_T) / b(theta_T): the
     fraction of the targets' variance the first and the last probe's fits explain; the same as
-    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe (``common.science.probe.probe_key``). A
-    plasticity loss means something only where a fresh network fits the probe (a high initial fit)."""
+    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe
+    (``common.science.probe.probe_key``). A plasticity loss means something only where a fresh network fits the
+    probe (a high initial fit)."""
     if not seed.probes:
         return {}
     fits = {}
