@@ -29,7 +29,7 @@ from common.science.hessian import hessian_matvec, top_eigenvalue
 from common.science.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
 from common.science.networks import ARCHITECTURES, TwoHot, build_network, eval_mode
 from common.science.optim import OPTIMIZERS, make_optimizer
-from common.science.probe import run_probes
+from common.science.probe import PROBES, probe_key, run_probes
 from common.science.stats import plasticity_statistics
 
 
@@ -131,6 +131,19 @@ class Args:
     """inputs X drawn from the replay for the probe (not given)"""
     probe_batch_size: int = 32
     """minibatch size of the probe fits (not given; the agent's)"""
+    ref_probe: bool = True
+    """also run the reference probe at every probe: the same kind of targets (eq. 4) and steps, but one fixed
+    instrument for every arm and every probe: Adam (A.1's moments, no weight decay) at --ref-probe-learning-rate,
+    fitting the predicted values by squared error whatever the head, on --ref-probe-inputs distinct training
+    images with targets and minibatches that are the same at every probe of a run (drawn from its seed alone);
+    logged as probe_ref/... (not in the paper: it compares arms with different optimizers or heads, and the
+    paper's probe draws with replacement from a replay that grows, so its task changes between probes)"""
+    ref_probe_learning_rate: float = 1e-3
+    """the reference probe's Adam learning rate (A.1's)"""
+    ref_probe_inputs: int = 1_024
+    """the reference probe's distinct inputs, drawn uniformly from the training images, as the true- and
+    random-label MDPs' replay holds them: enough that a fresh width-64 MLP or CNN fits about 0.6-0.85 of b, clear
+    of the ceiling (benchmarks/probe_fit.py --reference; not in the paper)"""
     probe_seed_batch: int = 0
     """with --num-seeds: seeds whose probes run in one lockstep (0: all); each adds --probe-targets copies of the
     network with gradients and optimizer moments: lower it when those do not fit in memory, or when a smaller
@@ -148,6 +161,9 @@ class Args:
     """optimizer steps between interventions (0: --target-period; Sec 6.2 applies them at each target update)"""
     reset_last_layer: bool = False
     """re-initialise the last layer and its optimizer state (Sec 6.2, simplified from Nikishin et al. 2022)"""
+    reset_target_head: bool = False
+    """with --reset-last-layer, give the target network the online network's fresh head too (Sec 6.2 does not say
+    whether the target was reset; by default it keeps the pre-reset head until the next target update)"""
     shrink_perturb: bool = False
     """theta <- shrink * theta + perturb * theta_fresh, then a fresh optimizer (Sec 6.2, Ash & Adams 2020)"""
     shrink: float = 0.4
@@ -178,6 +194,7 @@ def validate(args):
     check(args.optimizer in OPTIMIZERS, f"unknown --optimizer {args.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     for name in ("num_seeds", "total_steps", "num_envs", "buffer_size", "batch_size", "target_period", "log_every",
                  "width", "probe_steps", "probe_targets", "probe_inputs", "probe_batch_size", "learning_rate",
+                 "ref_probe_learning_rate", "ref_probe_inputs",
                  "hessian_batch_size", "hessian_iters", "redo_batch_size"):
         check(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("probe_every", "probe_seed_batch", "checkpoint_every", "num_images", "learning_starts", "epsilon",
@@ -215,6 +232,13 @@ def build_optimizer(args, params):
     }[args.optimizer]
     return make_optimizer(args.optimizer, params, args.learning_rate, weight_decay=args.weight_decay,
                           **hyperparameters)
+
+
+def reference_probe_optimizer(args):
+    """``make_optimizer(params)`` of the reference probe: Adam with A.1's moments at --ref-probe-learning-rate, the
+    same for every arm whatever the agent's optimizer, rate or weight decay."""
+    return lambda params: make_optimizer("adam", params, args.ref_probe_learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                                         eps_root=0.0)
 
 
 def load_images(args, device):
@@ -256,6 +280,14 @@ def td_loss(q_network, target_network, images, batch, gamma, double_q, train=Tru
 
 
 @torch.no_grad()
+def two_hot_entropy(q_network, images, obs):
+    """``(N,)`` mean entropy (nats) of the two-hot head's softmax over bins, over every action of the observation
+    indices ``obs`` (N, B), in eval mode: log(num_bins) is a uniform head, 0 a one-hot one."""
+    logits = q_network.call(images[obs], train=False)
+    return -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).flatten(1).mean(1)
+
+
+@torch.no_grad()
 def act(q_network, images, obs, epsilon, rng):
     """Epsilon-greedy actions for the observation indices ``obs`` (greedy in eval mode); no host sync."""
     greedy = q_network.template.values(q_network.call(images[obs], train=False)).argmax(-1)
@@ -290,7 +322,7 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
     Returns per seed ``(metrics, mean learning curve)``. Each seed's probe draws only from its own generators (its
     inputs, minibatches and the fits' dropout), seeded from its run seed and ``step``, so the agents are untouched:
     their weights after N steps are bit-identical whatever the probe settings."""
-    obs_shape, inputs, metrics, fit_seeds = tuple(images.shape[1:]), [], [], []
+    obs_shape, inputs, ref_inputs, metrics, fit_seeds, ref_seeds = tuple(images.shape[1:]), [], [], [], [], []
     for seed in seeds:
         k, replay_k = seed.index, replay.view(seed.index)
         # The middle word is unused; the inputs and minibatches are drawn from the first.
@@ -298,32 +330,45 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
         generator = torch.Generator(images.device).manual_seed(inputs_seed)
         pick = torch.randint(replay_k.size, (args.probe_inputs,), generator=generator, device=images.device)
         inputs.append(images[replay_k.obs[pick]])
+        # The reference probe's inputs, targets and minibatches: the run seed's alone, the same at every probe, from
+        # a stream of its own (spawn key 2; 1 is the dropout's, common.seeds).
+        ref_inputs_seed, ref_seed = np.random.SeedSequence(seed.seed, spawn_key=(2,)).generate_state(2).tolist()
+        ref_generator = torch.Generator(images.device).manual_seed(ref_inputs_seed)
+        pick = torch.randperm(len(images), generator=ref_generator, device=images.device)[:args.ref_probe_inputs]
+        ref_inputs.append(images[pick])
+        ref_seeds.append(ref_seed)
         metrics.append({})
         if args.stats or args.hessian:
             batch = replay_k.sample(args.hessian_batch_size, generator)
             metrics[-1] = network_statistics(args, q_network.modules[k], target_network.modules[k], images,
                                              inputs[-1], batch, [p[k] for p in initial_parameters.values()])
         fit_seeds.append(fit_seed)
-    results = run_probes([q_network.modules[seed.index] for seed in seeds], lambda: build_q_network(args, obs_shape),
-                         torch.stack(inputs), lambda params: build_optimizer(args, params),
-                         num_targets=args.probe_targets, steps=args.probe_steps, batch_size=args.probe_batch_size,
-                         seeds=fit_seeds)
+    networks, make_network = [q_network.modules[seed.index] for seed in seeds], lambda: build_q_network(args, obs_shape)
+    fit = dict(num_targets=args.probe_targets, steps=args.probe_steps, batch_size=args.probe_batch_size)
+    probes = {"paper": run_probes(networks, make_network, torch.stack(inputs),
+                                  lambda params: build_optimizer(args, params), seeds=fit_seeds, **fit)}
+    if args.ref_probe:
+        probes["reference"] = run_probes(networks, make_network, torch.stack(ref_inputs),
+                                         reference_probe_optimizer(args), seeds=ref_seeds, value_loss=True, **fit)
     rows = []
-    for seed, result, stats in zip(seeds, results, metrics):
-        plasticity = result.plasticity.double()
-        initial = seed.probes[0]["probe/plasticity"] if seed.probes else plasticity
-        rows.append(({"probe/final_loss": result.final_losses.mean(), "probe/baseline": result.baseline,
-                      "probe/plasticity": plasticity, "probe/plasticity_loss": initial - plasticity,
-                      "probe/fit": plasticity / result.baseline, **stats},
-                     result.curves.mean(0)))
+    for n, (seed, stats) in enumerate(zip(seeds, metrics)):
+        row = {}
+        for probe, results in probes.items():
+            result, key = results[n], functools.partial(probe_key, probe)
+            plasticity = result.plasticity.double()
+            initial = seed.probes[0][key("plasticity")] if seed.probes else plasticity
+            row.update({key("final_loss"): result.final_losses.mean(), key("baseline"): result.baseline,
+                        key("plasticity"): plasticity, key("plasticity_loss"): initial - plasticity,
+                        key("fit"): plasticity / result.baseline})
+        rows.append(({**row, **stats}, probes["paper"][n].curves.mean(0)))
     return rows
 
 
-def intervene(args, q_network, optimizer, replay, images, rng, global_rngs):
+def intervene(args, q_network, target_network, optimizer, replay, images, rng, global_rngs):
     """Apply the chosen interventions of Sec 6.2 / B.1 and ReDo, in place: each seed's re-initialisations from its
     own global-RNG stream, its ReDo batch from its own generator. Optimizer state is reset for all seeds at once
     (they intervene at the same steps), which for each seed is what its single run does: shrink & perturb starts
-    a fresh optimizer, as Ash & Adams' code does."""
+    a fresh optimizer, as Ash & Adams' code does. With --reset-target-head the target takes the fresh head."""
     obs_shape, device = tuple(images.shape[1:]), images.device
     redo_inputs = images[replay.sample(args.redo_batch_size, rng)[0]] if args.redo else [None] * len(q_network)
     for network, network_optimizer, inputs in global_rngs.each(q_network.modules, optimizer.views(), redo_inputs):
@@ -335,6 +380,10 @@ def intervene(args, q_network, optimizer, replay, images, rng, global_rngs):
             redo(network, network_optimizer, inputs, args.redo_tau)
     if args.reset_last_layer:  # the head's moments belong to the old weights
         reset_optimizer_state(optimizer, [q_network.params["head.weight"], q_network.params["head.bias"]])
+        if args.reset_target_head:
+            with torch.no_grad():
+                for name in ("head.weight", "head.bias"):
+                    target_network.params[name].copy_(q_network.params[name])
     if args.reset_optimizer or args.shrink_perturb:
         reset_optimizer_state(optimizer)
 
@@ -373,11 +422,18 @@ def save_probe_curves(args, seed):
 
 def probe_fits(seed):
     """``probe/initial_fit`` = P(theta_0) / b(theta_0) and ``probe/final_fit`` = P(theta_T) / b(theta_T): the
-    fraction of the targets' variance the first and the last probe's fits explain. A plasticity loss means
-    something only where a fresh network fits the probe (a high initial fit)."""
+    fraction of the targets' variance the first and the last probe's fits explain; the same as
+    ``probe_ref/initial_fit`` and ``probe_ref/final_fit`` for the reference probe
+    (``common.science.probe.probe_key``). A plasticity loss means something only where a fresh network fits the
+    probe (a high initial fit)."""
     if not seed.probes:
         return {}
-    return {"probe/initial_fit": seed.probes[0].get("probe/fit"), "probe/final_fit": seed.probes[-1].get("probe/fit")}
+    fits = {}
+    for probe in PROBES:
+        if probe_key(probe, "fit") in seed.probes[0]:
+            fits[probe_key(probe, "initial_fit")] = seed.probes[0][probe_key(probe, "fit")]
+            fits[probe_key(probe, "final_fit")] = seed.probes[-1].get(probe_key(probe, "fit"))
+    return fits
 
 
 def train(args):
@@ -418,7 +474,8 @@ def train(args):
     try:
         if args.probe_every and step % args.probe_every == 0 and runs.probe(step, probe):  # step 0, or abandoned
             if 0 < step and step % intervention_period == 0 and not runs.probe_pending:
-                intervene(args, q_network, optimizer, replay, images, rng, runs.global_rngs)  # it waited for the probe
+                # it waited for the probe
+                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.global_rngs)
         while step < args.total_steps and not runs.stopping:
             actions = act(q_network, images, obs, args.epsilon, rng)
             next_obs, rewards = env.step(actions)
@@ -426,8 +483,8 @@ def train(args):
             replay.add(obs, actions, rewards, next_obs)
             obs = next_obs
 
-            loss, q_values = td_loss(q_network, target_network, images, replay.sample(args.batch_size, rng),
-                                     args.gamma, args.double_q)
+            batch = replay.sample(args.batch_size, rng)
+            loss, q_values = td_loss(q_network, target_network, images, batch, args.gamma, args.double_q)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # the seeds share nothing, so each gets exactly its own gradient
             optimizer.step()
@@ -437,13 +494,16 @@ def train(args):
             if step % args.target_period == 0:
                 target_network.copy_from(q_network)
             if step % args.log_every == 0:
-                runs.log(step, dict(zip(LOG_KEYS, (window / args.log_every).unbind(-1))))
+                logged = dict(zip(LOG_KEYS, (window / args.log_every).unbind(-1)))
+                if args.two_hot:  # is the head collapsing onto few bins, or spreading over the support?
+                    logged["charts/two_hot_entropy"] = two_hot_entropy(q_network, images, batch[0])
+                runs.log(step, logged)
                 window.zero_()
             if args.probe_every and step % args.probe_every == 0:
                 runs.probe(step, probe)  # the network as trained: before the intervention of the same step
             # A probe that a signal skips or abandons is redone on resume, and the intervention then follows it.
             if step % intervention_period == 0 and not runs.probe_pending:  # after the copy: targets keep theta
-                intervene(args, q_network, optimizer, replay, images, rng, runs.global_rngs)
+                intervene(args, q_network, target_network, optimizer, replay, images, rng, runs.global_rngs)
             if step % (args.checkpoint_every or args.probe_every or args.total_steps) == 0:
                 runs.save_checkpoint(step, state)
     except Interrupted:

@@ -2,8 +2,10 @@
 same name beside it, the CSV's ``protocol`` column naming the runs' protocol (``protocol_<id>.json``).
 
 Every function takes a grid's prepared table (``interventions_sweep.prepare``) and its ``common.analysis.validity.Protocol``
-(where to write, which protocol, the diverged runs). Figures of plasticity loss show the fresh network's probe fit
-P(theta_0) / b beside it: a loss is a measurement only where that fit is high.
+(where to write, which protocol, the diverged runs, and ``probe``: which probe's numbers the table holds, paper or
+reference). Figures of plasticity loss show the fresh network's probe fit P(theta_0) / b beside it: a loss is a
+measurement only where that fit is high. Every figure names its probe in its title and CSV; the reference probe's
+files end in ``_probe_ref``.
 """
 import itertools
 import os
@@ -16,6 +18,7 @@ from common.analysis.validity import SATURATION
 from common.runtime.logger import pyplot
 from common.science.envs import VARIANTS
 from common.science.networks import ARCHITECTURES as ARCHS
+from common.science.probe import PROBES
 
 plt = pyplot()
 
@@ -72,12 +75,26 @@ def order(values, preferred):
     return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
 
 
+def probe_of(protocol):
+    """The probe whose numbers ``protocol``'s table holds (``common.probe.PROBES``)."""
+    return getattr(protocol, "probe", "paper")
+
+
+def out_name(protocol, stem):
+    """``stem`` for the paper's probe, ``<stem>_probe_ref`` for the reference probe: both analyses fit one folder."""
+    return stem if probe_of(protocol) == "paper" else f"{stem}_{PROBES[probe_of(protocol)]}"
+
+
 def save(fig, data, protocol, stem):
-    """The figure as <stem>.png and the numbers behind it, with their protocol, as <stem>.csv."""
+    """The figure as <stem>.png, titled with its probe, and the numbers behind it, with their protocol and probe,
+    as <stem>.csv (``out_name``)."""
+    fig.suptitle(f"{probe_of(protocol)} probe", fontsize=9, x=0.01, ha="left")
     fig.tight_layout()
+    stem = out_name(protocol, stem)
     fig.savefig(os.path.join(protocol.out_dir, f"{stem}.png"), dpi=110)
     plt.close(fig)
-    protocol.tag(data).to_csv(os.path.join(protocol.out_dir, f"{stem}.csv"), index=False)
+    protocol.tag(data).assign(probe=probe_of(protocol)).to_csv(os.path.join(protocol.out_dir, f"{stem}.csv"),
+                                                               index=False)
     print(f"wrote {protocol.out_dir}/{stem}.png and {stem}.csv")
 
 
@@ -92,7 +109,7 @@ def plot_fig5(table, protocol):
     and the final fit (dashed). The CNN's width is relative to A.2's."""
     table = table.assign(x=table["width"] / table["arch"].map({"cnn": 512}).fillna(1))
     keys = ("arch", "x", "width", "target_period", "dataset")
-    data = over_seeds(table, keys, "probe/plasticity_loss")
+    data = over_seeds(table, keys, "plasticity_loss")
     data = with_fit(data, table, keys)
     archs = order(data["arch"], ARCHS)
     fig, axes = plt.subplots(2, len(archs), figsize=(5.5 * len(archs), 7), squeeze=False, sharex="col")
@@ -252,27 +269,62 @@ def plot_td_loss(table, series, protocol):
         save(fig, data.rename(columns={"count": "seeds"}), protocol, f"fig15_16_td_loss_{dataset}")
 
 
+def hessian_growth(runs, series):
+    """Per run, the top Hessian eigenvalue's growth from its first logged point to its last: ``change`` (last -
+    first), ``ratio`` (last / first) and ``log10_growth``; levels differ by orders of magnitude between
+    architectures (LayerNorm's start far higher), so Fig 14 compares growth, not levels."""
+    data = curves(runs, series, HESSIAN_TOP)
+    if not len(data):
+        return data
+    ends = data.sort_values("step").groupby(["dataset", "output", "variant", "intervention", "seed"])["value"]
+    growth = ends.agg(first="first", last="last", points="count").reset_index()
+    growth = growth[growth["points"] > 1]
+    return growth.assign(change=growth["last"] - growth["first"], ratio=growth["last"] / growth["first"],
+                         log10_growth=np.log10(growth["last"] / growth["first"]))
+
+
 def plot_hessian(table, series, protocol):
-    """Fig 14: the top Hessian eigenvalue of the TD loss over training, CNN with and without LayerNorm."""
+    """Fig 14: the top Hessian eigenvalue of the TD loss over training, CNN with and without LayerNorm (top), and
+    its growth from the first point to the last, log10(last / first) with 95% intervals over seeds (bottom); the
+    CSV holds both growths (change and log10 ratio) with their intervals."""
     runs = table[(table["arch"] == "cnn") & table["intervention"].isin(["none", "layer_norm"])]
     data = curves(runs, series, HESSIAN_TOP)
     if not len(data):
         print(f"Fig 14 skipped: no CNN run (with or without LayerNorm) logged {HESSIAN_TOP}")
         return
-    data = data.groupby(["dataset", "output", "variant", "intervention", "step"])["value"].agg(
+    levels = data.groupby(["dataset", "output", "variant", "intervention", "step"])["value"].agg(
         ["mean", "count"]).reset_index()
-    panels = list(data.groupby(["dataset", "output"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (dataset, output) in zip(axes[0], panels):
-        panel = data[(data["dataset"] == dataset) & (data["output"] == output)]
+    keys = ("dataset", "output", "variant", "intervention")
+    growth = hessian_growth(runs, series)
+    summary = over_seeds(growth, keys, "log10_growth").merge(over_seeds(growth, keys, "change"), on=list(keys),
+                                                             suffixes=("_log10_growth", "_change"))
+    panels = list(levels.groupby(["dataset", "output"]).groups)
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.5 * len(panels), 7.5), squeeze=False)
+    for j, (dataset, output) in enumerate(panels):
+        ax, panel = axes[0, j], levels[(levels["dataset"] == dataset) & (levels["output"] == output)]
+        bars = summary[(summary["dataset"] == dataset) & (summary["output"] == output)]
+        labels = []
         for k, variant in enumerate(order(panel["variant"], VARIANTS)):
             for intervention, style in (("none", "--"), ("layer_norm", "-")):
                 line = panel[(panel["variant"] == variant) & (panel["intervention"] == intervention)]
                 ax.plot(line["step"], line["mean"], style, color=f"C{k}", label=f"{variant}, {intervention}")
+                bar = bars[(bars["variant"] == variant) & (bars["intervention"] == intervention)]
+                if len(bar):
+                    mean = bar["mean_log10_growth"].iloc[0]
+                    err = [[mean - bar["ci_low_log10_growth"].iloc[0]], [bar["ci_high_log10_growth"].iloc[0] - mean]]
+                    axes[1, j].bar(len(labels), mean, yerr=np.nan_to_num(err), color=f"C{k}", capsize=3,
+                                   hatch="" if intervention == "layer_norm" else "//")
+                    labels.append(f"{variant}, {intervention}")
         ax.set(yscale="log", title=f"CNN on {dataset}, {output} output", xlabel="step",
                ylabel="top Hessian eigenvalue")
         ax.legend(fontsize=7)
-    save(fig, data.rename(columns={"count": "seeds"}), protocol, "fig14_hessian")
+        axes[1, j].axhline(0, color="black", lw=0.8)
+        axes[1, j].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        axes[1, j].set(ylabel="growth, log10(last / first)", title="growth over training (95% interval over seeds)")
+    save(fig, summary, protocol, "fig14_hessian")
+    save_levels = levels.rename(columns={"count": "seeds"})
+    protocol.tag(save_levels).assign(probe=probe_of(protocol)).to_csv(
+        os.path.join(protocol.out_dir, f"{out_name(protocol, 'fig14_hessian')}_levels.csv"), index=False)
 
 
 def plot_probe_curves(table, saved_curves, protocol, max_points=100):

@@ -7,7 +7,9 @@
     python interventions_sweep.py --grid interventions --tasks 0-63 --preset cpu    # the reduced CPU grid
     python interventions_sweep.py analyze --runs-dir runs               # every figure, its numbers, a ranking
 
-``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time,
+``analyze`` reads the completed and diverged runs of both grids under ``--runs-dir``, one protocol at a time, with
+the probe ``--probe`` names (paper: the agent's own optimizer, Sec 3.1; reference: one optimizer, rate and loss for
+every arm, ``dqn_classification_mdp.Args.ref_probe``), which every figure and CSV names,
 leaves out (and counts per cell) the runs whose fresh network could not fit the probe (``common.analysis.validity``), writes
 each figure (``interventions_plots.py``) as a PNG with its numbers in a CSV of the same name beside it, and prints
 the interventions ranked by their change in plasticity loss against no intervention, with 95% t-intervals over
@@ -19,12 +21,14 @@ if __name__ == "__main__":  # a signal while the libraries below import ends the
     early_signals.install()
 
 import argparse
+import functools
 import os
 
 import dqn_classification_mdp
 from common.analysis import results, sweep, validity
 from common.errors import check
 from common.science.envs import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
+from common.science.probe import PROBES, probe_key
 
 # --------------------------------------------------------------------------------------------------------- the grids
 MLP_WIDTHS = tuple(("mlp", 16 * k) for k in (1, 2, 4, 8, 12, 16))  # A.2: "a base width of 16 ... factors 1 ... 16"
@@ -64,6 +68,8 @@ GRIDS = {
                   "target_period": (1_000, 10_000), "seed": (1, 2, 3)},  # Sec 5.1 says 1,000 and A.2 10,000: both
         "cpu": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS + CNN_WIDTHS[:2],
                 "target_period": (50, 500), "seed": (1, 2, 3)},  # 60 and 6 target updates in 3,000 steps
+        "cpu_discriminating": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS,
+                               "target_period": (50,), "seed": (1, 2, 3)},
         "test": {"dataset": ("mnist",), "variant": ("true_label",), "arch_width": MLP_WIDTHS[:2],
                  "target_period": (10, 20), "seed": (1,)},
     },
@@ -73,6 +79,8 @@ GRIDS = {
         "cpu": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp", "cnn"), "output": tuple(OUTPUTS),
                 "intervention": tuple(INTERVENTIONS), "seed": (1, 2)},  # 64 cells; the sparse-reward MDP needs
         # "several tens of thousands of steps" (B.1) to show anything, and ResNet-18 and the ViT a GPU
+        "cpu_discriminating": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp", "cnn"),
+                               "output": tuple(OUTPUTS), "intervention": tuple(INTERVENTIONS), "seed": (1, 2, 3)},
         "test": {"dataset": ("mnist",), "variant": ("true_label",), "arch": ("mlp",), "output": tuple(OUTPUTS),
                  "intervention": ("none", "layer_norm"), "seed": (1,)},
     },
@@ -93,6 +101,17 @@ PRESETS = {
         # benchmarks/RESULTS.md.
         "cuda": False, "width": 64, "total_steps": 3_000, "learning_starts": 500, "target_period": 250,
         "log_every": 100, "probe_every": 1_500, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 512,
+    },
+    "cpu_discriminating": {  # the cpu preset where its agents lose plasticity (benchmarks/RESULTS.md, calibration).
+        # Keeps the cpu preset's agent, run length (3,000 steps), probe schedule (0, 1.5k, 3k), 2,000-step probes
+        # with 3 targets, and interventions at every target update (Sec 6.2). Scales: the target network every 50
+        # steps (60 updates in the run, as the paper's 100 in 100k; cpu: 12), 1,024 probe inputs for the paper's
+        # probe, and the reference probe on 1,024 fixed distinct images, where a fresh width-64 network fits
+        # 0.81-0.91 of b (the paper's probe, drawing from a 500-transition replay at step 0, 0.91-0.99). Without
+        # intervention the MLP loses 0.35 of b of its reference fit, the CNN 0.44. 3 seeds.
+        "cuda": False, "width": 64, "total_steps": 3_000, "learning_starts": 500, "target_period": 50,
+        "log_every": 100, "probe_every": 1_500, "probe_steps": 2_000, "probe_targets": 3, "probe_inputs": 1_024,
+        "ref_probe_inputs": 1_024,
     },
     "test": sweep.TEST_PRESET,
 }
@@ -120,23 +139,26 @@ def make_grid(options):
 
 
 # ---------------------------------------------------------------------------------------------------- reading runs
-PROBE_LOSS = "probe/final_loss"  # mean over targets of the probe's last loss (Sec 3.1)
-
-
-def prepare(table, kind):
-    """A grid's runs with their cell's axis labels (output, intervention) and their first and last probe loss
-    (``probe_initial``, ``probe_last``, ``probe_change``: Fig 6's colour) from summary.json's probe rows."""
+def prepare(table, kind, probe="paper"):
+    """A grid's runs with their cell's axis labels (output, intervention) and, for the probe ``probe``
+    (``common.probe.PROBES``), their first and last probe loss (``probe_initial``, ``probe_last``,
+    ``probe_change``: Fig 6's colour; the loss is the mean over targets of the fits' last, Sec 3.1) from
+    summary.json's probe rows, and their plasticity loss P(theta_0) - P(theta_T) at the last probe
+(``plasticity_loss``, Fig 5)."""
     import numpy as np
 
     table = table.copy()
+    key = functools.partial(probe_key, probe)
     labels = table["run_dir"].map(lambda run: dict(zip(AXES[kind], os.path.basename(run).split("__"))))
     for axis in ("output", "intervention"):
         if axis in AXES[kind]:
             table[axis] = labels.map(lambda cell: cell.get(axis))
-    losses = table["probes"].map(lambda rows: [validity.number(r.get(PROBE_LOSS)) for r in rows or []])
+    losses = table["probes"].map(lambda rows: [validity.number(r.get(key("final_loss"))) for r in rows or []])
     table["probe_initial"] = losses.map(lambda v: v[0] if v else np.nan)
     table["probe_last"] = losses.map(lambda v: v[-1] if len(v) > 1 else np.nan)
     table["probe_change"] = table["probe_last"] - table["probe_initial"]
+    table["plasticity_loss"] = table[key("plasticity_loss")] if key("plasticity_loss") in table else np.nan
+    table["probe"] = probe
     if kind == "interventions":
         table["treatment"] = [treatment(output, intervention)
                               for output, intervention in zip(table["output"], table["intervention"])]
@@ -158,13 +180,16 @@ def load(runs_dir, kind, options):
         print(f"{kind} grid: no {grid_dir}")
         return []
     varied = make_grid(argparse.Namespace(grid=kind, preset="paper", datasets="paper")).varied_fields()
-    protocols = validity.load_protocols(grid_dir, GRID_NAMES[kind], varied, options.min_initial_fit, runs_dir)
+    protocols = validity.load_protocols(grid_dir, GRID_NAMES[kind], varied, options.min_initial_fit, runs_dir,
+                                        PROBES[options.probe])
     for protocol in protocols:
-        runs = prepare(protocol.runs, kind)
+        protocol.probe = options.probe  # the figures and CSVs name it (interventions_plots.save)
+        runs = prepare(protocol.runs, kind, options.probe)
         few = runs["probe_change"].isna()
         if few.any():
             print(f"  {validity.describe_by_cell(sorted(runs['run_dir'][few]), 'left out with fewer than two probes')}")
-        protocol.runs, protocol.diverged = runs[~few].reset_index(drop=True), prepare(protocol.diverged, kind)
+        protocol.runs, protocol.diverged = runs[~few].reset_index(drop=True), prepare(protocol.diverged, kind,
+                                                                                     options.probe)
     return [p for p in protocols if len(p.runs)]
 
 
@@ -202,7 +227,7 @@ def rank_interventions(table, protocol):
     """Fig 6's interventions ranked by their change in final probe loss less that of no intervention in the same
     dataset, variant, arch and seed (negative: less plasticity loss), with 95% intervals over seeds, and how
     many runs of each diverged (they are not in the mean: an intervention's failures must not vanish)."""
-    from interventions_plots import fig6_runs, over_seeds, with_diverged, with_fit
+    from interventions_plots import fig6_runs, out_name, over_seeds, with_diverged, with_fit
 
     runs = fig6_runs(table)
     keys = ["dataset", "variant", "arch", "seed"]
@@ -212,14 +237,16 @@ def rank_interventions(table, protocol):
         over_seeds(runs, ("treatment",), "probe_change"), on="treatment", suffixes=("", "_change"))
     data = with_diverged(with_fit(data, runs, ("treatment",)), fig6_runs(protocol.diverged), ("treatment",))
     data = data.sort_values("mean", na_position="last").reset_index(drop=True)
-    protocol.tag(data).to_csv(os.path.join(protocol.out_dir, "interventions_ranking.csv"), index=False)
-    print("\ninterventions ranked by change in final probe loss (last - first probe) minus no intervention's;"
+    name = out_name(protocol, "interventions_ranking")
+    protocol.tag(data).assign(probe=protocol.probe).to_csv(os.path.join(protocol.out_dir, f"{name}.csv"), index=False)
+    print(f"\ninterventions ranked by change in final probe loss (last - first probe; {protocol.probe} probe) minus "
+          "no intervention's;"
           "\nnegative = less plasticity loss; 95% t-intervals over seeds; fit = P(theta_0) / b:")
     for rank, r in data.iterrows():
         print(f"  {rank + 1:>2}. {r['treatment']:<18} {r['mean']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
               f"   (change {r['mean_change']:+.4f}, {r['seeds']:.0f} seeds, fit {r['initial_fit']:.2f}, "
               f"{r['diverged']} diverged)")
-    print(f"wrote {protocol.out_dir}/interventions_ranking.csv")
+    print(f"wrote {protocol.out_dir}/{name}.csv")
 
 
 def analyze(runs_dir, options):
@@ -235,13 +262,17 @@ def analyze(runs_dir, options):
         table = protocol.runs
         plots.plot_heatmaps(table, protocol)
         plots.plot_probe_losses(table, protocol)
+        rank_interventions(table, protocol)
+        if options.probe != "paper":
+            print("Fig 12-18 do not read a probe's fits (Fig 17-18's saved curves are the paper probe's): "
+                  "analyze with --probe paper draws them")
+            continue
         plots.plot_accuracy(table, protocol)
         series = read_series(plots.fig6_runs(table))
         plots.plot_td_loss(table, series, protocol)
         plots.plot_hessian(table, series, protocol)
         plots.plot_probe_curves(table, read_probe_curves(table[table["intervention"].isin(["none", "layer_norm"])]),
                                 protocol)
-        rank_interventions(table, protocol)
 
 
 def add_arguments(parser):
@@ -255,6 +286,10 @@ def add_arguments(parser):
                         help="analyse only runs whose fresh network fits at least this fraction of the probe's "
                              "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
                              "every run with finite fits)")
+    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
+                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
+                             "one optimizer, rate and loss for every arm (the agent's --ref-probe; its figures and "
+                             "CSVs end in _probe_ref)")
 
 
 SWEEP = sweep.Sweep(make_grid=make_grid, presets=PRESETS, analyze=analyze, train=dqn_classification_mdp.train,

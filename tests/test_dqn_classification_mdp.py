@@ -23,7 +23,7 @@ from test_data import write_tiny_cifar10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(total_steps=40, learning_starts=20, buffer_size=500, batch_size=8, width=16, log_every=10,
             target_period=10, probe_every=20, probe_steps=6, probe_targets=2, probe_inputs=32,
-            probe_batch_size=8, num_images=500, cuda=False)
+            probe_batch_size=8, ref_probe_inputs=48, num_images=500, cuda=False)
 
 
 def test_double_q_target_against_a_hand_computation():
@@ -155,6 +155,39 @@ def test_a_probe_is_seeded_by_run_seed_and_step_and_leaves_the_global_rng_alone(
     assert "curvature/hessian_top" in stats and all(torch.equal(stats[k], stats_again[k]) for k in stats)
 
 
+def test_the_reference_probe_leaves_the_papers_probe_as_it_was():
+    """The reference probe draws its inputs and minibatches from seeds of its own: the paper's probe gives the same
+    numbers with and without it; the reference probe's task is the same at every probe of a run, and whatever the
+    agent's optimizer (Adam at its own rate)."""
+    images = torch.randint(0, 256, (64, 1, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    replay = StackedReplay(1, 64, "cpu")
+    replay.add(torch.arange(64)[None], torch.zeros(1, 64, dtype=torch.long), torch.zeros(1, 64), torch.arange(64)[None])
+    rows = {}
+    for name, extra in (("with", {}), ("without", dict(ref_probe=False)), ("sgd", dict(optimizer="sgd")),
+                        ("two_hot", dict(two_hot=True))):
+        args = dqn.Args(width=16, probe_steps=4, probe_targets=2, probe_inputs=16, ref_probe_inputs=24,
+                        probe_batch_size=4, stats=False, hessian=False, **extra)
+        torch.manual_seed(0)
+        q, target = (SeedStack([dqn.build_q_network(args, (1, 9, 9))]) for _ in range(2))
+        seed = types.SimpleNamespace(index=0, seed=1, probes=[])
+        rows[name] = dqn.probe_plasticity(args, q, target, images, replay, {}, [seed], 7)[0][0]
+    assert not any(k.startswith("probe_ref/") for k in rows["without"])
+    assert all(torch.equal(rows["with"][k], v) for k, v in rows["without"].items())
+    assert rows["with"]["probe_ref/final_loss"] != rows["with"]["probe/final_loss"]
+    # a fixed instrument: at another step, the paper's probe draws anew, the reference probe's task is the same
+    args = dqn.Args(width=16, probe_steps=4, probe_targets=2, probe_inputs=16, ref_probe_inputs=24,
+                    probe_batch_size=4, stats=False, hessian=False)
+    torch.manual_seed(0)
+    q, target = (SeedStack([dqn.build_q_network(args, (1, 9, 9))]) for _ in range(2))
+    later = dqn.probe_plasticity(args, q, target, images, replay, {}, [types.SimpleNamespace(index=0, seed=1,
+                                                                                          probes=[])], 8)[0][0]
+    assert later["probe/final_loss"] != rows["with"]["probe/final_loss"]
+    assert torch.equal(later["probe_ref/final_loss"], rows["with"]["probe_ref/final_loss"])
+    # another agent optimizer changes the paper's probe only
+    assert rows["sgd"]["probe/final_loss"] != rows["with"]["probe/final_loss"]
+    assert torch.equal(rows["sgd"]["probe_ref/final_loss"], rows["with"]["probe_ref/final_loss"])
+
+
 def _check_run_directory(run_dir, steps):
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     assert summary["status"] == "completed" and summary["steps"] == steps
@@ -173,6 +206,13 @@ def _check_run_directory(run_dir, steps):
     assert summary["metrics"]["probe/initial_fit"] == probes[0]["probe/fit"]
     assert summary["metrics"]["probe/final_fit"] == probes[-1]["probe/fit"] == summary["metrics"]["probe/fit"]
     assert all(row["probe/fit"] <= 1 for row in probes)  # P = b - final loss <= b
+    for name in ("final_loss", "baseline", "plasticity", "plasticity_loss", "fit"):  # the reference probe beside it
+        assert all(isinstance(row[f"probe_ref/{name}"], float) for row in probes)
+    for row in probes:
+        assert row["probe_ref/fit"] == pytest.approx(row["probe_ref/plasticity"] / row["probe_ref/baseline"], rel=1e-6)
+        assert row["probe_ref/final_loss"] != row["probe/final_loss"]  # its own inputs, optimizer and seed
+    assert summary["metrics"]["probe_ref/initial_fit"] == probes[0]["probe_ref/fit"]
+    assert summary["metrics"]["probe_ref/final_fit"] == probes[-1]["probe_ref/fit"]
     curves = torch.load(os.path.join(run_dir, "probe_curves.pt"), weights_only=False)
     assert curves["steps"] == [r["step"] for r in probes] and curves["curves"].shape[0] == len(probes)
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f]  # written through a temporary file and a rename
@@ -361,3 +401,21 @@ def test_shrink_perturb_starts_a_fresh_optimizer_and_redo_scores_256_transitions
               for name in ("adam", "shrink_perturb")}
     assert len(states["adam"]) == 6 and states["shrink_perturb"] == {}  # three layers, weight and bias
     assert batches == [256] and dqn.Args().shrink == 0.4 and dqn.Args().perturb == 0.1
+
+
+@pytest.mark.parametrize("reset_target_head", [False, True])
+def test_reset_target_head_gives_the_target_the_fresh_head(tmp_path, data_dir, reset_target_head):
+    """At a reset between target updates, the target keeps the pre-reset head unless --reset-target-head; its
+    torso is the last target update's either way. A two-hot agent logs its head's softmax entropy."""
+    run_dir = tmp_path / "run"
+    dqn.train(dqn.Args(data_dir=data_dir, run_dir=str(run_dir), reset_last_layer=True, intervention_period=15,
+                       reset_target_head=reset_target_head, two_hot=True, stats=False, hessian=False,
+                       **{**TINY, "total_steps": 15, "target_period": 20, "probe_every": 0, "num_images": 100}))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    q, target = checkpoint["q_network"], checkpoint["target_network"]
+    assert torch.equal(q["head.weight"], target["head.weight"]) == reset_target_head
+    torso = next(name for name in q if not name.startswith("head."))
+    assert not torch.equal(q[torso], target[torso])  # the target is the initial network
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    entropy = [r["charts/two_hot_entropy"] for r in rows if "charts/two_hot_entropy" in r]
+    assert len(entropy) == 1 and 0 < entropy[0] < math.log(101)

@@ -38,6 +38,7 @@ def test_interventions_grid_lists_every_arch_and_intervention(capsys):
         assert cell.overrides.get("learning_rate") == (3e-3 if two_hot else None)
         assert cell.overrides.get("weight_decay") == (1e-5 if cell.labels["intervention"] == "weight_decay" else None)
     assert len(listed(capsys, "--preset", "cpu")) == 2 * 2 * 8 * 2
+    assert len(listed(capsys, "--preset", "cpu_discriminating")) == 2 * 2 * 8 * 3
 
 
 def test_the_figures_order_the_grids_axes_as_the_grid_does():
@@ -58,6 +59,7 @@ def test_width_grid_follows_a2(capsys):
 # ------------------------------------------------------------------------------------------- planted finished runs
 EFFECT = {"none": 0.30, "layer_norm": -0.10, "shrink_perturb": 0.45, "redo": 0.05}  # probe-loss change, regression
 TWO_HOT_SHIFT = -0.2  # the two-hot output lowers every change by this much
+REF_SCALE = 2.0  # the reference probe's change in final loss, in units of the paper probe's
 
 
 def write_run(root, grid, name, args, status="completed", metrics=(), rows=(), curves=None, fit=0.9):
@@ -68,8 +70,8 @@ def write_run(root, grid, name, args, status="completed", metrics=(), rows=(), c
         json.dump({"exp_name": grid, **args}, f)
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    probes = [{**row, "probe/baseline": 0.5, "probe/plasticity": fit * 0.5}
-              for row in rows if "probe/final_loss" in row]
+    probes = [{**row, "probe/baseline": 0.5, "probe/plasticity": fit * 0.5, "probe_ref/baseline": 0.5,
+               "probe_ref/plasticity": 0.7 * 0.5} for row in rows if "probe/final_loss" in row]
     if status is not None:
         with open(os.path.join(path, "summary.json"), "w") as f:
             json.dump({"status": status, "steps": 40, "metrics": dict(metrics), "probes": probes}, f)
@@ -91,12 +93,15 @@ def plant_intervention_runs(root):
                     for intervention, effect in EFFECT.items():
                         change = effect + noise + (TWO_HOT_SHIFT if output == "two_hot" else 0.0)
                         expected[variant, arch, output, intervention, seed] = (initial, change)
-                        rows = [{"step": 0, "probe/final_loss": initial}, {"step": 20, "probe/final_loss": 9.0},
+                        rows = [{"step": 0, "probe/final_loss": initial, "probe_ref/final_loss": initial},
+                                {"step": 20, "probe/final_loss": 9.0, "probe_ref/final_loss": 9.0},
                                 {"step": 20, "losses/td_loss": 0.5, "charts/accuracy": 0.3},
                                 {"step": 40, "losses/td_loss": 0.25, "charts/accuracy": 0.6},
-                                {"step": 40, "probe/final_loss": initial + change}]
-                        if arch == "cnn":
-                            rows += [{"step": s, "curvature/hessian_top": 10.0 + s} for s in (0, 20, 40)]
+                                {"step": 40, "probe/final_loss": initial + change,
+                                 "probe_ref/final_loss": initial + REF_SCALE * change}]
+                        if arch == "cnn":  # LayerNorm starts 100 times higher and grows 5-fold, as without it
+                            scale = 100.0 if intervention == "layer_norm" else 1.0
+                            rows += [{"step": s, "curvature/hessian_top": scale * (10.0 + s)} for s in (0, 20, 40)]
                         args = {"dataset": "mnist", "variant": variant, "arch": arch, "seed": seed}
                         write_run(root, "interventions", f"mnist__{variant}__{arch}__{output}__{intervention}__seed{seed}",
                                   args, metrics={"charts/accuracy": 0.6 + 0.01 * seed}, rows=rows,
@@ -197,8 +202,14 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
     assert diverged["true_label", "mlp", "none"] == 1 and diverged.sum() == 1  # counted where it happened
     ranking = pd.read_csv(os.path.join(root, "interventions_ranking.csv")).set_index("treatment")
     assert ranking.loc["none", "diverged"] == 1 and ranking["diverged"].sum() == 1
-    hessian = pd.read_csv(os.path.join(root, "fig14_hessian.csv"))
-    assert set(hessian["intervention"]) == {"none", "layer_norm"} and hessian["mean"].max() == 50.0
+    hessian = pd.read_csv(os.path.join(root, "fig14_hessian.csv")).set_index("intervention")
+    assert set(hessian.index) == {"none", "layer_norm"}  # growth, not levels: the same 5-fold growth
+    assert hessian["mean_log10_growth"].to_numpy() == pytest.approx(np.log10(5.0))
+    assert hessian.loc["none", "mean_change"].max() == pytest.approx(40.0)
+    assert hessian.loc["layer_norm", "mean_change"].max() == pytest.approx(4000.0)
+    assert hessian["seeds_log10_growth"].to_numpy() == pytest.approx(3)
+    levels = pd.read_csv(os.path.join(root, "fig14_hessian_levels.csv"))
+    assert levels["mean"].max() == 5000.0 and (hessian["probe"] == "paper").all()
     probes = pd.read_csv(os.path.join(root, "fig17_18_probe_curves_mnist.csv"))
     first = probes[(probes["probe_step"] == 0) & (probes["agent_step"] == 20)]
     means = first.set_index(["arch", "intervention"])["mean"]  # curves scaled by the seeds 1, 2, 3
@@ -215,6 +226,25 @@ def test_analyze_draws_every_figure_with_its_numbers(tmp_path, capsys):
         assert r.mean == pytest.approx(want[r.treatment], abs=1e-12) and r.seeds == 3
         assert r.ci_low == pytest.approx(r.mean, abs=1e-9) and r.ci_high == pytest.approx(r.mean, abs=1e-9)
     assert "1. layer_norm" in out
+
+
+def test_analyze_with_the_reference_probe_reads_its_own_numbers_and_names_it(tmp_path, capsys):
+    """--probe reference reads the probe_ref/ keys (here REF_SCALE times the paper probe's change) and its fits,
+    and writes its figures beside the paper probe's, each named for its probe."""
+    root = str(tmp_path)
+    expected = plant_intervention_runs(root)
+    assert sweep.run(iv.SWEEP, ["analyze", "--runs-dir", root, "--probe", "reference"]) == 0
+    assert not os.path.exists(os.path.join(root, "fig6_interventions.csv"))
+    assert not any(name.startswith(("fig12", "fig14", "fig15", "fig17")) for name in os.listdir(root))
+    fig6 = pd.read_csv(os.path.join(root, "fig6_interventions_probe_ref.csv"))
+    assert (fig6["probe"] == "reference").all() and fig6["initial_fit"].to_numpy() == pytest.approx(0.7)
+    for arch in ("mlp", "cnn"):
+        want = REF_SCALE * np.mean([c for (v, a, o, i, s), (_, c) in expected.items()
+                                    if (a, o, i) == (arch, "regression", "none")])
+        assert fig6[(fig6["arch"] == arch) & (fig6["column"] == "none")]["mean"].item() == pytest.approx(want)
+    ranking = pd.read_csv(os.path.join(root, "interventions_ranking_probe_ref.csv")).set_index("treatment")
+    assert ranking.loc["layer_norm", "mean"] == pytest.approx(REF_SCALE * (EFFECT["layer_norm"] - EFFECT["none"]))
+    assert "reference probe" in capsys.readouterr().out
 
 
 def test_mean_ci_is_the_student_t_interval():

@@ -3,7 +3,7 @@ import torch
 
 from common.science.networks import TwoHot, build_network
 from common.science.optim import Adam, make_optimizer
-from common.science.probe import make_targets, predict_values, run_probe, run_probes
+from common.science.probe import PROBES, make_targets, predict_values, probe_key, run_probe, run_probes
 
 
 def _setup(dtype=torch.float32, **net_kwargs):
@@ -95,3 +95,31 @@ def test_probes_of_several_networks_at_once_equal_each_networks_own_probe(arch, 
         torch.testing.assert_close(result.final_losses, alone.final_losses, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(result.plasticity, alone.plasticity, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(together[0].curves, together[1].curves)
+
+
+def test_value_loss_fits_predicted_values_by_squared_error_whatever_the_head():
+    """The reference probe's loss: for a regression head it is the head's own; for a two-hot head the squared
+    error of the expected values, vectorised equal to sequential, and a different fit from the cross-entropy's."""
+    network, make, inputs = _setup(torch.float64)
+    kwargs = dict(num_targets=3, steps=20, batch_size=8, seed=5)
+    own, value = (run_probe(network, make, inputs, adam, value_loss=v, **kwargs) for v in (False, True))
+    torch.testing.assert_close(own.curves, value.curves, rtol=1e-12, atol=1e-14)
+    network, make, inputs = _setup(torch.float64, two_hot=TwoHot(-3, 3, 13))
+    vectorised = run_probe(network, make, inputs, adam, value_loss=True, **kwargs)
+    sequential = run_probe(network, make, inputs, adam, value_loss=True, vectorized=False, **kwargs)
+    torch.testing.assert_close(vectorised.curves, sequential.curves, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(vectorised.final_losses, sequential.final_losses, rtol=1e-10, atol=1e-12)
+    cross_entropy = run_probe(network, make, inputs, adam, **kwargs)
+    targets = make_targets(network, make, inputs, num_targets=3, seed=5)
+    assert not torch.allclose(cross_entropy.curves, vectorised.curves)
+    # the first step's loss is the squared error of the untouched network's values on its minibatch
+    idx = torch.randint(len(inputs), (1, 3, 8), generator=torch.Generator().manual_seed(5))[0]
+    expected = torch.stack([(predict_values(network.train(), inputs[i]) - targets[k, i]).square().mean()
+                            for k, i in enumerate(idx)])
+    torch.testing.assert_close(vectorised.curves[:, 0], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_probe_key_names_each_probes_metrics():
+    assert probe_key("paper", "initial_fit") == "probe/initial_fit"
+    assert probe_key("reference", "plasticity_loss") == "probe_ref/plasticity_loss"
+    assert set(PROBES) == {"paper", "reference"}

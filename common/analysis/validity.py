@@ -47,21 +47,22 @@ def number(value):
         return math.nan
 
 
-def probe_fits(row):
+def probe_fits(row, prefix="probe"):
     """``(initial fit, final fit, initial b)`` of one run: ``probe/initial_fit`` and ``probe/final_fit`` where the
-    run recorded them, else P / b of its first and last probe rows; b from the first probe row (NaN without it)."""
+    run recorded them, else P / b of its first and last probe rows; b from the first probe row (NaN without it).
+    ``prefix`` names the probe (``common.science.probe.PROBES``: ``probe_ref`` for the reference probe)."""
     probes = row.get("probes")
     probes = [p for p in probes if isinstance(p, dict)] if isinstance(probes, list) else []  # a corrupt entry: none
     probes = probes or [{}]
 
     def fit(probe):
-        p, b = number(probe.get("probe/plasticity")), number(probe.get("probe/baseline"))
+        p, b = number(probe.get(f"{prefix}/plasticity")), number(probe.get(f"{prefix}/baseline"))
         return p / b if b > 0 else math.nan
 
-    initial, final = number(row.get("probe/initial_fit")), number(row.get("probe/final_fit"))
+    initial, final = number(row.get(f"{prefix}/initial_fit")), number(row.get(f"{prefix}/final_fit"))
     initial = initial if not math.isnan(initial) else fit(probes[0])
     final = final if not math.isnan(final) else fit(probes[-1])
-    return initial, final, number(probes[0].get("probe/baseline"))
+    return initial, final, number(probes[0].get(f"{prefix}/baseline"))
 
 
 def invalid_reason(initial, final, baseline, min_initial_fit):
@@ -77,9 +78,9 @@ def invalid_reason(initial, final, baseline, min_initial_fit):
     return None
 
 
-def add_fits(table):
+def add_fits(table, prefix="probe"):
     """The table with ``initial_fit``, ``final_fit`` and ``initial_baseline`` columns (see ``probe_fits``)."""
-    fits = [probe_fits(row) for row in table.to_dict("records")]
+    fits = [probe_fits(row, prefix) for row in table.to_dict("records")]
     return table.assign(initial_fit=[f[0] for f in fits], final_fit=[f[1] for f in fits],
                         initial_baseline=[f[2] for f in fits])
 
@@ -170,7 +171,7 @@ class Protocol:
             json.dump(self.fields, f, indent=1, sort_keys=True, default=str)
 
 
-def load_protocols(runs_dir, exp_name, varied, min_initial_fit, out_dir):
+def load_protocols(runs_dir, exp_name, varied, min_initial_fit, out_dir, prefix="probe"):
     """The completed and diverged runs of ``exp_name`` under ``runs_dir``, one ``Protocol`` each set of runs that
     share every field but the grid's axes ``varied``; prints what was read, skipped, excluded, diverged and
     saturated. With more than one protocol, each is analysed on its own into ``<out_dir>/protocol-<id>``."""
@@ -187,7 +188,7 @@ def load_protocols(runs_dir, exp_name, varied, min_initial_fit, out_dir):
     for pid, fields, runs in protocols:
         runs = runs.drop(columns=[c for c in runs if c.startswith("args.") and c[5:] in runs])  # args.run_dir
         runs = runs.rename(columns=lambda c: c[5:] if c.startswith("args.") else c)
-        completed = add_fits(runs[runs["status"] == "completed"].reset_index(drop=True))
+        completed = add_fits(runs[runs["status"] == "completed"].reset_index(drop=True), prefix)
         excluded = invalid_runs(completed, min_initial_fit)
         kept = completed[~completed["run_dir"].isin(excluded)].reset_index(drop=True)
         diverged = runs[runs["status"] == "diverged"].reset_index(drop=True)

@@ -26,7 +26,9 @@ Modes (dropout and BatchNorm behave differently in train and eval mode):
 
 Choices the paper leaves open: minibatches are drawn uniformly with replacement from X; the final loss is the
 mean squared error of the predicted values on all of X; with a two-hot head the fit minimises the two-hot
-cross-entropy, and its curves record that loss. The caller draws X and seeds the probe; the classification agent
+cross-entropy, and its curves record that loss. ``value_loss=True`` fits the predicted values by squared error
+whatever the head: the reference probe (``PROBES``) measures every arm with one loss as well as one optimizer.
+The caller draws X and seeds the probe; the classification agent
 gives each probe its own generator so that probing never changes the agent's trajectory.
 """
 import contextlib
@@ -37,6 +39,17 @@ import torch
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, stack_module_state, vmap
 
 from common.science.networks import draw_masks, dropout_calls, eval_mode, supplied_masks
+
+
+# The probes an agent runs, by the name analyses take (--probe), and the prefix of their metric keys: the paper's
+# (Sec 3.1: the agent's own optimizer and loss) and the reference (one optimizer, rate and loss for every arm).
+PROBES = {"paper": "probe", "reference": "probe_ref"}
+
+
+def probe_key(probe, name):
+    """The metric key of ``name`` (e.g. ``plasticity``, ``initial_fit``) for the probe ``probe`` in ``PROBES``:
+    ``probe_key("reference", "initial_fit") == "probe_ref/initial_fit"``."""
+    return f"{PROBES[probe]}/{name}"
 
 
 @dataclass
@@ -75,7 +88,14 @@ def _draw_batches(num_inputs, num_targets, steps, batch_size, generator):
     return torch.randint(num_inputs, (steps, num_targets, batch_size), generator=generator, device=generator.device)
 
 
-def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size, seeds):
+def _fit_loss(model, value_loss):
+    """Per-example training loss of the fits: the head's own, or squared error of the predicted values."""
+    if value_loss:
+        return lambda out, y: (model.values(out) - y).square().flatten(1).mean(1)
+    return model.loss
+
+
+def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size, seeds, value_loss=False):
     """Fit K targets for each of N networks (the seeds of ``--num-seeds``; one network: N = 1), all N x K copies
     in lockstep. ``inputs`` is ``(N, num_inputs, ...)``, ``targets`` ``(N, K, num_inputs, outputs)``, and copy
     ``(n, k)`` starts from ``networks[n]`` and draws its minibatches from ``seeds[n]`` exactly as network n's probe
@@ -95,9 +115,11 @@ def fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
     rows = torch.arange(num_seeds * num_targets, device=device).unsqueeze(1)
     offsets = rows // num_targets * num_inputs  # copy (n, k) reads network n's inputs, rows n * I .. n * I + I - 1
 
+    loss = _fit_loss(model, value_loss)
+
     def copy_loss(p, b, x, y, masks):
         with supplied_masks(masks) if masks else contextlib.nullcontext():
-            return model.loss(functional_call(model, (p, b), (x,)), y).mean()
+            return loss(functional_call(model, (p, b), (x,)), y).mean()
 
     def summed_loss(p, b, x, y, masks):
         losses = vmap(copy_loss)(p, b, x, y, masks)
@@ -140,7 +162,7 @@ def _final_losses_vectorized(model, params, buffers, inputs, targets, chunk=256)
     return torch.stack(final)
 
 
-def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0):
+def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed=0, value_loss=False):
     """The reference: the same K fits with the same minibatches, one after another. Returns ``(final, curves)``.
     Its dropout (the ViT) draws from the global RNG, not the probe's generator: it is the reference for networks
     without dropout."""
@@ -152,9 +174,10 @@ def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, 
     for k in range(num_targets):
         model = _probe_copy(network)
         optimizer = make_optimizer(list(model.parameters()))
+        fit_loss = _fit_loss(model, value_loss)
         for step in range(steps):
             idx = batches[step, k]
-            loss = model.loss(model(inputs[idx]), targets[k, idx]).mean()
+            loss = fit_loss(model(inputs[idx]), targets[k, idx]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,22 +188,23 @@ def fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, 
 
 
 def run_probe(network, make_network, inputs, make_optimizer, *, num_targets=10, steps=2000, batch_size=32,
-              seed=0, vectorized=True):
+              seed=0, vectorized=True, value_loss=False):
     """Measure the plasticity of ``network`` on ``inputs`` (eq. 5); ``network`` itself is left unchanged.
 
     ``make_network()`` builds a freshly initialised network of the same architecture (for the targets);
-    ``make_optimizer(params)`` builds the agent's optimizer with fresh state.
+    ``make_optimizer(params)`` builds the agent's optimizer with fresh state (the reference probe: its own);
+    ``value_loss`` fits the predicted values by squared error instead of the head's loss.
     """
     if vectorized:
         return run_probes([network], make_network, inputs[None], make_optimizer, num_targets=num_targets,
-                          steps=steps, batch_size=batch_size, seeds=[seed])[0]
+                          steps=steps, batch_size=batch_size, seeds=[seed], value_loss=value_loss)[0]
     targets = make_targets(network, make_network, inputs, num_targets, seed)
-    final, curves = fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed)
+    final, curves = fit_sequential(network, inputs, targets, make_optimizer, steps, batch_size, seed, value_loss)
     return _result(final, curves, targets)
 
 
 def run_probes(networks, make_network, inputs, make_optimizer, *, num_targets=10, steps=2000, batch_size=32,
-               seeds=None):
+               seeds=None, value_loss=False):
     """``run_probe`` for N networks of one architecture at once (the seeds of ``--num-seeds``): all N x K fits in
     one lockstep. ``inputs`` is ``(N, num_inputs, ...)``, network n's probe inputs; ``seeds[n]`` seeds network n's
     targets and minibatches. Network n's result equals its own ``run_probe`` (to rounding: the vmapped batch is
@@ -189,7 +213,7 @@ def run_probes(networks, make_network, inputs, make_optimizer, *, num_targets=10
     targets = torch.stack([make_targets(network, make_network, x, num_targets, seed)
                            for network, x, seed in zip(networks, inputs, seeds, strict=True)])
     model, params, buffers, curves = fit_vectorized(networks, inputs, targets, make_optimizer, steps, batch_size,
-                                                    seeds)
+                                                    seeds, value_loss)
     final = _final_losses_vectorized(model, params, buffers, inputs, targets)
     return [_result(*parts) for parts in zip(final, curves, targets)]
 
