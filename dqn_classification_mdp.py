@@ -331,7 +331,7 @@ def probe_plasticity(args, q_network, target_network, images, replay, initial_pa
         pick = torch.randint(replay_k.size, (args.probe_inputs,), generator=generator, device=images.device)
         inputs.append(images[replay_k.obs[pick]])
         # The reference probe's inputs, targets and minibatches: the run seed's alone, the same at every probe, from
-        # a stream of its own (spawn key 2; 1 is the dropout's, common.seeds).
+        # a stream of its own (spawn key 2; 1 is the dropout's, common.runtime.seeds).
         ref_inputs_seed, ref_seed = np.random.SeedSequence(seed.seed, spawn_key=(2,)).generate_state(2).tolist()
         ref_generator = torch.Generator(images.device).manual_seed(ref_inputs_seed)
         pick = torch.randperm(len(images), generator=ref_generator, device=images.device)[:args.ref_probe_inputs]

@@ -76,7 +76,7 @@ def order(values, preferred):
 
 
 def probe_of(protocol):
-    """The probe whose numbers ``protocol``'s table holds (``common.probe.PROBES``)."""
+    """The probe whose numbers ``protocol``'s table holds (``common.science.probe.PROBES``)."""
     return getattr(protocol, "probe", "paper")
 
 

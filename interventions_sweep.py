@@ -141,7 +141,7 @@ def make_grid(options):
 # ---------------------------------------------------------------------------------------------------- reading runs
 def prepare(table, kind, probe="paper"):
     """A grid's runs with their cell's axis labels (output, intervention) and, for the probe ``probe``
-    (``common.probe.PROBES``), their first and last probe loss (``probe_initial``, ``probe_last``,
+    (``common.science.probe.PROBES``), their first and last probe loss (``probe_initial``, ``probe_last``,
     ``probe_change``: Fig 6's colour; the loss is the mean over targets of the fits' last, Sec 3.1) from
     summary.json's probe rows, and their plasticity loss P(theta_0) - P(theta_T) at the last probe
 (``plasticity_loss``, Fig 5)."""
