@@ -32,7 +32,7 @@ import dqn_classification_mdp
 from common.analysis import sweep, validity
 from common.errors import check
 from common.runtime.logger import pyplot
-from common.science import inference
+from common.science import inference, probe
 from common.science.envs import VARIANTS  # the three MDPs of Sec 3.2
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
@@ -314,7 +314,8 @@ def analyze(runs_dir, options):
                                              f"{options.num_permutations}")
     check(options.min_initial_fit <= 1, f"--min-initial-fit is a fit P / b: at most 1, got {options.min_initial_fit}")
     varied = make_grid(argparse.Namespace(datasets="paper")).varied_fields()
-    protocols = validity.load_protocols(runs_dir, "falsification", varied, options.min_initial_fit, runs_dir)
+    protocols = validity.load_protocols(runs_dir, "falsification", varied, options.min_initial_fit, runs_dir,
+                                        prefix=probe.PROBES[options.probe])  # that probe's fits decide validity
     protocols = [p for p in protocols if len(p.runs) or len(p.diverged)]
     check(protocols, f"no completed falsification runs under {runs_dir} whose probe measures plasticity")
     for protocol in protocols:
