@@ -184,15 +184,21 @@ def test_analyze_end_to_end_on_written_runs(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--probe reference: the runs record no probe_ref/" in err
 
 
-def test_analyze_keeps_protocols_apart_and_checks_its_options(tmp_path, capsys):
+def write_two_protocols(root, flip):
+    """12 runs of 40 steps and 12 of 1,000 (two protocols); with ``flip`` the longer runs' statistic flips sign."""
     args = {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "optimizer": "adam"}
     rng = np.random.default_rng(1)
     for steps in (40, 1_000):
         for seed in range(12):
             loss = rng.normal()
-            write_run(str(tmp_path), f"s{steps}__seed{seed}", {**args, "total_steps": steps, "seed": seed},
+            sign = -1 if flip and steps == 1_000 else 1
+            write_run(str(root), f"s{steps}__seed{seed}", {**args, "total_steps": steps, "seed": seed},
                       "completed", {"probe/plasticity_loss": loss, "probe/plasticity": -loss,
-                                    "stats/weight_norm": loss * (1 if steps == 40 else -1)}, probe_rows(0.9, 0.5))
+                                    "stats/weight_norm": loss * sign}, probe_rows(0.9, 0.5))
+
+
+def test_analyze_keeps_protocols_apart_and_checks_its_options(tmp_path, capsys):
+    write_two_protocols(tmp_path, flip=True)
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--num-permutations", "999"]) == 2
     assert "--num-permutations must be at least 1000" in capsys.readouterr().err
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path), "--alpha", "1.5"]) == 2
@@ -234,14 +240,7 @@ def test_one_tiny_cell_end_to_end(tmp_path, data_dir, monkeypatch, capsys):
 def test_a_new_analysis_removes_the_protocol_folders_of_an_earlier_one(tmp_path, capsys):
     """Two protocols (protocol-<id>/ each), then the longer runs removed: one protocol, analysed into the runs
     folder itself, and the earlier protocol-<id>/ folders are gone. A folder that is not an analysis's stays."""
-    args = {"dataset": "mnist", "variant": "true_label", "arch": "mlp", "optimizer": "adam"}
-    rng = np.random.default_rng(1)
-    for steps in (40, 1_000):
-        for seed in range(12):
-            loss = rng.normal()
-            write_run(str(tmp_path), f"s{steps}__seed{seed}", {**args, "total_steps": steps, "seed": seed},
-                      "completed", {"probe/plasticity_loss": loss, "probe/plasticity": -loss,
-                                    "stats/weight_norm": loss}, probe_rows(0.9, 0.5))
+    write_two_protocols(tmp_path, flip=False)
     assert sweep.run(falsification.SWEEP, ["analyze", "--runs-dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("protocol-*/fig3_falsification.csv"))) == 2
     (tmp_path / "protocol-mine").mkdir()

@@ -24,14 +24,6 @@ from ddqn_atari_layernorm import ALE_DEFAULTS, Args, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_defaults_follow_the_id_family_and_the_ale_keeps_its_own():
     minatar, ale = Args(env_id="MinAtar/Breakout-v1"), Args()
     # Young & Tian's examples/dqn.py constants
