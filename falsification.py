@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import dqn_classification_mdp
-from common.analysis import sweep, validity
+from common.analysis import results, sweep, validity
 from common.errors import check
 from common.runtime.logger import pyplot
 from common.science import inference, probe
@@ -313,6 +313,11 @@ def analyze(runs_dir, options):
     check(options.num_permutations >= 1_000, f"--num-permutations must be at least 1000, got "
                                              f"{options.num_permutations}")
     check(options.min_initial_fit <= 1, f"--min-initial-fit is a fit P / b: at most 1, got {options.min_initial_fit}")
+    # before the validity filter, which would exclude every run that lacks the probe's fits without saying why
+    recorded = results.read_runs(runs_dir, include=("completed",), exp_name="falsification").table
+    missing = [key for key in PROBES[options.probe].values() if len(recorded) and key not in recorded]
+    check(not missing, f"--probe {options.probe}: the runs record no {', '.join(missing)}; train them with that "
+                       f"probe, or analyse another (--probe {' or '.join(p for p in PROBES if p != options.probe)})")
     varied = make_grid(argparse.Namespace(datasets="paper")).varied_fields()
     protocols = validity.load_protocols(runs_dir, "falsification", varied, options.min_initial_fit, runs_dir,
                                         prefix=probe.PROBES[options.probe])  # that probe's fits decide validity
@@ -328,9 +333,6 @@ def analyze_protocol(protocol, options):
     diverged = diverged.groupby("cell").size().rename("diverged").reset_index() if len(diverged) else \
         pd.DataFrame(columns=["cell", "diverged"])
     targets = PROBES[options.probe]
-    missing = [key for key in targets.values() if len(table) and key not in table]
-    check(not missing, f"--probe {options.probe}: the runs record no {', '.join(missing)}; train them with that "
-                       f"probe, or analyse another (--probe {' or '.join(p for p in PROBES if p != options.probe)})")
     # Whole-network statistics; per-layer breakdowns (stats/weight_norm/<layer>) differ between architectures.
     statistics = sorted(c for c in table.columns if c.startswith("stats/") and c.count("/") == 1)
     if not statistics:
