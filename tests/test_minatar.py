@@ -322,6 +322,27 @@ def test_aggregate_normalises_minatar_runs_by_random_and_the_best_configuration(
         assert (out / f"{name}.png").exists()
 
 
+def test_a_minatar_game_where_no_configuration_beat_random_has_no_improvement_and_no_aggregate(tmp_path):
+    """Both configurations below the random policy: (LN - baseline) / (best - random) would divide by a negative
+    number and flip the sign, so the game gets no improvement and stays out of rliable's aggregates."""
+    from ddqn_atari_layernorm import AggregateArgs, aggregate
+
+    random_score = load_random_scores()["Asterix"]
+    finals = {("Breakout", True): [10.0, 12.0], ("Breakout", False): [4.0, 6.0],
+              ("Asterix", True): [random_score - 0.2] * 2, ("Asterix", False): [random_score - 0.1] * 2}
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for (game, ln), values in finals.items():
+        for seed, final in enumerate(values):
+            write_minatar_run(runs, f"{game}_{ln}_{seed}", game, ln, seed, [final])
+    result, = aggregate(AggregateArgs(runs_dir=str(runs), output_dir=str(tmp_path / "out"), num_boot=200,
+                                      num_boot_profile=100)).values()
+    improvement = {r["game"]: r["improvement"] for r in result["improvement"]}
+    assert np.isnan(improvement["MinAtar/Asterix"]) and improvement["MinAtar/Breakout"] > 0
+    assert result["probability_of_improvement"]["games"] == 1
+    assert {r["games"] for r in result["aggregates"]} == {1}
+
+
 def test_atari_sbatch_with_family_minatar_runs_the_five_games(tmp_path):
     """FAMILY=minatar slurm/atari.sbatch without Slurm: task 3 is MinAtar Breakout's baseline (sorted games x {LN,
     baseline}), its two seeds in one --num-seeds process; task 10 is past the array (usage error 2)."""

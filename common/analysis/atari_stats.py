@@ -22,7 +22,9 @@ MinAtar runs (``MinAtar/<Game>-v1``; an ALE run and a MinAtar run never share a 
 field differs) have no human scores. Their normalised score is (score - random) / (reference - random): random is
 the uniformly random policy's mean return measured with the training protocol's sticky actions
 (common/science/minatar_scores.csv, 1,000 episodes per game, ``python -m common.science.minatar``), and the reference is the best
-seed-mean final score of a configuration in the protocol analysed (1 = the better configuration's mean). No
+seed-mean final score of a configuration in the protocol analysed (1 = the better configuration's mean). A game
+where neither configuration's mean beats the random policy has no normalised score and no improvement: it is
+reported per game and left out of the aggregates. No
 published table of MinAtar DQN returns fixes a reference (Young & Tian 2019 report theirs as curves), so the
 scale is relative to the runs analysed: comparable within one aggregate, not across aggregates. The "human"
 column of the CSV files holds this reference for MinAtar games. The learning curves (evaluation return against
@@ -245,20 +247,26 @@ def _plain(value):
 
 
 def score_matrices(rows):
-    """(games, {config: (runs, games) matrix of human-normalised scores}, dropped): the games with runs of both
-    configurations; a configuration keeps as many runs per game as its sparsest game has (the lowest seeds), as
-    rliable needs one matrix, and ``dropped`` lists the run_dirs left out for that."""
+    """(games, {config: (runs, normalised games) matrix of human-normalised scores}, dropped): the games with runs
+    of both configurations; the matrices hold those with a normalised score (a MinAtar game where no configuration
+    beat the random policy has none); a configuration keeps as many runs per game as its sparsest game has (the
+    lowest seeds), as rliable needs one matrix, and ``dropped`` lists the run_dirs left out for that."""
     counts = rows.groupby(["game", "config"]).size().unstack(fill_value=0)
     games = sorted(g for g in counts.index if all(counts.get(c, {}).get(g, 0) > 0 for c in CONFIGS.values()))
     check(games, "no game has completed runs both with and without LayerNorm")
+    normalised = [g for g in games if np.isfinite(rows.loc[rows["game"] == g, "human_normalized"]).all()]
+    if len(normalised) < len(games):
+        print(f"left out of the aggregates: {', '.join(sorted(set(games) - set(normalised)))}: no configuration's "
+              f"mean beat the random policy, so there is no normalised score", file=sys.stderr)
+    check(normalised, "no game has a normalised score: no configuration's mean beat the random policy anywhere")
     matrices, dropped = {}, []
     for config in CONFIGS.values():
-        runs_per_game = int(counts.loc[games, config].min())
-        sparsest = counts.loc[games, config].idxmin()
+        runs_per_game = int(counts.loc[normalised, config].min())
+        sparsest = counts.loc[normalised, config].idxmin()
         check(runs_per_game >= 2, f"{sparsest} has {runs_per_game} completed {config} run: the stratified bootstrap "
                                   f"needs at least 2 runs per game and configuration (train more seeds)")
         columns = []
-        for game in games:
+        for game in normalised:
             runs = rows[(rows["game"] == game) & (rows["config"] == config)].sort_values(["seed", "run_dir"])
             columns.append(runs["human_normalized"].to_numpy()[:runs_per_game])
             dropped += list(runs["run_dir"][runs_per_game:])
@@ -275,11 +283,12 @@ def per_game_improvement(rows, games):
     for g in games:
         ln, base = means.loc[g, CONFIGS[True]], means.loc[g, CONFIGS[False]]
         random_score, human_score = first.loc[g, "random"], first.loc[g, "human"]
+        scale = max(human_score, base) - random_score  # not positive where no configuration beat random (MinAtar)
         out.append({"game": g, "layernorm_mean": ln, "baseline_mean": base, "random": random_score,
-                    "human": human_score, "improvement": (ln - base) / (max(human_score, base) - random_score),
+                    "human": human_score, "improvement": (ln - base) / scale if scale > 0 else np.nan,
                     "layernorm_runs": int(counts.loc[g, CONFIGS[True]]),
                     "baseline_runs": int(counts.loc[g, CONFIGS[False]])})
-    return sorted(out, key=lambda r: r["improvement"])
+    return sorted(out, key=lambda r: (np.isnan(r["improvement"]), r["improvement"]))  # no improvement last
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -300,8 +309,9 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
     for r in improvement:
         print(f"{r['game']:<20}{r['layernorm_mean']:>12.1f}{r['baseline_mean']:>12.1f}"
               f"{100 * r['improvement']:>12.1f}%{r['layernorm_runs']:>4}/{r['baseline_runs']}")
-    print(f"median improvement {100 * np.median([r['improvement'] for r in improvement]):.1f}% over "
-          f"{len(improvement)} games")
+    scored = [r["improvement"] for r in improvement if np.isfinite(r["improvement"])]
+    print(f"median improvement {100 * np.median(scored):.1f}% over the {len(scored)} games where a configuration "
+          f"beat the random policy" if scored else "no game where a configuration beat the random policy")
     write_csv(os.path.join(out_dir, "human_normalized_scores.csv"),
               used[["game", "config", "seed", "score", "random", "human", "human_normalized", "run_dir"]], protocol)
     write_csv(os.path.join(out_dir, "fig7_layernorm_improvement.csv"), improvement, protocol)
@@ -318,7 +328,7 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
                       for c, (p, lo, hi) in estimates["aggregates"].items() for i, name in enumerate(METRICS)]
     p, lo, hi = estimates["improvement"]
     improvement_rows = [{"x": CONFIGS[True], "y": CONFIGS[False], "probability_of_improvement": p, "lower": lo,
-                         "upper": hi, "games": len(games), "num_boot": num_boot}]
+                         "upper": hi, "games": shape[CONFIGS[True]][1], "num_boot": num_boot}]
     profile_rows = [{"config": c, "tau": t, "fraction_above": p[i], "lower": lo[i], "upper": hi[i],
                      "num_boot": num_boot_profile}
                     for c, (p, lo, hi) in estimates["profiles"].items() for i, t in enumerate(PROFILE_TAUS)]
@@ -332,7 +342,7 @@ def analyse(rows, out_dir, protocol, num_boot, num_boot_profile, seed):
         print(f"{r['config']:<10} {r['metric']:<15} {r['estimate']:8.3f}  [{r['lower']:.3f}, {r['upper']:.3f}]")
     print(f"P(LayerNorm > baseline) {p:.3f}  [{lo:.3f}, {hi:.3f}]  (95% stratified bootstrap intervals, "
           f"{num_boot:,} replicates; {shape[CONFIGS[True]][0]}/{shape[CONFIGS[False]][0]} runs per game, "
-          f"{len(games)} games)")
+          f"{shape[CONFIGS[True]][1]} games)")
     return {"improvement": improvement, "aggregates": aggregate_rows, "probability_of_improvement": improvement_rows[0],
             "profiles": profile_rows, "games": games}
 
