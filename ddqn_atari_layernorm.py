@@ -39,9 +39,8 @@ import torch.nn.functional as F
 
 from common.analysis.plots import draw_grad_cov, draw_spectral_densities
 from common.errors import check
-from common.runtime import lockstep
 from common.runtime.cli import main, select_device
-from common.runtime.run import Interrupted, Run, seed_everything
+from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer
 from common.runtime.sync import allowed_sync
 from common.science.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized,
                                   load_atari_scores, write_video)
@@ -244,10 +243,10 @@ class QNetwork(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- env family
 # The only places where the ALE and MinAtar differ: the environments, the network, and the replay's frames.
-def make_envs(args, num_envs, device):
+def make_envs(args, num_envs, seed, device):
     if is_minatar(args.env_id):
-        return VectorMinAtar(args.env_id, num_envs, args.max_episode_frames, args.seed, device)
-    return VectorAtari(args.env_id, num_envs, args.noop_max, args.max_episode_frames, args.seed, device,
+        return VectorMinAtar(args.env_id, num_envs, args.max_episode_frames, seed, device)
+    return VectorAtari(args.env_id, num_envs, args.noop_max, args.max_episode_frames, seed, device,
                        args.preprocessing, args.env_threads)
 
 
@@ -264,33 +263,48 @@ def make_replay(args, capacity, envs, device):
     return FrameReplay(capacity, zero_pad=args.preprocessing == "dqn_zoo", device=device, lanes=envs.num_envs)
 
 
+def make_agent(args, seed, device):
+    """One seed's environments (training, evaluation), online and target networks, replay, exploration generator
+    and records, built as its single run builds them."""
+    envs, eval_envs = make_envs(args, args.num_envs, seed, device), make_envs(args, args.eval_envs, seed, device)
+    q_net, target_net = make_q_network(args, envs, device), make_q_network(args, envs, device)
+    target_net.load_state_dict(q_net.state_dict())
+    try:
+        replay = make_replay(args, args.buffer_size, envs, device)
+    except (RuntimeError, MemoryError) as e:  # torch's CPU and CUDA allocators raise RuntimeErrors
+        check("alloc" not in str(e) and "out of memory" not in str(e),
+              f"--buffer-size {args.buffer_size:,} does not fit in the memory of {device}: lower --buffer-size")
+        raise
+    records = {"episode_return": np.zeros(args.num_envs), "episode_length": np.zeros(args.num_envs, np.int64),
+               "lives": np.zeros(args.num_envs, np.int64), "grad_cov": [], "hessian": [], "last": {}}
+    return envs, eval_envs, q_net, target_net, replay, np.random.default_rng(seed), records
+
+
 # ---------------------------------------------------------------------------------------------------- learning
 def double_q_targets(rewards, terminals, gamma, next_q_online, next_q_target):
     """r + gamma (1 - terminal) Q_target(s', argmax_a Q_online(s', a)) (van Hasselt et al. 2016)."""
-    best_actions = next_q_online.argmax(dim=1, keepdim=True)
-    return rewards + gamma * (1.0 - terminals) * next_q_target.gather(1, best_actions).squeeze(1)
-
-
-@torch.no_grad()
-def batch_targets(q_net, target_net, batch, gamma):
-    _, _, rewards, terminals, next_obs = batch
-    return double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
+    best_actions = next_q_online.argmax(dim=-1, keepdim=True)
+    return rewards + gamma * (1.0 - terminals) * next_q_target.gather(-1, best_actions).squeeze(-1)
 
 
 def td_loss(q_net, target_net, batch, gamma, huber_delta):
-    """Mean Huber loss of the double-Q TD errors. DQN Zoo clips the gradient of each TD error under the batch mean
-    of 0.5 td^2 to +-grad_error_bound; that is exactly the gradient of a mean Huber loss with delta
-    batch_size * grad_error_bound (1 at batch 32)."""
-    obs, actions = batch[:2]
-    targets = batch_targets(q_net, target_net, batch, gamma)
-    q_values = q_net(obs).gather(1, actions[:, None]).squeeze(1)
-    return F.huber_loss(q_values, targets, delta=huber_delta), q_values
+    """Each seed's mean Huber loss of its double-Q TD errors, (seeds,), and its Q-values of the taken actions,
+    (seeds, batch): the networks are seed stacks (common.runtime.seeds.SeedStack), each part of ``batch`` is
+    (seeds, batch, ...). DQN Zoo clips the gradient of each TD error under the batch mean of 0.5 td^2 to
+    +-grad_error_bound; that is exactly the gradient of a mean Huber loss with delta batch_size * grad_error_bound
+    (1 at batch 32)."""
+    obs, actions, rewards, terminals, next_obs = batch
+    with torch.no_grad():
+        targets = double_q_targets(rewards, terminals, gamma, q_net.call(next_obs), target_net.call(next_obs))
+    q_values = q_net.call(obs).gather(-1, actions[..., None]).squeeze(-1)
+    return F.huber_loss(q_values, targets, delta=huber_delta, reduction="none").mean(-1), q_values
 
 
 def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
     """(k, d) gradients of each transition's TD loss (one vmap over the batch, common.science.grad_cov)."""
-    obs, actions = batch[:2]
-    targets = batch_targets(q_net, target_net, batch, gamma)
+    obs, actions, rewards, terminals, next_obs = batch
+    with torch.no_grad():
+        targets = double_q_targets(rewards, terminals, gamma, q_net(next_obs), target_net(next_obs))
     action_masks = F.one_hot(actions, q_net.head.out_features).float()  # no integer indexing inside vmap
 
     def loss(q_values, action_mask, target):
@@ -305,8 +319,9 @@ def td_error_grads(q_net, target_net, batch, gamma, huber_delta):
 
 def td_loss_hessian(q_net, target_net, batch, gamma, huber_delta, num_iters):
     """Lanczos nodes and weights of the Hessian of the TD loss on one batch (Fig 21-22, common.science.hessian)."""
-    matvec, dim = hessian_matvec(lambda: td_loss(q_net, target_net, batch, gamma, huber_delta)[0],
-                                 list(q_net.parameters()))
+    one_seed = [part[None] for part in batch]
+    matvec, dim = hessian_matvec(lambda: td_loss(OneSeed(q_net), OneSeed(target_net), one_seed, gamma,
+                                                 huber_delta)[0][0], list(q_net.parameters()))
     return lanczos(matvec, dim, min(num_iters, dim))
 
 
@@ -321,15 +336,16 @@ def epsilon_at(step, args):
 
 
 # ---------------------------------------------------------------------------------------------------- acting
-def act(q_net, stacks, epsilon, rng, num_actions):
-    """Epsilon-greedy actions of every environment, numpy: one batched forward and one host transfer of the greedy
-    actions (none while every environment explores, as in the warm-up)."""
-    explore = rng.random(stacks.lanes) < epsilon
-    random_actions = rng.integers(num_actions, size=stacks.lanes)
+def act(q_net, replays, epsilon, rngs, num_actions):
+    """Epsilon-greedy actions of every seed's environments, (seeds, envs) numpy: each seed draws its exploration
+    from its own generator; one forward of all seeds and one host transfer of the greedy actions (none while every
+    environment explores, as in the warm-up)."""
+    explore = np.stack([rng.random(replay.lanes) < epsilon for rng, replay in zip(rngs, replays)])
+    random_actions = np.stack([rng.integers(num_actions, size=replay.lanes) for rng, replay in zip(rngs, replays)])
     if explore.all():
         return random_actions
     with torch.no_grad(), allowed_sync():  # the emulators need the actions
-        greedy = q_net(stacks.latest()).argmax(1).cpu().numpy()
+        greedy = q_net.call(torch.stack([replay.latest() for replay in replays])).argmax(-1).cpu().numpy()
     return np.where(explore, random_actions, greedy)
 
 
@@ -348,7 +364,7 @@ def evaluate(q_net, envs, args, seed, device, video_path=None):
     no_reward = torch.zeros(envs.num_envs, device=device)
     no_terminal = torch.zeros(envs.num_envs, dtype=torch.bool, device=device)
     for _ in range(args.eval_frames // args.frame_skip // envs.num_envs):
-        actions = act(q_net, stacks, args.eval_epsilon, rng, envs.num_actions)
+        actions = act(OneSeed(q_net), [stacks], args.eval_epsilon, [rng], envs.num_actions)[0]
         frames, rewards, terminated, truncated, _ = envs.step(actions)
         episode_returns += rewards
         stacks.add(torch.as_tensor(actions, device=device), no_reward, no_terminal, frames)
@@ -410,201 +426,160 @@ def check_args(args):
           "re-orthogonalises each step against all earlier ones, so thousands take hours")
 
 
-def open_run(args):
-    return Run(args, total="total_frames", may_change=("capture_video", "save_model", "env_threads", "compile"))
-
-
 def train(args):
-    """One run, or --num-seeds runs in lockstep; the agent's updates are made by common.runtime.lockstep."""
+    """One run, or --num-seeds runs in lockstep (common.runtime.seeds): the seeds' networks are stacked, so that an
+    update of every seed is one loss, one backward and one RMSProp step, while each seed keeps its own
+    environments, replay, generators and run directory and equals its single run."""
     check_args(args)
-    huber_delta = args.batch_size * args.grad_error_bound
-    return lockstep.train(args, open_run, agent,
-                          lambda params: RMSProp(params, lr=args.learning_rate, decay=args.rmsprop_decay,
-                                                 eps=args.rmsprop_eps, centered=True),
-                          lambda q_net, target_net, batch: td_loss(q_net, target_net, batch, args.gamma, huber_delta),
-                          compile=args.compile)
-
-
-def agent(args, run):
-    """One run's training loop. A generator: it yields its networks and receives their RMSProp, then yields each
-    minibatch and receives the update's (loss, Q-values), so that lockstep.train can make several seeds' updates
-    at once."""
-    if run.finished:
-        return run.finished
-    device = select_device(args.cuda)
-    seed_everything(args.seed)
     total_steps, num_envs = args.total_frames // args.frame_skip, args.num_envs
     huber_delta = args.batch_size * args.grad_error_bound
-
-    envs = make_envs(args, num_envs, device)
-    eval_envs = make_envs(args, args.eval_envs, device)
-    num_actions = envs.num_actions
-    q_net = make_q_network(args, envs, device)
-    target_net = make_q_network(args, envs, device)
-    target_net.load_state_dict(q_net.state_dict())
-    optimizer = yield q_net, target_net
-    try:
-        replay = make_replay(args, args.buffer_size, envs, device)
-    except (RuntimeError, MemoryError) as e:  # torch's CPU and CUDA allocators raise RuntimeErrors
-        check("alloc" not in str(e) and "out of memory" not in str(e),
-              f"--buffer-size {args.buffer_size:,} does not fit in the memory of {device}: lower --buffer-size")
-        raise
-    rng = np.random.default_rng(args.seed)  # exploration
-    sampler = torch.Generator(device=device).manual_seed(args.seed)  # replay sampling
+    runs = RunGroup(args, total="total_frames", total_steps=total_steps,
+                    may_change=("capture_video", "save_model", "env_threads", "compile"))
+    if runs.finished:
+        return runs.summary()
+    with runs.setting_up():
+        device = select_device(args.cuda)
+        envs, eval_envs, q_net, target_net, replays, rngs, records = runs.build(
+            lambda seed: make_agent(args, seed, device), device)  # each part (seeds, ...) or one per seed
+        optimizer = StackedOptimizer(RMSProp(q_net.parameters(), lr=args.learning_rate, decay=args.rmsprop_decay,
+                                             eps=args.rmsprop_eps, centered=True), q_net)  # elementwise: one per seed
+        samplers = runs.generators(device)  # replay sampling
+        state = {"q_net": q_net, "target_net": target_net, "optimizer": optimizer, "replay": replays, "rng": rngs,
+                 "sampler": samplers, "envs": envs, "state": records}  # what a checkpoint restores
+        step = runs.resume(state, device)
+        check(step is None or step <= total_steps, f"--total-frames {args.total_frames:,} is below the "
+              f"{args.frame_skip * (step or 0):,} frames that {args.run_dir} has trained: a run cannot be shortened; "
+              f"resume with --total-frames {args.frame_skip * (step or 0):,} or more")
+    if step is None:
+        step = 0
+        for k, (env, replay) in enumerate(zip(envs, replays)):
+            frames, records[k]["lives"] = env.reset()
+            replay.start_episodes(frames)
+    loss_fn = torch.compile(td_loss) if args.compile else td_loss  # compiles the forward and backward, not the step
     scores = {} if is_minatar(args.env_id) else load_atari_scores()  # MinAtar has no human scores
     game = game_name(args.env_id)
+    runs.start(step)
 
-    # Counters and everything else a checkpoint must restore; "measured" is the last step whose measurements
-    # all ran, and each measurement keeps its own last step, so that one a signal abandoned is redone on resume.
-    state = {"step": 0, "episode_return": np.zeros(num_envs), "episode_length": np.zeros(num_envs, np.int64),
-             "lives": np.zeros(num_envs, np.int64), "grad_cov": [], "hessian": [], "eval_step": 0, "measured": 0,
-             "last": {}}
-    ckpt = run.load_checkpoint(device)
-    if ckpt:
-        q_net.load_state_dict(ckpt["q_net"])
-        target_net.load_state_dict(ckpt["target_net"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        replay.load_state_dict(ckpt["replay"])
-        rng.bit_generator.state = ckpt["rng"]
-        sampler.set_state(ckpt["sampler"].cpu())
-        envs.load_state_dict(ckpt["envs"])
-        state = ckpt["state"]
-        trained = args.frame_skip * state["step"]
-        check(state["step"] <= total_steps, f"--total-frames {args.total_frames:,} is below the {trained:,} frames "
-              f"that {run.run_dir} has trained: a run cannot be shortened; resume with --total-frames {trained:,} "
-              f"or more")
-    else:
-        frames, state["lives"] = envs.reset()
-        replay.start_episodes(frames)
-
-    def save_checkpoint():
-        run.save_checkpoint({"q_net": q_net.state_dict(), "target_net": target_net.state_dict(),
-                             "optimizer": optimizer.state_dict(), "replay": replay.state_dict(),
-                             "rng": rng.bit_generator.state, "sampler": sampler.get_state(),
-                             "envs": envs.state_dict(), "state": state}, state["step"])
-
-    run.start(state["step"])
-
-    def record(step, metrics):
-        """Log metrics and keep their latest values for summary.json."""
-        row = run.log(step, metrics)
-        state["last"].update({key: value for key, value in row.items() if key != "step"})
-        return row
-
-    def last_step(name):
-        return state[name][-1][0] if state[name] else -1
+    def record(seed, step, metrics):
+        """Log a seed's metrics and keep their latest values for its summary.json."""
+        row = seed.run.log(step, metrics)
+        records[seed.index]["last"].update({key: value for key, value in row.items() if key != "step"})
 
     def measure(step):
-        """The measurements and the evaluation due at ``step`` and not made yet. A signal abandons the one under
-        way at once (Interrupted); the resumed run redoes it."""
+        """Each seed's measurements and evaluation due at ``step`` and not made yet (``Run.measure``: a signal
+        abandons the one under way, and the resumed run redoes it)."""
         learning = step >= args.learning_starts
-        with allowed_sync():  # periodic measurements: their results come to the host
-            measure_curvature(step, learning)
-        if (step % args.eval_every == 0 or step == total_steps) and state["eval_step"] < step:
-            evaluation(step)
-        state["measured"] = step
+        for seed in runs.live:
+            k, run, q, target, sampler = seed.index, seed.run, q_net.modules[seed.index], target_net.modules[
+                seed.index], samplers.generators[seed.index]
+            with allowed_sync():  # periodic measurements: their results come to the host
+                if learning and args.grad_cov_every and step % args.grad_cov_every == 0:
+                    cov = run.measure("grad_cov", step, lambda: gradient_covariance(td_error_grads(
+                        q, target, replays[k].sample(args.grad_cov_samples, sampler), args.gamma, huber_delta)), sampler)
+                    if cov is not None:
+                        records[k]["grad_cov"].append((step, cov.cpu().numpy()))
+                        record(seed, step, {f"curvature/{key}": v for key, v in interference_summary(cov).items()})
+                if learning and args.hessian_every and step % args.hessian_every == 0:
+                    spectrum = run.measure("hessian", step, lambda: td_loss_hessian(
+                        q, target, replays[k].sample(args.hessian_samples, sampler), args.gamma, huber_delta,
+                        args.hessian_iters), sampler)
+                    if spectrum is not None:
+                        records[k]["hessian"].append((step, *spectrum))
+                        record(seed, step, {"curvature/hessian_top_eigenvalue": spectrum[0][-1],
+                                            "curvature/hessian_bottom_eigenvalue": spectrum[0][0]})
+            if step and (step % args.eval_every == 0 or step == total_steps):
+                video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
+                result = run.measure("evaluation", step, lambda: evaluate(q, eval_envs[k], args, seed.seed + step,
+                                                                           device, video))
+                if result is not None:
+                    log_evaluation(seed, step, *result)
 
-    def measure_curvature(step, learning):
-        if learning and args.grad_cov_every and step % args.grad_cov_every == 0 and last_step("grad_cov") < step:
-            with run.measurement(sampler):
-                batch = replay.sample(args.grad_cov_samples, sampler)
-                cov = gradient_covariance(td_error_grads(q_net, target_net, batch, args.gamma, huber_delta))
-            state["grad_cov"].append((step, cov.cpu().numpy()))
-            record(step, {f"curvature/{key}": value for key, value in interference_summary(cov).items()})
-        if learning and args.hessian_every and step % args.hessian_every == 0 and last_step("hessian") < step:
-            with run.measurement(sampler):
-                batch = replay.sample(args.hessian_samples, sampler)
-                nodes, weights = td_loss_hessian(q_net, target_net, batch, args.gamma, huber_delta,
-                                                 args.hessian_iters)
-            state["hessian"].append((step, nodes, weights))
-            record(step, {"curvature/hessian_top_eigenvalue": nodes[-1],
-                          "curvature/hessian_bottom_eigenvalue": nodes[0]})
-
-    def evaluation(step):
-        with run.measurement():
-            video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
-            eval_return, episodes = evaluate(q_net, eval_envs, args, args.seed + step, device, video)
-        state["eval_step"] = step
+    def log_evaluation(seed, step, eval_return, episodes):
         if episodes:
-            record(step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
-                          **({"eval/human_normalized_score": human_normalized(eval_return, game, scores)}
-                             if scores else {})})
-            print(f"step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes", flush=True)
+            record(seed, step, {"eval/episodic_return": eval_return, "eval/episodes": episodes,
+                                **({"eval/human_normalized_score": human_normalized(eval_return, game, scores)}
+                                   if scores else {})})
+            print(f"seed {seed.seed} step {step:,}: evaluation score {eval_return:.1f} over {episodes} episodes",
+                  flush=True)
         else:  # the return of an unfinished episode is no score: the summary's final score is missing, not old
-            record(step, {"eval/episodes": 0})
-            state["last"].pop("eval/episodic_return", None)
-            state["last"].pop("eval/human_normalized_score", None)
-            print(f"warning: step {step:,}: no evaluation episode finished within --eval-frames {args.eval_frames:,}; "
-                  f"no score logged", flush=True)
+            record(seed, step, {"eval/episodes": 0})
+            records[seed.index]["last"].pop("eval/episodic_return", None)
+            records[seed.index]["last"].pop("eval/human_normalized_score", None)
+            print(f"warning: seed {seed.seed} step {step:,}: no evaluation episode finished within --eval-frames "
+                  f"{args.eval_frames:,}; no score logged", flush=True)
 
     loss = q_values = None
-    start_time, start_step, last_print = time.time(), state["step"], time.time()
-    try:
-        if state["measured"] < state["step"]:
-            measure(state["step"])  # what a signal abandoned before the checkpoint
-        while state["step"] < total_steps and not run.stopping:
-            step = state["step"]
-
-            # Act: one batched forward, one host transfer of the actions.
-            actions = act(q_net, replay, epsilon_at(step, args), rng, num_actions)
-            frames, rewards, terminated, truncated, lives = envs.step(actions)
-            life_lost = lives < state["lives"]  # terminal for learning (DQN Zoo), not an episode end
-            state["lives"] = lives
+    start_time, start_step, last_print = time.time(), step, time.time()
+    measure(step)  # what a signal abandoned before the checkpoint
+    while step < total_steps and not runs.stopping:
+        # Act: every seed's environments, its actions from one forward of all seeds.
+        actions = act(q_net, replays, epsilon_at(step, args), rngs, envs[0].num_actions)
+        step += num_envs
+        for seed in runs.live:
+            k, episodes = seed.index, records[seed.index]
+            frames, rewards, terminated, truncated, lives = envs[k].step(actions[k])
+            life_lost = lives < episodes["lives"]  # terminal for learning (DQN Zoo), not an episode end
+            episodes["lives"] = lives
             clipped = np.clip(rewards, -args.max_abs_reward, args.max_abs_reward)
-            replay.add(torch.as_tensor(actions, device=device), torch.as_tensor(clipped, device=device),
-                       torch.as_tensor(terminated | life_lost, device=device), frames)
-            state["episode_return"] += rewards
-            state["episode_length"] += 1
-            state["step"] = step = step + num_envs
+            replays[k].add(torch.as_tensor(actions[k], device=device), torch.as_tensor(clipped, device=device),
+                           torch.as_tensor(terminated | life_lost, device=device), frames)
+            episodes["episode_return"] += rewards
+            episodes["episode_length"] += 1
+            seed.steps = step
             done = np.flatnonzero(terminated | truncated)
-            for k in done:
-                record(step, {"charts/episodic_return": float(state["episode_return"][k]),
-                              "charts/episodic_length": int(state["episode_length"][k])})
+            for i in done:
+                record(seed, step, {"charts/episodic_return": float(episodes["episode_return"][i]),
+                                    "charts/episodic_length": int(episodes["episode_length"][i])})
             if len(done):
-                frames, state["lives"][done] = envs.reset(done)
-                replay.start_episodes(frames, done)
-                state["episode_return"][done], state["episode_length"][done] = 0.0, 0
+                frames, episodes["lives"][done] = envs[k].reset(done)
+                replays[k].start_episodes(frames, done)
+                episodes["episode_return"][done], episodes["episode_length"][done] = 0.0, 0
 
-            # Learn: one update per train_frequency agent steps, no host sync; the loss is checked when logged.
-            for _ in range(step // args.train_frequency - (step - num_envs) // args.train_frequency):
-                if step <= args.learning_starts:
-                    break
-                loss, q_values = yield replay.sample(args.batch_size, sampler)  # the update of q_net on it
-            if step % args.target_network_frequency == 0:
-                target_net.load_state_dict(q_net.state_dict())
+        # Learn: one update per train_frequency agent steps, no host sync; the loss is checked when logged.
+        for _ in range(step // args.train_frequency - (step - num_envs) // args.train_frequency):
+            if step <= args.learning_starts:
+                break
+            batch = [torch.stack(part) for part in zip(*(replay.sample(args.batch_size, sampler)
+                                                         for replay, sampler in zip(replays, samplers)))]
+            loss, q_values = loss_fn(q_net, target_net, batch, args.gamma, huber_delta)  # (seeds,), (seeds, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()  # the seeds share nothing: each gets exactly its own gradient
+            optimizer.step()
+        if step % args.target_network_frequency == 0:
+            target_net.copy_from(q_net)
 
-            if step % args.log_every == 0:
-                sps = (step - start_step) / (time.time() - start_time)
-                metrics = {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args)}
-                if loss is not None:  # learning has started (in this process)
-                    metrics.update({"losses/td_loss": loss, "losses/q_values": q_values.mean()})
-                with allowed_sync():  # the log window's one sync
-                    record(step, metrics)
-            if time.time() - last_print >= 30:  # progress at least every 30 s, whatever the speed
-                last_print = time.time()
-                print(f"step {step:,}/{total_steps:,}  {(step - start_step) / (last_print - start_time):.1f} steps/s  "
-                      f"episode return {state['last'].get('charts/episodic_return', float('nan')):.1f}", flush=True)
+        if step % args.log_every == 0:
+            sps = (step - start_step) / (time.time() - start_time)
+            with allowed_sync():  # the log window's one sync
+                losses = {} if loss is None else {"losses/td_loss": loss.detach().tolist(),
+                                                  "losses/q_values": q_values.detach().mean(-1).tolist()}
+            for seed in runs.live:
+                record(seed, step, {"charts/SPS": sps, "charts/epsilon": epsilon_at(step, args),
+                                    **{key: values[seed.index] for key, values in losses.items()}})
+        if time.time() - last_print >= 30:  # progress at least every 30 s, whatever the speed
+            last_print = time.time()
+            print(f"step {step:,}/{total_steps:,}  {(step - start_step) / (last_print - start_time):.1f} steps/s  "
+                  "episode return " + " ".join(f"{records[s.index]['last'].get('charts/episodic_return', np.nan):.1f}"
+                                               for s in runs.live), flush=True)
 
-            if not run.stopping:
-                measure(step)
-            if args.checkpoint_every and step % args.checkpoint_every == 0 and not run.stopping:
-                save_checkpoint()
-    except Interrupted:
-        pass  # a measurement or evaluation was abandoned: the checkpoint below says it is still due
-    if not run.diverged:
-        save_checkpoint()  # also after completion: a raised --total-frames continues from here
+        measure(step)
+        if args.checkpoint_every and step % args.checkpoint_every == 0:
+            runs.save_checkpoint(step, state)
 
-    title = f"{game}, {'LayerNorm' if args.layer_norm else 'baseline'}"
-    if state["grad_cov"]:
-        run.save_figure(lambda: draw_grad_cov(state["grad_cov"], f"{title}: gradient covariance C_k"), "grad_cov.png")
-    if state["hessian"]:
-        run.save_figure(lambda: draw_spectral_densities(state["hessian"], f"{title}: TD-loss Hessian spectrum"),
-                        "hessian_density.png")
-    if args.save_model:
-        torch.save(q_net.state_dict(), os.path.join(run.run_dir, f"{args.exp_name}.model"))
-    done = state["step"] >= total_steps and state["measured"] == state["step"]
-    return run.finish(state["step"], done=done, metrics=state["last"], env_id=args.env_id,
-                      layer_norm=args.layer_norm, seed=args.seed, frames=state["step"] * args.frame_skip)
+    def save_outputs(seed):
+        run, title = seed.run, f"{game}, {'LayerNorm' if args.layer_norm else 'baseline'}"
+        grad_cov, hessian = records[seed.index]["grad_cov"], records[seed.index]["hessian"]
+        if grad_cov:
+            run.save_figure(lambda: draw_grad_cov(grad_cov, f"{title}: gradient covariance C_k"), "grad_cov.png")
+        if hessian:
+            run.save_figure(lambda: draw_spectral_densities(hessian, f"{title}: TD-loss Hessian spectrum"),
+                            "hessian_density.png")
+        if args.save_model:
+            torch.save(q_net.state_dict(seed.index), os.path.join(run.run_dir, f"{args.exp_name}.model"))
+
+    return runs.finish(step, state, save_outputs, final_metrics=lambda seed: records[seed.index]["last"],
+                       extra=lambda seed: dict(env_id=args.env_id, layer_norm=args.layer_norm, seed=seed.seed,
+                                               frames=seed.steps * args.frame_skip))
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation

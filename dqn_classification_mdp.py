@@ -22,7 +22,7 @@ from common.errors import UsageError, check
 from common.runtime.cli import main, select_device
 from common.runtime.logger import atomic_torch_save, pyplot
 from common.runtime.run import Interrupted
-from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer, StackedReplay
+from common.runtime.seeds import OneSeed, RunGroup, StackedEnvs, StackedOptimizer, StackedReplay
 from common.science.data import DATASETS, load_dataset
 from common.science.envs import VARIANTS, ClassificationMDP
 from common.science.hessian import hessian_matvec, top_eigenvalue
@@ -410,7 +410,9 @@ def draw_probe_curves(probe_history, title):
 
 
 def save_probe_curves(args, seed):
-    """Fig 4 and the curves behind it (probe_curves.pt) in the seed's run directory."""
+    """Fig 4 and the curves behind it (probe_curves.pt) in the seed's run directory, where it probed."""
+    if not seed.probes:
+        return
     run, steps = seed.run, [step for step, _ in seed.curves]
     history = [(step, curve, row["probe/plasticity"]) for (step, curve), row in zip(seed.curves, seed.probes)]
     run.save_figure(lambda: draw_probe_curves(history, f"{args.arch} on {args.dataset} {args.variant} "
@@ -446,7 +448,8 @@ def train(args):
     with runs.setting_up():
         device = select_device(args.cuda)
         images, labels = load_images(args, device)
-        env, q_network, target_network = runs.build(lambda seed: make_agent(args, images, labels, seed), device)
+        envs, q_network, target_network = runs.build(lambda seed: make_agent(args, images, labels, seed), device)
+        env = StackedEnvs(envs)
         initial_parameters = {name: p.detach().clone() for name, p in q_network.params.items()}  # distance_from_init
         optimizer = StackedOptimizer(build_optimizer(args, q_network.parameters()), q_network)  # elementwise
         replay = StackedReplay(len(runs), args.buffer_size, device)

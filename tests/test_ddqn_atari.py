@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from common.errors import UsageError
+from common.runtime.seeds import OneSeed
 from common.science.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores,
                                   luminance_84x84, make_env, rom_name)
 from common.science.grad_cov import gradient_covariance
@@ -52,8 +53,9 @@ def test_td_loss_gradient_is_dqn_zoo_clipped_td_error(batch_size):
     batch = (frames(), torch.randint(0, 4, (batch_size,)), 5 * torch.randn(batch_size),  # large TD errors: clipped
              (torch.rand(batch_size) < 0.3).float(), frames())
     bound = 1 / 32
-    loss, _ = td_loss(net, target_net, batch, 0.99, huber_delta=batch_size * bound)
-    ours = torch.autograd.grad(loss, list(net.parameters()))
+    loss, _ = td_loss(OneSeed(net), OneSeed(target_net), [part[None] for part in batch], 0.99,
+                      huber_delta=batch_size * bound)  # one seed's: the seeds are the leading axis
+    ours = torch.autograd.grad(loss[0], list(net.parameters()))
 
     obs, actions, rewards, terminals, next_obs = batch
     with torch.no_grad():
@@ -78,8 +80,8 @@ def test_per_example_gradients_and_their_covariance_match_one_backward_per_trans
     grads = td_error_grads(net, target_net, batch, 0.99, huber_delta=1.0)
     loops = []
     for i in range(3):
-        loss, _ = td_loss(net, target_net, tuple(x[i:i + 1] for x in batch), 0.99, huber_delta=1.0)
-        loops.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))]))
+        loss, _ = td_loss(OneSeed(net), OneSeed(target_net), [x[None, i:i + 1] for x in batch], 0.99, huber_delta=1.0)
+        loops.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss[0], list(net.parameters()))]))
     torch.testing.assert_close(grads, torch.stack(loops), rtol=1e-9, atol=1e-12)
     cov = gradient_covariance(grads)
     cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
@@ -329,7 +331,7 @@ def interrupted_and_resumed(run_dir, args, after_step):
     finally:
         signal.signal(signal.SIGTERM, previous)
     at_interruption = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert at_interruption["state"]["step"] == (first["runs"][0] if "runs" in first else first)["steps"]
+    assert at_interruption["step"] == (first["runs"][0] if "runs" in first else first)["steps"]
     return first, train(dataclasses.replace(args, resume=True))
 
 
@@ -337,7 +339,7 @@ def assert_same_checkpoints(resumed_dir, reference_dir):
     """The network, optimizer state, replay contents, emulators and step count of two runs are equal."""
     resumed = torch.load(resumed_dir / "checkpoint.pt", weights_only=False)
     reference = torch.load(reference_dir / "checkpoint.pt", weights_only=False)
-    assert resumed["state"]["step"] == reference["state"]["step"]
+    assert resumed["step"] == reference["step"]
     for part in ("q_net", "target_net", "replay", "envs"):
         for key, value in reference[part].items():
             if key == "actions":  # each env's actions since its reset
@@ -420,8 +422,8 @@ def assert_close_checkpoints(lockstep_dir, single_dir):
     assert global_rng["python"] == single_global_rng["python"]
     assert all(np.array_equal(a, b) for a, b in zip(global_rng["numpy"], single_global_rng["numpy"]))
     assert all(np.array_equal(a, b) for a, b in zip(lock["envs"]["actions"], single["envs"]["actions"], strict=True))
-    for key in ("step", "eval_step", "measured"):
-        assert lock["state"][key] == single["state"][key], key
+    assert lock["step"] == single["step"]
+    assert lock["lifecycle"]["measured"] == single["lifecycle"]["measured"]  # each measurement's last step
     assert [s for s, _ in lock["state"]["grad_cov"]] == [s for s, _ in single["state"]["grad_cov"]]
     for (_, a), (_, b) in zip(lock["state"]["grad_cov"], single["state"]["grad_cov"]):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)

@@ -12,11 +12,10 @@ A script's ``train(args)`` reads::
     while step < total and not run.stopping:     # SIGTERM / SIGUSR1 / SIGINT set run.interrupted
         ...
         run.log(step, metrics)                   # a non-finite value sets run.diverged
-        with run.measurement(generator):         # a signal abandons a probe at once (redone after resume)
-            result = probe()
+        result = run.measure("probe", step, probe, generator)  # a signal abandons it; a resume redoes it
     if not run.diverged:
         run.save_checkpoint(state, step)
-    return run.finish(step, done=step >= total, metrics=...)
+    return run.finish(step, done=step >= total and not run.pending, metrics=...)
 
 ``common.runtime.cli.main`` listens for signals from its first line (one before ``run.start`` stops the process at once:
 nothing is lost) and maps the summary's status to the exit status (0 completed, 3 diverged, 75 interrupted; 73 when
@@ -296,6 +295,7 @@ class Run:
         self.args, self.total = args, total
         self.interrupted = self.diverged = self._measuring = False
         self.signal = None  # the name of the signal that interrupted the run
+        self.measured, self.pending = {}, set()  # a measurement's last step; those due and not made (``measure``)
         self.finished, self.resumes, self.wall_time_before, self.checkpoint_rows = None, [], 0.0, None
         self.start_time, self.logger, self.created, self.run_dir = time.time(), None, False, None
         try:
@@ -382,12 +382,13 @@ class Run:
             raise UsageError(f"{self.checkpoint_path} is corrupt, truncated or from an older version of this code "
                              f"({type(e).__name__}); start afresh "
                              f"with another --run-dir (or delete {self.run_dir})") from None
-        _set_rng_state(lifecycle["rng"])
+        set_global_rng_state(lifecycle["rng"])
         # the segment that wrote summary.json also spent time after its last checkpoint (its figures, say)
         summary = _read_json(os.path.join(self.run_dir, "summary.json")) or {}
         self.wall_time_before = max(lifecycle["wall_time_s"], summary.get("wall_time_s", 0.0))
         self.resumes = lifecycle["resumes"] + [lifecycle["step"]]
         self.checkpoint_rows = lifecycle.get("rows")  # None from a checkpoint that predates the count
+        self.measured = lifecycle.get("measured", {})
         return ckpt
 
     def start(self, step=0):
@@ -408,19 +409,36 @@ class Run:
     def measurement(self, *generators):
         """A probe or curvature measurement that a signal abandons at once. On abandoning, the global RNGs and
         ``generators`` are put back as they were, so the measurement redone after resume draws the same numbers."""
-        states = _get_rng_state(), [g.get_state() for g in generators]
+        states = global_rng_state(), [g.get_state() for g in generators]
         try:
             if self.interrupted:
                 raise Interrupted
             self._measuring = True
             yield
         except Interrupted:
-            _set_rng_state(states[0])
+            set_global_rng_state(states[0])
             for g, s in zip(generators, states[1]):
                 g.set_state(s)
             raise
         finally:
             self._measuring = False
+
+    def measure(self, name, step, fn, *generators):
+        """The measurement ``name`` due at ``step``: ``fn()`` in ``measurement(*generators)``, unless it was made at
+        ``step`` already (``measured``, which checkpoints keep: a resumed run redoes only what a signal abandoned).
+        A signal abandons it, or skips it once the run is interrupted; until it is made it is ``pending``, and a run
+        that stops with one pending is not done. Returns ``fn()``'s result, or None where it made nothing."""
+        if self.measured.get(name, -1) >= step:
+            return None
+        self.pending.add(name)
+        try:
+            with self.measurement(*generators):
+                result = fn()
+        except Interrupted:
+            return None
+        self.measured[name] = step
+        self.pending.discard(name)
+        return result
 
     def log(self, step, metrics):
         """Log ``metrics`` at ``step``; the returned row holds Python numbers. A non-finite value sets ``diverged``."""
@@ -446,7 +464,7 @@ class Run:
         # "rows": the metrics.jsonl rows this checkpoint covers; a resume drops the rest, even at its own step
         check_lock(self.run_dir)
         lifecycle = {"step": int(step), "wall_time_s": self.wall_time(), "resumes": self.resumes,
-                     "rows": self.logger.rows, "rng": _get_rng_state()}
+                     "rows": self.logger.rows, "rng": global_rng_state(), "measured": dict(self.measured)}
         return torch_save_staged({**state, "lifecycle": lifecycle}, self.checkpoint_path)
 
     def save_figure(self, make_figure, name):
@@ -533,20 +551,22 @@ def resume_command(args, run_dir, resume=True):
 
 
 def seed_everything(seed):
-    """Seed Python's, NumPy's and torch's global RNGs (CleanRL's seeding); ``_get_rng_state`` captures them."""
+    """Seed Python's, NumPy's and torch's global RNGs (CleanRL's seeding); ``global_rng_state`` captures them."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _get_rng_state():
+def global_rng_state():
+    """The process's global RNG states (torch's CPU and CUDA ones, NumPy's, Python's): what a checkpoint restores,
+    and what each seed of a group keeps as its own (``common.runtime.seeds``)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state):
+def set_global_rng_state(state):
     torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

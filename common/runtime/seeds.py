@@ -10,11 +10,12 @@ The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) an
 
 - ``SeedStack``: N networks as stacked tensors plus per-seed modules (``modules[k]``) that view them, so code
   written for one network (interventions, statistics, the probe) runs on ``modules[k]`` and writes into the stack;
-- ``StackedEnvs``: N environments stepped with ``(N, ...)`` actions; ``StackedReplay``: N replays;
+- ``StackedEnvs``: N tensor environments stepped with ``(N, ...)`` actions; ``StackedReplay``: N replays;
+- ``PerSeed``: what stays each seed's own object (emulators, a replay per seed, NumPy generators, records);
 - ``StackedOptimizer``: the elementwise optimizer over a stack, saved per seed as a single run's optimizer;
 - ``Generators``: one ``torch.Generator`` per seed (actions, minibatches, dropout masks): draws stack along the
-  seed axis; ``GlobalRNGs``: each seed's own global torch RNG state, swapped in where a single run draws from the
-  global RNG (initialisation, interventions);
+  seed axis; ``GlobalRNGs``: each seed's own global RNG states (``common.runtime.run.global_rng_state``), swapped
+  in where a single run draws from the global RNGs (initialisation, interventions) and saved as its checkpoint's;
 - ``RunGroup``: the N runs (``common.runtime.run.Run``), which start, log, probe, checkpoint, diverge and finish per seed.
 
 Dropout in the training forward (the ViT) draws seed k's masks from ``stack.dropout_generators[k]`` before the
@@ -35,7 +36,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from common.errors import UsageError, check
 from common.runtime.logger import to_python
-from common.runtime.run import Run, combined_summary, seed_everything
+from common.runtime.run import Run, combined_summary, global_rng_state, seed_everything, set_global_rng_state
 from common.runtime.rundir import seed_run_dir
 from common.runtime.sync import allowed_sync
 from common.science.networks import draw_masks, dropout_calls, in_mode, supplied_masks
@@ -47,7 +48,14 @@ class SeedStack:
 
     def __init__(self, networks):
         self.template = copy.deepcopy(networks[0])  # the structure vmap calls with stacked tensors
+        if len(networks) > 1 and hasattr(self.template, "memory_format"):
+            self.template.memory_format = torch.contiguous_format  # vmap lacks channels_last
         self.params, self.buffers = stack_module_state(networks)
+        for name, param in networks[0].named_parameters():  # seed k's view keeps its network's memory layout
+            if param.dim() == 4 and not param.is_contiguous() and param.is_contiguous(memory_format=torch.channels_last):
+                stacked = self.params[name]
+                self.params[name] = stacked.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).detach()
+                self.params[name].requires_grad_(stacked.requires_grad)
         self.modules = networks
         for k, network in enumerate(networks):
             for name, stacked in self.params.items():
@@ -66,7 +74,7 @@ class SeedStack:
         """The stacked parameters, ``(N, ...)`` each: what the optimizer steps."""
         return list(self.params.values())
 
-    def call(self, x, train):
+    def call(self, x, train=True):
         """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode: one vmapped call,
         or for one seed a plain call (vmap's batched matrix products cost twice a plain one's on the CPU, and a
         single run should not pay for the stacking; the two round differently, so seeds in lockstep equal single
@@ -125,52 +133,35 @@ class OneSeed:
     def __init__(self, network):
         self.template = network
 
-    def call(self, x, train):
+    def call(self, x, train=True):
         with in_mode(self.template, train):
             return self.template(x[0]).unsqueeze(0)
 
 
-@contextlib.contextmanager
-def global_rng(states, k, device):
-    """Run the block on seed k's own global torch RNG state ``states[k]`` (None: the current state), and keep the
-    state it leaves for that seed; the process's global RNG is put back afterwards."""
-    cuda = device.type == "cuda"
-    saved = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
-    if states[k] is not None:
-        torch.set_rng_state(states[k][0])
-        if cuda:
-            torch.cuda.set_rng_state(states[k][1], device)
-    try:
-        yield
-    finally:
-        states[k] = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None)
-        torch.set_rng_state(saved[0])
-        if cuda:
-            torch.cuda.set_rng_state(saved[1], device)
-
-
-def _global_rng_state(device):
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
 class GlobalRNGs:
-    """Each seed's own global torch RNG state: what a single run draws from the global RNG (initialisation,
-    interventions) seed k draws inside ``each``, on its own state."""
+    """Each seed's own global RNG states (``global_rng_state``): what a single run draws from the global RNGs
+    (initialisation, interventions) seed k draws inside ``each`` or ``of(k)``, on its own states."""
 
-    def __init__(self, states, device):
-        self.states, self.device = list(states), device
+    def __init__(self, states):
+        self.states = list(states)
+
+    @contextlib.contextmanager
+    def of(self, k):
+        """Run the block on seed k's global RNG states and keep those it leaves for that seed; the process's own
+        are put back afterwards."""
+        saved = global_rng_state()
+        set_global_rng_state(self.states[k])
+        try:
+            yield
+        finally:
+            self.states[k] = global_rng_state()
+            set_global_rng_state(saved)
 
     def each(self, *per_seed):
-        """``zip(*per_seed)``, seed k's tuple yielded while seed k's global RNG state is in place."""
+        """``zip(*per_seed)``, seed k's tuple yielded while seed k's global RNG states are in place."""
         for k, items in enumerate(zip(*per_seed, strict=True)):
-            with global_rng(self.states, k, self.device):
+            with self.of(k):
                 yield items
-
-    def state_dict(self, k):
-        return self.states[k]
-
-    def load_state_dicts(self, states):
-        self.states = list(states)
 
 
 class Generators:
@@ -273,6 +264,32 @@ class StackedOptimizer:
         load_optimizer_states(self.optimizer, states)
 
 
+class PerSeed(list):
+    """Seed k's own object at ``[k]``, not stacked (its emulators, its replay, its NumPy generator, its records),
+    saved and loaded as its single run saves it: a module's or an environment's ``state_dict``, a generator's
+    state, a dict of records as it is."""
+
+    def state_dict(self, k):
+        item = self[k]
+        if isinstance(item, np.random.Generator):
+            return item.bit_generator.state
+        if isinstance(item, torch.Generator):
+            return item.get_state()
+        return item if isinstance(item, dict) else item.state_dict()
+
+    def load_state_dicts(self, states):
+        for item, state in zip(self, states, strict=True):
+            if isinstance(item, np.random.Generator):
+                item.bit_generator.state = state
+            elif isinstance(item, torch.Generator):
+                item.set_state(state.cpu())
+            elif isinstance(item, dict):
+                item.clear()
+                item.update(state)
+            else:
+                item.load_state_dict(state)
+
+
 class StackedEnvs:
     """N environments (seed k's with its own generator) stepped in lockstep; observations, actions and rewards
     are ``(N, num_envs)``. ``obs`` is the current observation, saved with each seed's environment."""
@@ -373,16 +390,14 @@ def load_seed_states(part, states):
 
 
 def stack_parts(parts):
-    """One stacked part from N seeds' own: networks into a ``SeedStack``, environments (anything with ``step``)
-    into ``StackedEnvs``, tensors into one tensor."""
+    """One part from N seeds' own: networks into a ``SeedStack``, tensors into one tensor, anything else into a
+    ``PerSeed`` list."""
     first = parts[0]
     if isinstance(first, nn.Module):
         return SeedStack(list(parts))
     if isinstance(first, torch.Tensor):
         return torch.stack(list(parts))
-    if hasattr(first, "step"):
-        return StackedEnvs(parts)
-    raise TypeError(f"cannot stack {type(first).__name__}")
+    return PerSeed(parts)
 
 
 def seed_args(args, k):
@@ -415,13 +430,21 @@ class RunGroup:
     runs while any seed lives (not diverged); a diverged seed keeps its slot in the stacks and its numbers are
     never read. A signal interrupts every seed (the process's one handler interrupts every run).
 
-    ``env_steps_per_step`` scales ``charts/SPS`` (environment steps per optimizer step); ``probe_seed_batch``
-    seeds probe in one lockstep at a time (0: all)."""
+    ``total`` and ``may_change`` are ``Run``'s; ``total_steps`` is the run's length in loop steps (default the
+    ``total`` field's value). ``env_steps_per_step`` scales ``charts/SPS`` (environment steps per optimizer step);
+    ``probe_seed_batch`` seeds probe in one lockstep at a time (0: all)."""
 
-    def __init__(self, args, total, env_steps_per_step=1, probe_seed_batch=0):
-        self.seeds = [Seed(k, Run(seed_args(args, k), total=total)) for k in range(args.num_seeds)]
-        self.total, self.env_steps_per_step, self.probe_seed_batch = (getattr(args, total), env_steps_per_step,
-                                                                      probe_seed_batch)
+    def __init__(self, args, total, may_change=(), total_steps=None, env_steps_per_step=1, probe_seed_batch=0):
+        self.seeds = []
+        try:
+            for k in range(args.num_seeds):
+                self.seeds.append(Seed(k, Run(seed_args(args, k), total=total, may_change=may_change)))
+        except UsageError:  # a seed's directory is taken or not resumable: give back those claimed
+            for s in self.seeds:
+                s.run.abandon()
+            raise
+        self.total = getattr(args, total) if total_steps is None else total_steps
+        self.env_steps_per_step, self.probe_seed_batch = env_steps_per_step, probe_seed_batch
         self.active = [s for s in self.seeds if not s.run.finished]  # these train, log and save
         self.global_rngs, self._window = None, (0, time.time())
 
@@ -453,8 +476,8 @@ class RunGroup:
         for s in self.seeds:
             seed_everything(s.seed)
             parts.append(make(s.seed))
-            states.append(_global_rng_state(device))
-        self.global_rngs = GlobalRNGs(states, device)
+            states.append(global_rng_state())
+        self.global_rngs = GlobalRNGs(states)
         return tuple(stack_parts(seed_parts) for seed_parts in zip(*parts))
 
     def generators(self, device):
@@ -471,19 +494,27 @@ class RunGroup:
         state."""
         if not self.seeds[0].run.args.resume:
             return None
-        loaded = {s.index: s.run.load_checkpoint(device) for s in self.active}
+        loaded = {}
+        for s in self.active:  # each checkpoint's global RNG states, restored by its load, are its seed's own
+            loaded[s.index] = s.run.load_checkpoint(device)
+            self.global_rngs.states[s.index] = global_rng_state()
+            if "seed_rng" in loaded[s.index]:  # a checkpoint that kept them apart: its torch state is the seed's
+                torch_state, cuda_state = loaded[s.index]["seed_rng"]
+                self.global_rngs.states[s.index]["torch"] = torch_state.cpu()
+                if cuda_state is not None:
+                    self.global_rngs.states[s.index]["cuda"] = [cuda_state.cpu()]
         ckpts = [loaded.get(s.index, loaded[self.active[0].index]) for s in self.seeds]
-        step = ckpts[self.active[0].index]["step"]
-        check(all(loaded[s.index]["step"] == step for s in self.active), "the seeds' checkpoints are at different "
-              "steps: resume each seed's run directory on its own (--num-seeds 1)")
         try:
-            for name, part in {**state, "seed_rng": self.global_rngs}.items():
+            step = ckpts[self.active[0].index]["step"]
+            check(all(loaded[s.index]["step"] == step for s in self.active), "the seeds' checkpoints are at "
+                  "different steps: resume each seed's run directory on its own (--num-seeds 1)")
+            for name, part in state.items():
                 load_seed_states(part, [ckpt[name] for ckpt in ckpts])
             for s, ckpt in zip(self.seeds, ckpts):
                 s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
         except KeyError as e:
-            raise UsageError(f"a checkpoint lacks {e} (from an older version of this code): start afresh with "
-                             f"another --run-dir") from None
+            raise UsageError(f"{self.active[0].run.checkpoint_path} lacks {e} (from an older version of this code): "
+                             f"start afresh with another --run-dir") from None
         return step
 
     def start(self, step):
@@ -492,13 +523,15 @@ class RunGroup:
             s.steps = step
         self._window = (step, time.time())
 
-    def _live(self):
+    @property
+    def live(self):
+        """The seeds that train: not finished before, not diverged."""
         return [s for s in self.active if not s.run.diverged]
 
     @property
     def stopping(self):
         """Every seed diverged, or a signal came."""
-        return not self._live() or self.active[0].run.interrupted
+        return not self.live or self.active[0].run.interrupted
 
     def log(self, step, metrics):
         """Log ``metrics`` (``{key: (N,) tensor}``) and ``charts/SPS`` at ``step`` for every live seed."""
@@ -506,7 +539,7 @@ class RunGroup:
             rows = torch.stack(list(metrics.values()), dim=1).tolist()  # the one host sync per log window
         start_step, start_time = self._window
         sps = (step - start_step) * self.env_steps_per_step / (time.time() - start_time)
-        for s in self._live():
+        for s in self.live:
             s.steps = step
             s.last_log = s.run.log(step, {**dict(zip(metrics, rows[s.index])), "charts/SPS": sps})
             print(f"step {step:>8,}/{self.total:,}  seed {s.seed}  " + "  ".join(
@@ -518,7 +551,7 @@ class RunGroup:
         ``(metrics, learning curve)``, for ``probe_seed_batch`` seeds in one lockstep at a time. A signal abandons
         the measurement under way (``Interrupted``); the resumed run redoes it. Its time is left out of SPS.
         Returns whether any seed was due."""
-        due = [s for s in self._live() if not s.probes or s.probes[-1]["step"] < step]
+        due = [s for s in self.live if not s.probes or s.probes[-1]["step"] < step]
         for s in due:
             s.probe_pending = True
         due = [s for s in due if not s.run.stopping]
@@ -545,39 +578,41 @@ class RunGroup:
     @property
     def probe_pending(self):
         """A probe due at this step is not logged for some live seed (a signal skipped or abandoned it)."""
-        return any(s.probe_pending for s in self._live())
+        return any(s.probe_pending for s in self.live)
 
     def save_checkpoint(self, step, state):
         """Checkpoint every live seed that is not stopping: its share of each part of ``state`` and its records."""
-        self._save([s for s in self._live() if not s.run.stopping], step, state)
+        self._save([s for s in self.live if not s.run.stopping], step, state)
 
     def _save(self, seeds, step, state):
         """Write every seed's checkpoint, then put them all in place: the group resumes only from one step."""
         staged = []
         for s in seeds:
-            parts = {name: seed_state(part, s.index)
-                     for name, part in {**state, "seed_rng": self.global_rngs}.items()}
-            staged.append(s.run.stage_checkpoint({**parts, "step": step, "probes": s.probes,
-                                                  "probe_curves": s.curves}, step))
+            parts = {name: seed_state(part, s.index) for name, part in state.items()}
+            with self.global_rngs.of(s.index):  # the checkpoint's global RNG states are the seed's own
+                staged.append(s.run.stage_checkpoint({**parts, "step": step, "probes": s.probes,
+                                                      "probe_curves": s.curves}, step))
         for s, path in zip(seeds, staged):
             os.replace(path, s.run.checkpoint_path)
 
-    def finish(self, step, state, save_outputs=None, final_metrics=None):
+    def finish(self, step, state, save_outputs=None, final_metrics=None, extra=None):
         """Finish every run: a checkpoint (unless diverged; also after completion, so that a raised total
         continues from it), ``save_outputs(seed)`` (figures), and summary.json with the last log's and the last
-        probe's metrics plus ``final_metrics(seed)``. Returns the combined summary."""
+        probe's metrics plus ``final_metrics(seed)``, and the fields ``extra(seed)`` (default: the probes). A run
+        is done when it reached the total with no measurement pending. Returns the combined summary."""
         summaries = [s.run.finished for s in self.seeds]
         saving = [s for s in self.active if not s.run.diverged]
         for s in saving:
             s.steps = step
         self._save(saving, step, state)
         for s in reversed(self.active):  # reversed: each run puts back the signal handler it found
-            if save_outputs is not None and s.probes:
+            if save_outputs is not None:
                 save_outputs(s)
             final = {key: v for key, v in s.last_log.items() if key != "step"}
             if s.probes:
                 final.update({key: v for key, v in s.probes[-1].items() if key != "step"})
             final.update(final_metrics(s) if final_metrics is not None else {})
-            done = s.steps >= self.total and not s.probe_pending
-            summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, probes=s.probes)
+            done = s.steps >= self.total and not s.probe_pending and not s.run.pending
+            fields = extra(s) if extra is not None else {"probes": s.probes}
+            summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, **fields)
         return combined_summary(summaries)
