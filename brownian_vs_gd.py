@@ -23,7 +23,7 @@ import torch
 from common.errors import UsageError, check
 from common.runtime.cli import main, select_device
 from common.runtime.logger import pyplot
-from common.runtime.run import Interrupted, Run, seed_everything
+from common.runtime.run import Run, seed_everything
 from common.science.data import load_dataset
 from common.science.envs import ClassificationMDP
 from common.science.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
@@ -219,6 +219,7 @@ def train(args):
         generator.set_state(ckpt["generator"].cpu())
         step, window, records, checkpoint_steps, final = (ckpt[k] for k in ("step", "log_window", "records",
                                                                             "checkpoint_steps", "final"))
+        run.measured.setdefault("curvature", checkpoint_steps[-1] if checkpoint_steps else -1)  # an older checkpoint
     run.start(step)
     print(f"device {device}, {sum(p.numel() for p in gd_params):,} parameters")
 
@@ -229,14 +230,21 @@ def train(args):
                              "log_window": window, "records": records, "checkpoint_steps": checkpoint_steps,
                              "final": final}, step)
 
-    def measure_and_log(step):
-        """The curvature of both processes at ``step``; a signal abandons it, and the resumed run redoes it."""
+    def curvature_of_both():
         metrics, new_records = {}, {}
-        with run.measurement(generator):
-            for name, net in (("gd", gd_net), ("walk", walk_net)):
-                new_records[name], scalars = measure_curvature(net, probe_x, probe_eps, args)
-                scalars["distance_from_init"] = distance_from(net, start_params)
-                metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
+        for name, net in (("gd", gd_net), ("walk", walk_net)):
+            new_records[name], scalars = measure_curvature(net, probe_x, probe_eps, args)
+            scalars["distance_from_init"] = distance_from(net, start_params)
+            metrics.update({f"curvature/{name}/{key}": value for key, value in scalars.items()})
+        return metrics, new_records
+
+    def measure_and_log(step):
+        """The curvature of both processes at ``step`` unless made already (``Run.measure``: a signal abandons it,
+        and the resumed run redoes it)."""
+        measured = run.measure("curvature", step, curvature_of_both, generator)
+        if measured is None:
+            return
+        metrics, new_records = measured
         for name, record in new_records.items():
             records[name].append(record)
         checkpoint_steps.append(step)
@@ -250,46 +258,43 @@ def train(args):
         final.update({k: v for k, v in row.items() if k != "step"})
 
     def curvature_due():
-        return (step % args.eval_every == 0 or step == args.total_steps) and checkpoint_steps[-1:] != [step]
+        return step % args.eval_every == 0 or step == args.total_steps
 
     window_time = time.time()
-    try:
-        if curvature_due():  # step 0, or a measurement that a signal abandoned before the checkpoint
-            measure_and_log(step)
-        while step < args.total_steps and not run.stopping:
-            actions = torch.randint(NUM_ACTIONS, obs.shape, generator=generator, device=device)
-            next_obs, rewards = env.step(actions)
-            loss, q_mean = td_loss(gd_net, target_net, images, obs, actions, rewards, next_obs, args.gamma)
-            obs = next_obs
-            grads = torch.autograd.grad(loss, gd_params)
-            step_norm = coupled_step(gd_params, walk_params, grads, args.learning_rate, generator)
-            step += 1
-            window += torch.stack([loss.detach(), q_mean, step_norm])
+    if curvature_due():  # step 0, or a measurement that a signal abandoned before the checkpoint
+        measure_and_log(step)
+    while step < args.total_steps and not run.stopping:
+        actions = torch.randint(NUM_ACTIONS, obs.shape, generator=generator, device=device)
+        next_obs, rewards = env.step(actions)
+        loss, q_mean = td_loss(gd_net, target_net, images, obs, actions, rewards, next_obs, args.gamma)
+        obs = next_obs
+        grads = torch.autograd.grad(loss, gd_params)
+        step_norm = coupled_step(gd_params, walk_params, grads, args.learning_rate, generator)
+        step += 1
+        window += torch.stack([loss.detach(), q_mean, step_norm])
 
-            if step % args.target_period == 0:
-                target_net.load_state_dict(gd_net.state_dict())
-            if step % args.log_every == 0:
-                sps = args.log_every / (time.time() - window_time)
-                mean = (window / args.log_every).tolist()  # the one host sync per log window
-                final.update({k: v for k, v in run.log(step, {
-                    "losses/td_loss": mean[0], "losses/q_values": mean[1], "curvature/step_norm": mean[2],
-                    "charts/SPS": sps}).items() if k != "step"})
-                window.zero_()
-                window_time = time.time()
-            if curvature_due() and not run.stopping:
-                measure_and_log(step)
-                if not run.diverged:
-                    save_checkpoint()
-                window_time = time.time()  # SPS measures training, not the curvature measurements
-    except Interrupted:
-        pass  # the measurement at `step` was abandoned: the checkpoint below says it is still due
+        if step % args.target_period == 0:
+            target_net.load_state_dict(gd_net.state_dict())
+        if step % args.log_every == 0:
+            sps = args.log_every / (time.time() - window_time)
+            mean = (window / args.log_every).tolist()  # the one host sync per log window
+            final.update({k: v for k, v in run.log(step, {
+                "losses/td_loss": mean[0], "losses/q_values": mean[1], "curvature/step_norm": mean[2],
+                "charts/SPS": sps}).items() if k != "step"})
+            window.zero_()
+            window_time = time.time()
+        if curvature_due() and not run.diverged:
+            measure_and_log(step)
+            if not run.stopping:
+                save_checkpoint()
+            window_time = time.time()  # SPS measures training, not the curvature measurements
     if not run.diverged:
         save_checkpoint()
 
     run.save_figure(lambda: plot_fig2(records, checkpoint_steps, args), "fig2_brownian_vs_gd.png")
     torch.save({"steps": checkpoint_steps, "gd": records["gd"], "walk": records["walk"]},
                os.path.join(run.run_dir, "curvature.pt"))
-    return run.finish(step, done=step >= args.total_steps and not curvature_due(), metrics=final)
+    return run.finish(step, done=step >= args.total_steps and not run.pending, metrics=final)
 
 
 if __name__ == "__main__":

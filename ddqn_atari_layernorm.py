@@ -12,7 +12,7 @@ Step counts are agent steps (4 frames each, summed over the `--num-envs` environ
 The emulators step in C++ threads (common.science.atari.VectorAtari); the frames, the replay and the networks stay on the
 device. SIGTERM or SIGUSR1 (Slurm preemption) writes `checkpoint.pt` and exits; `--resume` continues exactly where
 the run stopped. A checkpoint every `--checkpoint-every` agent steps bounds what a SIGKILL loses. `--num-seeds N`
-trains N seeds in lockstep in one process, each its single run's equal (common.runtime.lockstep).
+trains N seeds in lockstep in one process, each its single run's equal (common.runtime.seeds).
 
 The same agent runs on MinAtar (Young & Tian 2019; common.science.minatar), the CPU-scale stand-in for the ALE: only the
 environments, the network (their conv 16 3x3 -> 128 -> actions, common.science.networks.MinAtarQNetwork, with LayerNorm
@@ -63,9 +63,9 @@ class Args:
     seed: int = 1
     """seed of the run (DQN Zoo default 1)"""
     num_seeds: int = 1
-    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.runtime.lockstep: their updates are one
-    vmapped call, as several runs share one GPU); each equals its single run and writes its own run directory,
-    <run-dir>__seed<seed> with --run-dir"""
+    """train N agents, seeds seed .. seed+N-1, in lockstep in one process (common.runtime.seeds: their networks are
+    stacked, their forwards and updates one vmapped call, as several runs share one GPU); each equals its single run
+    and writes its own run directory, <run-dir>__seed<seed> with --run-dir"""
     cuda: bool = True
     """use the GPU when there is one (CleanRL)"""
     track: bool = False

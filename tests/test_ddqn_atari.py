@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import UsageError
+from common.errors import EXIT_USAGE, UsageError
 from common.runtime.seeds import OneSeed
 from common.science.atari import (FrameReplay, VectorAtari, atari_env_ids, game_name, load_atari_scores,
                                   luminance_84x84, make_env, rom_name)
@@ -601,6 +601,27 @@ def test_resuming_with_fewer_frames_than_the_checkpoint_trained_is_a_usage_error
         train(dataclasses.replace(args, total_frames=4 * 20, resume=True))
     assert not (run_dir / "summary.json").exists()
     assert train(dataclasses.replace(args, resume=True))["status"] == "completed"  # the advice works
+
+
+def test_a_checkpoint_of_the_generator_loop_gives_a_one_line_error(tmp_path):
+    """A checkpoint written by the loop before its seeds moved to common.runtime.seeds (the counters under "state",
+    no group step): resuming it is a one-line usage error (exit status 2), not a traceback."""
+    run_dir = tmp_path / "old"
+    args = tiny_args(run_dir, total_frames=4 * 40, eval_every=40, grad_cov_every=0, hessian_every=0)
+    train(args)
+    os.remove(run_dir / "summary.json")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt["state"]["step"] = ckpt.pop("step")
+    for key in ("probes", "probe_curves"):
+        del ckpt[key]
+    del ckpt["lifecycle"]["measured"]
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    cli = subprocess.run([sys.executable, "ddqn_atari_layernorm.py", "--run-dir", str(run_dir), "--resume",
+                          *[f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(args).items()
+                            if k not in ("run_dir", "resume") and v is not None and not isinstance(v, bool)],
+                          "--no-cuda"], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == EXIT_USAGE and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+    assert "older version" in cli.stderr
 
 
 def test_atari_sbatch_skips_completed_seeds_resumes_checkpointed_ones_and_starts_the_rest(tmp_path):

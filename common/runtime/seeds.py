@@ -64,6 +64,7 @@ class SeedStack:
             for name, stacked in self.buffers.items():
                 owner, leaf = _owner(network, name)
                 owner._buffers[leaf] = stacked[k]
+        self._slots = [_owner(networks[0], name) for name in self.params]  # where seed 0's module holds each one
         self.dropout_generators = None  # one per seed, set by the caller: seed k's dropout masks come from its own
         self._dropout_calls = {}  # input shape -> the dropout calls of one seed's training forward
 
@@ -76,20 +77,32 @@ class SeedStack:
 
     def call(self, x, train=True):
         """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode: one vmapped call,
-        or for one seed a plain call (vmap's batched matrix products cost twice a plain one's on the CPU, and a
-        single run should not pay for the stacking; the two round differently, so seeds in lockstep equal single
-        runs to float64 rounding rather than bit for bit)."""
-        self.template.train(train)
+        or for one seed a plain call of its module (vmap's batched matrix products cost twice a plain one's on the
+        CPU, and a single run should not pay for the stacking; the two round differently, so seeds in lockstep equal
+        single runs to float64 rounding rather than bit for bit)."""
         masks = self._dropout_masks(x) if train else []  # (N, ...) each; none without dropout
+        if len(self) == 1:
+            return self._call_one(x[0], train, [m[0] for m in masks]).unsqueeze(0)
+        self.template.train(train)
 
         def forward(p, b, x, masks):
             with supplied_masks(masks) if masks else contextlib.nullcontext():
                 return functional_call(self.template, (p, b), (x,))
 
-        if len(self) == 1:
-            params, buffers = ({name: v[0] for name, v in d.items()} for d in (self.params, self.buffers))
-            return forward(params, buffers, x[0], [m[0] for m in masks]).unsqueeze(0)
         return vmap(forward, randomness="different")(self.params, self.buffers, x, masks)
+
+    def _call_one(self, x, train, masks):
+        """Seed 0's module on ``x``, its parameters for the call views of the stacked leaves, so that the gradient
+        reaches them (a plain call: ``functional_call``'s bookkeeping costs as much as a small network's forward)."""
+        module, own = self.modules[0], [owner._parameters[leaf] for owner, leaf in self._slots]
+        for (owner, leaf), stacked in zip(self._slots, self.params.values()):
+            owner._parameters[leaf] = stacked[0]
+        try:
+            with in_mode(module, train), supplied_masks(masks) if masks else contextlib.nullcontext():
+                return module(x)
+        finally:
+            for (owner, leaf), param in zip(self._slots, own):
+                owner._parameters[leaf] = param
 
     def _dropout_masks(self, x):
         """Each seed's dropout masks for a training forward on ``x``, from its own generator, stacked per call."""
