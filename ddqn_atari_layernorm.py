@@ -469,17 +469,20 @@ def train(args):
         """Each seed's measurements and evaluation due at ``step`` and not made yet (``Run.measure``: a signal
         abandons the one under way, and the resumed run redoes it)."""
         learning = step >= args.learning_starts
-        for seed in runs.live:
-            k, run, q, target, sampler = seed.index, seed.run, q_net.modules[seed.index], target_net.modules[
-                seed.index], samplers.generators[seed.index]
+        grad_cov = learning and args.grad_cov_every and step % args.grad_cov_every == 0
+        hessian = learning and args.hessian_every and step % args.hessian_every == 0
+        evaluation = step and (step % args.eval_every == 0 or step == total_steps)
+        for seed in runs.live if grad_cov or hessian or evaluation else ():
+            k, run = seed.index, seed.run
+            q, target, sampler = q_net.modules[k], target_net.modules[k], samplers.generators[k]  # seed k's own
             with allowed_sync():  # periodic measurements: their results come to the host
-                if learning and args.grad_cov_every and step % args.grad_cov_every == 0:
+                if grad_cov:
                     cov = run.measure("grad_cov", step, lambda: gradient_covariance(td_error_grads(
                         q, target, replays[k].sample(args.grad_cov_samples, sampler), args.gamma, huber_delta)), sampler)
                     if cov is not None:
                         records[k]["grad_cov"].append((step, cov.cpu().numpy()))
                         record(seed, step, {f"curvature/{key}": v for key, v in interference_summary(cov).items()})
-                if learning and args.hessian_every and step % args.hessian_every == 0:
+                if hessian:
                     spectrum = run.measure("hessian", step, lambda: td_loss_hessian(
                         q, target, replays[k].sample(args.hessian_samples, sampler), args.gamma, huber_delta,
                         args.hessian_iters), sampler)
@@ -487,7 +490,7 @@ def train(args):
                         records[k]["hessian"].append((step, *spectrum))
                         record(seed, step, {"curvature/hessian_top_eigenvalue": spectrum[0][-1],
                                             "curvature/hessian_bottom_eigenvalue": spectrum[0][0]})
-            if step and (step % args.eval_every == 0 or step == total_steps):
+            if evaluation:
                 video = os.path.join(run.run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else None
                 result = run.measure("evaluation", step, lambda: evaluate(q, eval_envs[k], args, seed.seed + step,
                                                                            device, video))

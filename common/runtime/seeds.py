@@ -95,14 +95,21 @@ class SeedStack:
         """Seed 0's module on ``x``, its parameters for the call views of the stacked leaves, so that the gradient
         reaches them (a plain call: ``functional_call``'s bookkeeping costs as much as a small network's forward)."""
         module, own = self.modules[0], [owner._parameters[leaf] for owner, leaf in self._slots]
+        was_training = module.training
+        if was_training != train:
+            module.train(train)
         for (owner, leaf), stacked in zip(self._slots, self.params.values()):
             owner._parameters[leaf] = stacked[0]
         try:
-            with in_mode(module, train), supplied_masks(masks) if masks else contextlib.nullcontext():
-                return module(x)
+            if masks:
+                with supplied_masks(masks):
+                    return module(x)
+            return module(x)
         finally:
             for (owner, leaf), param in zip(self._slots, own):
                 owner._parameters[leaf] = param
+            if was_training != train:
+                module.train(was_training)
 
     def _dropout_masks(self, x):
         """Each seed's dropout masks for a training forward on ``x``, from its own generator, stacked per call."""
@@ -430,7 +437,6 @@ class Seed:
     curves: list = dataclasses.field(default_factory=list)  # (step, learning curve) of each probe (Fig 4)
     last_log: dict = dataclasses.field(default_factory=dict)
     steps: int = 0  # steps done; a diverged seed's count stops where it diverged
-    probe_pending: bool = False  # a probe was due at ``steps`` and is not logged
 
     @property
     def seed(self):
@@ -525,6 +531,7 @@ class RunGroup:
                 load_seed_states(part, [ckpt[name] for ckpt in ckpts])
             for s, ckpt in zip(self.seeds, ckpts):
                 s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
+                s.run.measured.setdefault("probe", s.probes[-1]["step"] if s.probes else -1)  # an older checkpoint
         except KeyError as e:
             raise UsageError(f"{self.active[0].run.checkpoint_path} lacks {e} (from an older version of this code): "
                              f"start afresh with another --run-dir") from None
@@ -561,12 +568,13 @@ class RunGroup:
 
     def probe(self, step, measure):
         """The probes of the live seeds not yet probed at ``step``: ``measure(seeds, step)`` returns, per seed, its
-        ``(metrics, learning curve)``, for ``probe_seed_batch`` seeds in one lockstep at a time. A signal abandons
-        the measurement under way (``Interrupted``); the resumed run redoes it. Its time is left out of SPS.
-        Returns whether any seed was due."""
-        due = [s for s in self.live if not s.probes or s.probes[-1]["step"] < step]
+        ``(metrics, learning curve)``, for ``probe_seed_batch`` seeds in one lockstep at a time. The probe is each
+        run's measurement "probe", kept as ``Run.measure`` keeps one (``measured``, ``pending``), made for several
+        runs at once: a signal abandons the one under way (``Interrupted``), and the resumed run redoes it. Its
+        time is left out of SPS. Returns whether any seed was due."""
+        due = [s for s in self.live if s.run.measured.get("probe", -1) < step]
         for s in due:
-            s.probe_pending = True
+            s.run.pending.add("probe")
         due = [s for s in due if not s.run.stopping]
         chunk, started = self.probe_seed_batch or max(len(due), 1), time.time()
         try:
@@ -580,7 +588,8 @@ class RunGroup:
                 for s, row, curve in zip(group, rows, curves):
                     s.probes.append(s.run.log(step, row))
                     s.curves.append((step, curve))
-                    s.probe_pending = False
+                    s.run.measured["probe"] = step
+                    s.run.pending.discard("probe")
                     print(f"step {step:>8,}  seed {s.seed}  " + "  ".join(
                         f"{key} {value:.4f}" for key, value in row.items() if key.startswith("probe/")))
         finally:
@@ -591,7 +600,7 @@ class RunGroup:
     @property
     def probe_pending(self):
         """A probe due at this step is not logged for some live seed (a signal skipped or abandoned it)."""
-        return any(s.probe_pending for s in self.live)
+        return any("probe" in s.run.pending for s in self.live)
 
     def save_checkpoint(self, step, state):
         """Checkpoint every live seed that is not stopping: its share of each part of ``state`` and its records."""
@@ -625,7 +634,7 @@ class RunGroup:
             if s.probes:
                 final.update({key: v for key, v in s.probes[-1].items() if key != "step"})
             final.update(final_metrics(s) if final_metrics is not None else {})
-            done = s.steps >= self.total and not s.probe_pending and not s.run.pending
+            done = s.steps >= self.total and not s.run.pending
             fields = extra(s) if extra is not None else {"probes": s.probes}
             summaries[s.index] = s.run.finish(s.steps, done=done, metrics=final, **fields)
         return combined_summary(summaries)
