@@ -531,7 +531,8 @@ class RunGroup:
                 load_seed_states(part, [ckpt[name] for ckpt in ckpts])
             for s, ckpt in zip(self.seeds, ckpts):
                 s.probes, s.curves = ckpt["probes"], ckpt["probe_curves"]
-                s.run.measured.setdefault("probe", s.probes[-1]["step"] if s.probes else -1)  # an older checkpoint
+                if s.probes:  # from a checkpoint that predates ``measured``, the last probe's step
+                    s.run.measured.setdefault("probe", s.probes[-1]["step"])
         except KeyError as e:
             raise UsageError(f"{self.active[0].run.checkpoint_path} lacks {e} (from an older version of this code): "
                              f"start afresh with another --run-dir") from None
