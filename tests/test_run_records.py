@@ -91,6 +91,22 @@ def test_atari_a_hessian_redone_after_resume_and_then_killed_is_logged_once(tmp_
     assert _scalars(split) == _scalars(straight)
 
 
+def test_a_signal_in_one_seeds_final_evaluation_leaves_every_seed_of_the_group_interrupted(tmp_path, monkeypatch):
+    """SIGTERM in seed 1's evaluation at the last step: that evaluation is abandoned and seed 2's, due at the same
+    step, is not made either; both runs are interrupted (not completed without their final score), and the resumed
+    group makes both evaluations once and completes."""
+    group = str(tmp_path / "group")
+    config = {**ATARI, "total_frames": 4 * 80, "eval_every": 40, "grad_cov_every": 0, "hessian_every": 0,
+              "num_seeds": 2}
+    with monkeypatch.context() as m:
+        _kill_self_on_call(m, atari, "evaluate", call=3)  # step 40: seeds 1 and 2; step 80: seed 1
+        first = atari.train(atari.Args(run_dir=group, **config))
+    assert [(r["status"], r["steps"]) for r in first["runs"]] == [("interrupted", 80)] * 2
+    assert atari.train(atari.Args(run_dir=group, resume=True, **config))["status"] == "completed"
+    for seed in (1, 2):
+        assert [r["step"] for r in read_rows(f"{group}__seed{seed}") if "eval/episodes" in r] == [40, 80]
+
+
 # ------------------------------------------------------------------------------------------------ one writer per run
 def test_a_run_whose_lock_file_is_deleted_stops_before_writing_more(tmp_path, monkeypatch, data_dir):
     run_dir = str(tmp_path / "run")
