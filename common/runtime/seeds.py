@@ -99,7 +99,7 @@ class SeedStack:
         if was_training != train:
             module.train(train)
         for (owner, leaf), stacked in zip(self._slots, self.params.values()):
-            owner._parameters[leaf] = stacked[0]
+            owner._parameters[leaf] = stacked.squeeze(0)  # its backward is a view; select's would copy the gradient
         try:
             if masks:
                 with supplied_masks(masks):
