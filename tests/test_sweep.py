@@ -1,4 +1,5 @@
 """common/analysis/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
+import dataclasses
 import json
 import os
 import signal
@@ -48,16 +49,10 @@ class ToyTrain:
         return summary
 
 
-@dataclass
-class ToyIterationArgs:
-    """An agent whose run length is another field (``Run(args, total="num_iterations")``)."""
-    exp_name: str = "toy"
-    seed: int = 1
-    run_dir: Optional[str] = None
-    resume: bool = False
-    num_iterations: int = 10
-    variant: str = "a"
-    num_seeds: int = 1
+# An agent whose run length is another field (``Run(args, total="num_iterations")``): ToyArgs with total_steps renamed
+ToyIterationArgs = dataclasses.make_dataclass("ToyIterationArgs", [
+    ("num_iterations" if f.name == "total_steps" else f.name, f.type, dataclasses.field(default=f.default))
+    for f in dataclasses.fields(ToyArgs)])
 
 
 def toy_sweep(train, args_cls=ToyArgs):
