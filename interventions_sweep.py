@@ -272,17 +272,7 @@ def add_arguments(parser):
     parser.add_argument("--grid", choices=tuple(GRIDS), default="interventions",
                         help="width: Fig 5's width x target period grid; interventions: Sec 6.2's arch x "
                              "intervention x output grid (analyze reads both)")
-    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
-                        help="observation spaces of the paper preset: paper = CIFAR-10 and MNIST (needs internet "
-                             "once), offline = MNIST and Fashion-MNIST")
-    parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
-                        help="analyse only runs whose fresh network fits at least this fraction of the probe's "
-                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
-                             "every run with finite fits)")
-    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
-                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
-                             "one optimizer, rate and loss for every arm (the agent's --ref-probe; its figures and "
-                             "CSVs end in _probe_ref)")
+    sweep.add_analysis_arguments(parser)
 
 
 SWEEP = sweep.Sweep(make_grid=make_grid, presets=PRESETS, analyze=analyze, train=dqn_classification_mdp.train,

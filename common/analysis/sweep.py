@@ -36,14 +36,15 @@ import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common.analysis import results
+from common.analysis import results, validity
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
 from common.runtime import early_signals, run as run_module
 from common.runtime.rundir import split_seed_run_dir
+from common.science.probe import PROBES
 
-# What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets
-# and their test preset.
+# What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets,
+# their test preset and the flags of their analyses (add_analysis_arguments).
 DATASETS = {
     "paper": ("cifar10", "mnist"),  # Sec 3.2, Fig 3 and Fig 8-13 use CIFAR-10 and MNIST observations
     "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation
@@ -53,6 +54,21 @@ TEST_PRESET = {  # seconds per cell, for the tests only: its 5-step probe fits n
     "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5, "probe_targets": 2, "probe_inputs": 64,
     "probe_batch_size": 16,
 }
+
+
+def add_analysis_arguments(parser):
+    """The flags of both classification sweeps: the paper preset's datasets, and which probe's runs to analyse."""
+    parser.add_argument("--datasets", choices=tuple(DATASETS), default="paper",
+                        help="observation spaces of the paper preset: paper = CIFAR-10 and MNIST (needs internet "
+                             "once), offline = MNIST and Fashion-MNIST")
+    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
+                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
+                             "one optimizer, rate and loss for every arm (the agent's --ref-probe: the runs must "
+                             "record it)")
+    parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
+                        help="analyse only runs whose fresh network fits at least this fraction of the probe's "
+                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative "
+                             "value keeps every run with finite fits)")
 
 
 def values(field_name, items, label=str):
