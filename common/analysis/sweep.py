@@ -227,9 +227,12 @@ def read_summary(run_dir):
     return summary if isinstance(summary, dict) else {}
 
 
-def cell_args(sweep, grid, cell, options):
-    """The cell's Args: defaults < preset < --set < the cell's axis values; its run directory under runs-dir."""
-    base = {**sweep.presets[options.preset], **parse_set(options.set, sweep.args_cls, grid.varied_fields())}
+def cell_args(sweep, grid, cell, options, overrides=None):
+    """The cell's Args: defaults < preset < --set (``overrides``: ``parse_set``'s, parsed here when not given) < the
+    cell's axis values; its run directory under runs-dir."""
+    if overrides is None:
+        overrides = parse_set(options.set, sweep.args_cls, grid.varied_fields())
+    base = {**sweep.presets[options.preset], **overrides}
     run_dir = os.path.join(options.runs_dir, grid.name, cell.name)
     return sweep.args_cls(**{**base, **cell.overrides, "exp_name": grid.name, "run_dir": run_dir})
 
@@ -335,7 +338,8 @@ def run_tasks(sweep, grid, indices, options):
     whose directory another process holds is left to it (status 73 at the end, not requeued); otherwise 3 when
     any cell diverged, else 0."""
     packs = tasks(grid, options.seeds_per_task)
-    all_args = [[cell_args(sweep, grid, cell, options) for cell in packs[i]] for i in indices]  # usage errors first
+    overrides = parse_set(options.set, sweep.args_cls, grid.varied_fields())  # usage errors first
+    all_args = [[cell_args(sweep, grid, cell, options, overrides) for cell in packs[i]] for i in indices]
     codes = []
     for i, args in zip(indices, all_args):
         if run_module.signal_received():
