@@ -360,20 +360,11 @@ def analyze_protocol(protocol, options):
 
 
 def add_arguments(parser):
-    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
-                        help="observation spaces: paper = CIFAR-10 and MNIST (needs internet once), "
-                             "offline = MNIST and Fashion-MNIST")
-    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
-                        help="which probe's outcomes to analyse: paper = the agent's optimizer (Sec 3.1), "
-                             "reference = one optimizer for every arm (runs must record it)")
+    sweep.add_analysis_arguments(parser)
     parser.add_argument("--alpha", type=float, default=inference.ALPHA,
                         help="family-wise error rate over every test the analysis reports (Holm's correction)")
     parser.add_argument("--num-permutations", type=int, default=inference.NUM_PERMUTATIONS,
                         help="Monte Carlo orderings per test, where a cell holds too many seeds to enumerate them")
-    parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
-                        help="analyse only runs whose fresh network fits at least this fraction of the probe's "
-                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
-                             "every run with finite fits)")
 
 
 SWEEP = sweep.Sweep(make_grid=make_grid, presets=PRESETS, analyze=analyze, train=dqn_classification_mdp.train,

@@ -193,16 +193,20 @@ def load(runs_dir, kind, options):
     return [p for p in protocols if len(p.runs)]
 
 
+def read_each(table, name, left_out_of):
+    """``{run_dir: contents of name}`` of the table's runs (``common.analysis.results.read_each``); a run whose file is
+    unreadable is left out of ``left_out_of`` only, with its reason."""
+    loaded, failed = results.read_each(table["run_dir"], name)
+    for run_dir, reason in failed.items():
+        print(f"  {run_dir}: {reason}; left out of {left_out_of}")
+    return loaded
+
+
 def read_series(table):
     """``{run_dir: {key: ([steps], [values])}}`` from each run's metrics.jsonl, ascending, a step logged twice
     (after a resume) keeping its last value; a run whose file is unreadable is left out with its reason."""
     series = {}
-    for run_dir in table["run_dir"]:
-        try:
-            rows = results.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-        except results.Unreadable as e:
-            print(f"  {run_dir}: {e}; its curves are left out")
-            continue
+    for run_dir, rows in read_each(table, "metrics.jsonl", "the curves").items():
         by_key = {}
         for row in rows:
             for key, value in row.items():
@@ -210,17 +214,6 @@ def read_series(table):
                     by_key.setdefault(key, {})[row["step"]] = float(value)
         series[run_dir] = {key: (sorted(v), [v[s] for s in sorted(v)]) for key, v in by_key.items()}
     return series
-
-
-def read_probe_curves(table):
-    """``{run_dir: probe_curves.pt contents}`` of the runs Fig 17-18 draws; unreadable files left out with reasons."""
-    saved = {}
-    for run_dir in table["run_dir"]:
-        try:
-            saved[run_dir] = results.read_torch(os.path.join(run_dir, "probe_curves.pt"))
-        except results.Unreadable as e:
-            print(f"  {run_dir}: {e}; left out of Fig 17-18")
-    return saved
 
 
 def rank_interventions(table, protocol):
@@ -271,25 +264,15 @@ def analyze(runs_dir, options):
         series = read_series(plots.fig6_runs(table))
         plots.plot_td_loss(table, series, protocol)
         plots.plot_hessian(table, series, protocol)
-        plots.plot_probe_curves(table, read_probe_curves(table[table["intervention"].isin(["none", "layer_norm"])]),
-                                protocol)
+        curves = read_each(table[table["intervention"].isin(["none", "layer_norm"])], "probe_curves.pt", "Fig 17-18")
+        plots.plot_probe_curves(table, curves, protocol)
 
 
 def add_arguments(parser):
     parser.add_argument("--grid", choices=tuple(GRIDS), default="interventions",
                         help="width: Fig 5's width x target period grid; interventions: Sec 6.2's arch x "
                              "intervention x output grid (analyze reads both)")
-    parser.add_argument("--datasets", choices=tuple(sweep.DATASETS), default="paper",
-                        help="observation spaces of the paper preset: paper = CIFAR-10 and MNIST (needs internet "
-                             "once), offline = MNIST and Fashion-MNIST")
-    parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
-                        help="analyse only runs whose fresh network fits at least this fraction of the probe's "
-                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative value keeps "
-                             "every run with finite fits)")
-    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
-                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
-                             "one optimizer, rate and loss for every arm (the agent's --ref-probe; its figures and "
-                             "CSVs end in _probe_ref)")
+    sweep.add_analysis_arguments(parser)
 
 
 SWEEP = sweep.Sweep(make_grid=make_grid, presets=PRESETS, analyze=analyze, train=dqn_classification_mdp.train,

@@ -138,6 +138,38 @@ def test_vectorised_estimators_equal_rliable():
             metrics.probability_of_improvement(x, y), abs=1e-12)
 
 
+def test_intervals_equal_rliable_library():
+    """The vectorised bootstrap draws what rliable.library draws: its intervals equal the library's own."""
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(1)
+    x, y = np.round(rng.gamma(1.0, 1.0, (3, 5)), 1), np.round(rng.gamma(0.8, 1.0, (4, 5)), 1)  # with ties
+    scores = {atari_stats.CONFIGS[True]: x, atari_stats.CONFIGS[False]: y}
+    ours = atari_stats.interval_estimates(scores, num_boot=200, num_boot_profile=50, seed=5)
+
+    def rliable_aggregates(s):
+        return np.array([metrics.aggregate_iqm(s), metrics.aggregate_median(s), metrics.aggregate_mean(s),
+                         metrics.aggregate_optimality_gap(s)])
+
+    np.random.seed(5)
+    points, intervals = library.get_interval_estimates(scores, rliable_aggregates, reps=200)
+    for config in scores:
+        point, lower, upper = ours["aggregates"][config]
+        assert point == pytest.approx(points[config], abs=1e-12)
+        assert np.stack([lower, upper]) == pytest.approx(intervals[config], abs=1e-12), config
+    np.random.seed(5)
+    pair = f"{atari_stats.CONFIGS[True]},{atari_stats.CONFIGS[False]}"
+    points, intervals = library.get_interval_estimates({pair: (x, y)}, metrics.probability_of_improvement, reps=200)
+    assert ours["improvement"][0] == pytest.approx(points[pair], abs=1e-12)
+    assert ours["improvement"][1:] == pytest.approx(tuple(intervals[pair][:, 0]), abs=1e-12)
+    np.random.seed(5)
+    points, intervals = library.create_performance_profile(scores, atari_stats.PROFILE_TAUS, reps=50)
+    for config in scores:
+        point, lower, upper = ours["profiles"][config]
+        assert point == pytest.approx(points[config], abs=1e-12)
+        assert np.stack([lower, upper]) == pytest.approx(intervals[config], abs=1e-12), config
+
+
 def test_truncated_files_are_skipped_and_reported(tmp_path, capsys):
     write_runs(tmp_path)
     torn = write_run(tmp_path, "torn_summary", "Freeway", True, 7, 1.0)

@@ -147,7 +147,8 @@ def test_a_cycle_and_an_upward_import_are_found(tmp_path):
                                ("common/runtime", "__init__.py", ""),
                                ("common/runtime", "run.py", "import common.science.a\n"),
                                ("common/runtime", "cli.py", "from common.runtime import run\n"),
-                               ("", "plots.py", "from sweep import X\n"), ("", "sweep.py", "import plots\n")):
+                               ("", "plots.py", "from sweep import X\n"),
+                               ("", "sweep.py", "def analyze():\n    from plots import fig6_runs\n")):
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / name).write_text(text)
     graph = import_graph(str(tmp_path))

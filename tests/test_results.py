@@ -129,7 +129,10 @@ def test_load_skips_runs_whose_file_is_truncated_or_missing(tmp_path, name):
         truncate(os.path.join(bad, name))
     os.remove(os.path.join(gone, name))
     runs = results.read_runs(str(tmp_path))
+    each, failed = results.read_each(sorted(runs.table["run_dir"]), name)  # any directories; the table untouched
+    assert list(each) == [good] and sorted(failed) == sorted([bad, gone]) and len(runs) == 3
     loaded = runs.load(name)
+    assert dict(runs.skipped) == failed  # the same reader and reasons
     assert list(loaded) == [good] and list(runs.table["run_dir"]) == [good]
     reasons = dict(runs.skipped)
     assert reasons[gone] == f"no {name}"

@@ -1,4 +1,5 @@
 """common/analysis/sweep.py: the grid, the command line, and the per-cell lifecycle (skip, resume, move aside)."""
+import dataclasses
 import json
 import os
 import signal
@@ -28,8 +29,8 @@ class ToyArgs:
 class ToyTrain:
     """Stands in for an agent's train(): records its calls and writes the run directory it is told to."""
 
-    def __init__(self, status="completed", signal_after=None):
-        self.calls, self.status, self.signal_after = [], status, signal_after
+    def __init__(self, status="completed", signal_after=None, total="total_steps"):
+        self.calls, self.status, self.signal_after, self.total = [], status, signal_after, total
 
     def __call__(self, args):
         self.calls.append(args)
@@ -38,7 +39,9 @@ class ToyTrain:
             json.dump(vars(args), f)
         if self.status == "interrupted":
             open(os.path.join(args.run_dir, "checkpoint.pt"), "w").close()
-        summary = {"status": self.status, "steps": args.total_steps, "metrics": {"probe/plasticity_loss": 0.5}}
+        length = getattr(args, self.total)  # as Run(args, total=...) writes it
+        summary = {"status": self.status, "steps": length, "total": {self.total: length},
+                   "metrics": {"probe/plasticity_loss": 0.5}}
         with open(os.path.join(args.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
         if self.signal_after is not None:  # a signal that arrives once the cell is done
@@ -46,12 +49,18 @@ class ToyTrain:
         return summary
 
 
-def toy_sweep(train):
+# An agent whose run length is another field (``Run(args, total="num_iterations")``): ToyArgs with total_steps renamed
+ToyIterationArgs = dataclasses.make_dataclass("ToyIterationArgs", [
+    ("num_iterations" if f.name == "total_steps" else f.name, f.type, dataclasses.field(default=f.default))
+    for f in dataclasses.fields(ToyArgs)])
+
+
+def toy_sweep(train, args_cls=ToyArgs):
     grid = sweep.Grid("toy", {"variant": sweep.values("variant", ["a", "b"]),
                               "seed": sweep.values("seed", [1, 2, 3], label=lambda s: f"seed{s}")},
                       exclude=({"variant": "b", "seed": "seed3"},))
     return sweep.Sweep(make_grid=lambda options: grid, presets={"default": {}, "short": {"total_steps": 4}},
-                       analyze=lambda runs_dir, options: None, train=train, args_cls=ToyArgs)
+                       analyze=lambda runs_dir, options: None, train=train, args_cls=args_cls)
 
 
 def test_grid_is_the_product_less_exclusions_last_axis_fastest():
@@ -109,6 +118,34 @@ def test_completed_cells_are_skipped_and_interrupted_ones_resume(tmp_path):
     assert len(train.calls) == 3  # both completed: skipped
     assert sweep.run(toy_sweep(train), runs + ["--tasks", "0", "--set", "total_steps=20"]) == 0
     assert train.calls[-1].resume and train.calls[-1].total_steps == 20  # total raised: continue the run
+
+
+def test_the_length_a_cell_trained_to_is_the_field_its_summary_names(tmp_path, capsys):
+    """A sweep reads the run's length from summary.json's ``total``, whatever the agent's field is called."""
+    runs = ["--runs-dir", str(tmp_path), "--tasks", "0"]
+    train = ToyTrain("interrupted", total="num_iterations")
+    assert sweep.run(toy_sweep(train, ToyIterationArgs), runs) == 75
+    train.status = "completed"
+    assert sweep.run(toy_sweep(train, ToyIterationArgs), runs) == 0
+    assert sweep.run(toy_sweep(train, ToyIterationArgs), runs + ["--set", "num_iterations=5"]) == 0
+    assert len(train.calls) == 2  # completed to 10: nothing to do at 10 or 5
+    assert sweep.run(toy_sweep(train, ToyIterationArgs), runs + ["--set", "num_iterations=20"]) == 0
+    assert train.calls[-1].resume and train.calls[-1].num_iterations == 20  # raised: continue from the checkpoint
+    os.remove(tmp_path / "toy" / "a__seed1" / "checkpoint.pt")
+    capsys.readouterr()
+    assert sweep.run(toy_sweep(train, ToyIterationArgs), runs + ["--set", "num_iterations=30"]) == 0
+    assert len(train.calls) == 3  # raised, but no checkpoint to go on from: skipped, and said so
+    assert "no checkpoint.pt to train on to num_iterations 30" in capsys.readouterr().out
+
+
+def test_a_value_tyro_refuses_is_one_line_naming_the_field_and_its_type(capsys):
+    for bad, expected in ((["total_steps=1.5"], "--set total_steps=1.5: not a value of ToyArgs.total_steps, int"),
+                          (["widths=1 x"], "--set widths=1 x: not a value of ToyArgs.widths, Tuple[int, ...]"),
+                          (["run_dir"], "--set 'run_dir': give FIELD=VALUE with a field of ToyArgs")):
+        with pytest.raises(UsageError) as error:
+            sweep.parse_set(["cuda=false", *bad], ToyArgs, {})
+        assert str(error.value) == expected
+    assert capsys.readouterr().err == ""  # tyro's own report, which names no --set, is not shown
 
 
 def test_a_cell_without_summary_or_checkpoint_is_moved_aside(tmp_path):
@@ -184,7 +221,7 @@ def interrupt_at_second_probe(monkeypatch):
     monkeypatch.setattr(dqn, "probe_plasticity", probe)
 
 
-def test_a_pack_of_seeds_in_mixed_states_resumes_each_from_where_it_is(tmp_path, data_dir, monkeypatch):
+def test_a_pack_of_seeds_in_mixed_states_resumes_each_from_where_it_is(tmp_path, data_dir, monkeypatch, capsys):
     """Seed 1 completed (and its checkpoint deleted), seed 2 interrupted at step 20, seed 3 never started: the pack
     keeps seed 1 as it is, resumes seed 2 and starts seed 3."""
     import falsification
@@ -196,7 +233,10 @@ def test_a_pack_of_seeds_in_mixed_states_resumes_each_from_where_it_is(tmp_path,
         assert sweep.run(falsification.SWEEP, falsification_argv(tmp_path, data_dir, "--tasks", "1")) == 75
     before = {name: (cell_dir(tmp_path, 1) / name).read_bytes() for name in ("summary.json", "metrics.jsonl")}
     pack = falsification_argv(tmp_path, data_dir, "--seeds-per-task", "4", "--tasks", "0")
+    capsys.readouterr()
     assert sweep.run(falsification.SWEEP, pack) == 0
+    assert "cell 1 mnist__true_label__mlp__adam__seed2: resuming from checkpoint.pt (step 20)" in \
+        capsys.readouterr().out  # the step read from the checkpoint (run.checkpoint_step)
     assert {name: (cell_dir(tmp_path, 1) / name).read_bytes() for name in before} == before  # not retrained
     summaries = [json.loads((cell_dir(tmp_path, seed) / "summary.json").read_text()) for seed in (1, 2, 3, 4)]
     assert [(s["status"], s["steps"], s["resumes"]) for s in summaries] == \

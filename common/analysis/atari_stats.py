@@ -7,13 +7,13 @@
   the baseline; performance profiles (the fraction of runs scoring above tau).
 
 The point estimates are ``rliable.metrics`` (the profiles' is rliable's score distribution, which lives in
-``rliable.library``, written here). The bootstrap is written here: rliable 1.2.0's ``rliable.library``
-needs ``arch < 8``, and every such arch imports a private pandas helper that pandas 3 changed (README, Atari). It
-draws the indices in the order of rliable's ``StratifiedBootstrap`` and ``StratifiedIndependentBootstrap`` (runs
-resampled with replacement within each game, games kept) from ``RandomState(seed)``, and takes percentile
-intervals as arch does, so its intervals equal ``rliable.library.get_interval_estimates`` after
-``np.random.seed(seed)``. The estimators below are rliable's, vectorised over bootstrap replicates: rliable's
-probability of improvement takes 70 ms per replicate (a scipy Mann-Whitney test per game).
+``rliable.library``, written here). The bootstrap intervals are rliable.library's, computed here vectorised over
+replicates: rliable's ``get_interval_estimates`` and ``create_performance_profile`` run one replicate at a time
+(its probability of improvement is a scipy Mann-Whitney test per game), about 100 times slower at the MinAtar
+grid's size (``benchmarks/bench_rliable.py``). The indices are drawn in the order of rliable's
+``StratifiedBootstrap`` and ``StratifiedIndependentBootstrap`` (runs resampled with replacement within each game,
+games kept) from ``RandomState(seed)``, and the intervals are arch's percentile intervals, so they equal
+rliable.library's after ``np.random.seed(seed)`` (tested against the library itself).
 
 Runs of different protocols (every Args field but the axes, the seeds, the paths and the speed settings:
 ``common.analysis.validity``) are never pooled: each protocol is analysed on its own.

@@ -5,6 +5,7 @@
     print(runs.report())                                        # what was read and what was skipped, and why
     runs.table["probe/plasticity_loss"]                        # one row per run
     curves = runs.load("probe_curves.pt")                       # {run_dir: object}; unreadable ones become skips
+    curves, failed = read_each(run_dirs, "probe_curves.pt")     # any run directories; failed: {run_dir: reason}
 
 A file that is missing, truncated or corrupt never raises: the run is skipped with a one-line reason. A directory
 that a sweep moved aside (``<cell>.stale-<time>``, see ``common.analysis.sweep``) is a stale copy and never read, and so is
@@ -31,6 +32,18 @@ def read_file(path):
     if path.endswith(".json"):
         return read_json(path)
     return read_torch(path)
+
+
+def read_each(run_dirs, name):
+    """``({run_dir: contents}, {run_dir: reason})``: the file ``name`` of each run directory (``read_file``), and
+    a one-line reason for each whose file is missing or unreadable."""
+    loaded, failed = {}, {}
+    for run_dir in run_dirs:
+        try:
+            loaded[run_dir] = read_file(os.path.join(run_dir, name))
+        except Unreadable as e:
+            failed[run_dir] = str(e)
+    return loaded, failed
 
 
 def _numeric(value):
@@ -117,12 +130,7 @@ class RunTable:
     def load(self, name):
         """``{run_dir: contents}`` of the file ``name`` in every run of the table (json, jsonl or torch); runs whose
         file is missing or unreadable are moved from the table to ``skipped``."""
-        loaded, failed = {}, {}
-        for run_dir in self.table["run_dir"]:
-            try:
-                loaded[run_dir] = read_file(os.path.join(run_dir, name))
-            except Unreadable as e:
-                failed[run_dir] = str(e)
+        loaded, failed = read_each(self.table["run_dir"], name)
         self.skip(failed, failed)
         return loaded
 

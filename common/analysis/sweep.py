@@ -36,14 +36,15 @@ import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common.analysis import results
+from common.analysis import results, validity
 from common.errors import (EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STATUS, EXIT_USAGE,
                            UsageError, check)
 from common.runtime import early_signals, run as run_module
 from common.runtime.rundir import split_seed_run_dir
+from common.science.probe import PROBES
 
-# What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets
-# and their test preset.
+# What the sweeps of dqn_classification_mdp.py (falsification.py, interventions_sweep.py) share: their --datasets,
+# their test preset and the flags of their analyses (add_analysis_arguments).
 DATASETS = {
     "paper": ("cifar10", "mnist"),  # Sec 3.2, Fig 3 and Fig 8-13 use CIFAR-10 and MNIST observations
     "offline": ("mnist", "fashion_mnist"),  # without internet CIFAR-10 cannot be fetched: a deviation
@@ -53,6 +54,21 @@ TEST_PRESET = {  # seconds per cell, for the tests only: its 5-step probe fits n
     "target_period": 10, "log_every": 10, "probe_every": 20, "probe_steps": 5, "probe_targets": 2, "probe_inputs": 64,
     "probe_batch_size": 16,
 }
+
+
+def add_analysis_arguments(parser):
+    """The flags of both classification sweeps: the paper preset's datasets, and which probe's runs to analyse."""
+    parser.add_argument("--datasets", choices=tuple(DATASETS), default="paper",
+                        help="observation spaces of the paper preset: paper = CIFAR-10 and MNIST (needs internet "
+                             "once), offline = MNIST and Fashion-MNIST")
+    parser.add_argument("--probe", choices=tuple(PROBES), default="paper",
+                        help="the probe analysed: paper = the agent's own optimizer and loss (Sec 3.1), reference = "
+                             "one optimizer, rate and loss for every arm (the agent's --ref-probe: the runs must "
+                             "record it)")
+    parser.add_argument("--min-initial-fit", type=float, default=validity.MIN_INITIAL_FIT,
+                        help="analyse only runs whose fresh network fits at least this fraction of the probe's "
+                             "variance, P(theta_0) / b (see common.analysis.validity.MIN_INITIAL_FIT; a negative "
+                             "value keeps every run with finite fits)")
 
 
 def values(field_name, items, label=str):
@@ -163,12 +179,11 @@ SWEEP_OWNS = ("run_dir", "resume", "exp_name", "seed", "num_seeds")
 
 def parse_set(items, args_cls, varied):
     """``--set total_steps=500`` -> {field: value}, parsed by tyro as the agent's own command line parses it
-    (``--set cuda=False``, ``--set hidden_sizes="256 256"``)."""
-    import tyro
-
+    (``--set cuda=False``, ``--set hidden_sizes="256 256"``); a value tyro refuses is a one-line error naming the
+    field's type."""
     fields = {f.name for f in dataclasses.fields(args_cls)}
     types = typing.get_type_hints(args_cls)
-    argv, keys = [], []
+    parsed = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
@@ -176,24 +191,31 @@ def parse_set(items, args_cls, varied):
         check(key not in set(varied) | set(SWEEP_OWNS),
               f"--set {key}: the sweep sets this field itself (per cell, per pack of seeds, or for its run "
               f"directory); use the grid's axes, --seeds-per-task or --runs-dir")
-        sequence = typing.get_origin(types.get(key)) in (tuple, list)  # tyro takes its items as separate words
-        if types.get(key) is bool and text.lower() in ("true", "false"):
-            text = text.capitalize()  # tyro spells them True and False
-        argv += [f"--{key.replace('_', '-')}", *(shlex.split(text) if sequence else [text])]
-        keys.append(key)
-    if not argv:
-        return {}
-    out = io.StringIO()
+        parsed[key] = parse_value(args_cls, key, types[key], text)
+    return parsed
+
+
+def parse_value(args_cls, key, field_type, text):
+    """One Args field's value from its text, as tyro parses ``--<field> <text>`` (a tuple's items are separate
+    words); ``UsageError`` naming the field's type when tyro refuses it."""
+    import tyro
+
+    sequence = typing.get_origin(field_type) in (tuple, list)
+    if field_type is bool and text.lower() in ("true", "false"):
+        text = text.capitalize()  # tyro spells them True and False
+    argv = [f"--{key.replace('_', '-')}", *(shlex.split(text) if sequence else [text])]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            parsed = tyro.cli(args_cls, args=argv, config=(tyro.conf.FlagConversionOff,))
-    except SystemExit:
-        # tyro's box: a title, a rule, the message (wrapped over lines), a rule, help
-        parts = [line.strip() for line in out.getvalue().splitlines()]
-        rules = [i for i, line in enumerate(parts) if line and not line.strip("-")] + [len(parts)] * 2
-        message = " ".join(line for line in parts[rules[0] + 1:rules[1]] if line) or "not a valid value"
-        raise UsageError(f"--set {' '.join(items)}: {message}") from None
-    return {key: getattr(parsed, key) for key in keys}
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return getattr(tyro.cli(args_cls, args=argv, console_outputs=False,
+                                    config=(tyro.conf.FlagConversionOff,)), key)
+    except SystemExit:  # tyro's way of refusing a value, after its own report (not shown: it names no --set)
+        raise UsageError(f"--set {key}={text}: not a value of {args_cls.__name__}.{key}, "
+                         f"{type_name(field_type)}") from None
+
+
+def type_name(field_type):
+    """An Args field's type as a user reads it: ``int``, ``Optional[str]``, ``Tuple[int, ...]``."""
+    return field_type.__name__ if isinstance(field_type, type) else str(field_type).replace("typing.", "")
 
 
 def read_summary(run_dir):
@@ -205,21 +227,25 @@ def read_summary(run_dir):
     return summary if isinstance(summary, dict) else {}
 
 
-def cell_args(sweep, grid, cell, options):
-    """The cell's Args: defaults < preset < --set < the cell's axis values; its run directory under runs-dir."""
-    base = {**sweep.presets[options.preset], **parse_set(options.set, sweep.args_cls, grid.varied_fields())}
+def cell_args(sweep, grid, cell, options, overrides=None):
+    """The cell's Args: defaults < preset < --set (``overrides``: ``parse_set``'s, parsed here when not given) < the
+    cell's axis values; its run directory under runs-dir."""
+    if overrides is None:
+        overrides = parse_set(options.set, sweep.args_cls, grid.varied_fields())
+    base = {**sweep.presets[options.preset], **overrides}
     run_dir = os.path.join(options.runs_dir, grid.name, cell.name)
     return sweep.args_cls(**{**base, **cell.overrides, "exp_name": grid.name, "run_dir": run_dir})
 
 
 def cell_state(args):
     """What a cell's directory holds: "completed" or "diverged" (never moved aside or retrained, whatever files
-    beside summary.json were deleted), ("resume", checkpoint step), or "fresh" (nothing to continue)."""
+    beside summary.json were deleted), ("resume", checkpoint step), or "fresh" (nothing to continue). A completed
+    run with a checkpoint resumes where ``args`` raise the total its summary.json names (``raised_total``)."""
     summary = read_summary(args.run_dir)
     has_checkpoint = os.path.exists(os.path.join(args.run_dir, "checkpoint.pt"))
     if summary.get("status") == "diverged":
         return "diverged"
-    if summary.get("status") == "completed" and (summary.get("steps", 0) >= args.total_steps or not has_checkpoint):
+    if summary.get("status") == "completed" and not (has_checkpoint and raised_total(summary, args)):
         return "completed"
     return ("resume", run_module.checkpoint_step(args.run_dir)) if has_checkpoint else "fresh"
 
@@ -263,13 +289,24 @@ def run_group(sweep, all_args, cells, state):
     return EXIT_STATUS[sweep.train(args)["status"]]
 
 
+def raised_total(summary, args):
+    """``(field, value)`` where ``args`` asks a completed run to train further than it did (a raised --total-steps,
+    say: the field its summary.json names), else None."""
+    total = run_module.trained_total(summary)
+    if total is None or getattr(args, total[0]) <= total[1]:
+        return None
+    return total[0], getattr(args, total[0])
+
+
 def finished_message(state, args):
-    steps = read_summary(args.run_dir).get("steps", 0)
+    summary = read_summary(args.run_dir)
+    steps = summary.get("steps", 0)
     if state == "diverged":
         return f"diverged at step {steps:,}, skipped (delete {args.run_dir} to rerun it)"
-    short = steps < args.total_steps  # a raised total, but no checkpoint to go on from
-    return f"completed ({steps:,} steps), skipped" + (f" (no checkpoint.pt to train on to {args.total_steps:,}: "
-                                                       f"delete {args.run_dir} to rerun it)" if short else "")
+    raised = raised_total(summary, args)  # but no checkpoint to go on from
+    return f"completed ({steps:,} steps), skipped" + (f" (no checkpoint.pt to train on to {raised[0]} "
+                                                       f"{raised[1]:,}: delete {args.run_dir} to rerun it)"
+                                                       if raised else "")
 
 
 def run_pack(sweep, all_args, cells):
@@ -301,7 +338,8 @@ def run_tasks(sweep, grid, indices, options):
     whose directory another process holds is left to it (status 73 at the end, not requeued); otherwise 3 when
     any cell diverged, else 0."""
     packs = tasks(grid, options.seeds_per_task)
-    all_args = [[cell_args(sweep, grid, cell, options) for cell in packs[i]] for i in indices]  # usage errors first
+    overrides = parse_set(options.set, sweep.args_cls, grid.varied_fields())  # usage errors first
+    all_args = [[cell_args(sweep, grid, cell, options, overrides) for cell in packs[i]] for i in indices]
     codes = []
     for i, args in zip(indices, all_args):
         if run_module.signal_received():

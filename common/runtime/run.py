@@ -235,6 +235,13 @@ def checkpoint_step(run_dir):
         return None
 
 
+def trained_total(summary):
+    """``(field, value)`` from a run's summary.json: the field that sets the run's length (``Run``'s ``total``) and
+    the value the run trained to; None for a summary that names none."""
+    total = summary.get("total")
+    return next(iter(total.items())) if isinstance(total, dict) and len(total) == 1 else None
+
+
 def _as_json(value):
     """``value`` as args.json holds it (tuples become lists, other objects strings)."""
     return json.loads(json.dumps(value, default=str))
