@@ -28,7 +28,7 @@ from common.errors import check
 from common.runtime.cli import main, select_device
 from common.runtime.logger import pyplot
 from common.runtime.run import Run, seed_everything
-from common.science.data import NUM_CLASSES, load_dataset, random_relabel
+from common.science.classification import NUM_CLASSES, load_dataset, random_relabel
 from common.science.optim import Adam
 from common.science.stats import dead_fractions
 

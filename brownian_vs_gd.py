@@ -24,8 +24,7 @@ from common.errors import UsageError, check
 from common.runtime.cli import main, select_device
 from common.runtime.logger import pyplot
 from common.runtime.run import Run, seed_everything
-from common.science.data import load_dataset
-from common.science.envs import ClassificationMDP
+from common.science.classification import ClassificationMDP, load_dataset
 from common.science.grad_cov import gradient_covariance, interference, kmeans_order, per_example_grads
 from common.science.hessian import hessian_matvec, lanczos, spectral_density
 from common.science.networks import build_network, eval_mode

@@ -23,8 +23,7 @@ from common.runtime.cli import main, select_device
 from common.runtime.logger import atomic_torch_save, pyplot
 from common.runtime.run import Interrupted
 from common.runtime.seeds import OneSeed, RunGroup, StackedEnvs, StackedOptimizer, StackedReplay
-from common.science.data import DATASETS, load_dataset
-from common.science.envs import VARIANTS, ClassificationMDP
+from common.science.classification import DATASETS, VARIANTS, ClassificationMDP, load_dataset
 from common.science.hessian import hessian_matvec, top_eigenvalue
 from common.science.interventions import redo, reset_last_layer, reset_optimizer_state, shrink_perturb
 from common.science.networks import ARCHITECTURES, TwoHot, build_network, eval_mode

@@ -33,7 +33,7 @@ from common.analysis import results, sweep, validity
 from common.errors import check
 from common.runtime.logger import pyplot
 from common.science import inference, probe
-from common.science.envs import VARIANTS  # the three MDPs of Sec 3.2
+from common.science.classification import VARIANTS  # the three MDPs of Sec 3.2
 
 # ---------------------------------------------------------------------------------------------- the grid (Sec 5.2)
 # "We train 128 DQN agents under a range of tasks, observation spaces, optimizers, and seeds" (Sec 5.2), with the

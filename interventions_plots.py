@@ -16,7 +16,7 @@ import pandas as pd
 
 from common.analysis.validity import SATURATION
 from common.runtime.logger import pyplot
-from common.science.envs import VARIANTS
+from common.science.classification import VARIANTS
 from common.science.networks import ARCHITECTURES as ARCHS
 from common.science.probe import PROBES
 

@@ -27,7 +27,7 @@ import os
 import dqn_classification_mdp
 from common.analysis import results, sweep, validity
 from common.errors import check
-from common.science.envs import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
+from common.science.classification import VARIANTS  # Sec 3.2; B.1's 'easy' and 'hard' are the first and last
 from common.science.probe import PROBES, probe_key
 
 # --------------------------------------------------------------------------------------------------------- the grids

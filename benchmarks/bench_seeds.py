@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dqn_classification_mdp as dqn  # noqa: E402
 from bench_dqn_classification import Budget, append, timed  # noqa: E402
 from common.runtime.cli import select_device  # noqa: E402
-from common.science.data import load_dataset  # noqa: E402
+from common.science.classification import load_dataset  # noqa: E402
 from common.science.networks import build_network  # noqa: E402
 from common.science.optim import make_optimizer  # noqa: E402
 from common.science.probe import run_probe, run_probes  # noqa: E402

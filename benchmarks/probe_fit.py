@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dqn_classification_mdp as agent  # noqa: E402
-from common.science.data import load_dataset  # noqa: E402
+from common.science.classification import load_dataset  # noqa: E402
 from common.science.probe import run_probe  # noqa: E402
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.errors import UsageError
-from common.science import data
-from common.science.data import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
+from common.science import classification
+from common.science.classification import FASHION_MNIST_DEBIAN_DIR, load_dataset, random_relabel
 
 
 def write_tiny_cifar10(root, per_batch=20, seed=0):
@@ -83,12 +83,12 @@ def test_a_failed_download_leaves_no_folder_that_hides_the_debian_copy(tmp_path,
         os.makedirs(os.path.join(data_dir, "FashionMNIST", "raw"))
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
-    monkeypatch.setattr(data, "_load_torchvision_mnist", offline)
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "not-installed"))
+    monkeypatch.setattr(classification, "_load_torchvision_mnist", offline)
+    monkeypatch.setattr(classification, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "not-installed"))
     with pytest.raises(UsageError, match="could not be downloaded"):
         load_dataset("fashion_mnist", str(data_dir))
     assert os.listdir(data_dir) == []
     (data_dir / "FashionMNIST" / "raw").mkdir(parents=True)
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(debian))
+    monkeypatch.setattr(classification, "FASHION_MNIST_DEBIAN_DIR", str(debian))
     images, labels = load_dataset("fashion_mnist", str(data_dir))
     assert images.shape == (3, 1, 28, 28) and labels.tolist() == [0, 1, 2]

@@ -3,9 +3,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import common.science.envs  # noqa: F401  (registers the gymnasium env)
-from common.science.data import random_relabel
-from common.science.envs import ClassificationMDP
+from common.science.classification import ClassificationMDP, random_relabel
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import ddqn_atari_layernorm as atari
 import dqn_classification_mdp as dqn
 from common.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError
 from common.runtime.run import LOCK_FILE
-from common.science.data import load_dataset
+from common.science.classification import load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get("PLASTICITY_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))

@@ -42,7 +42,7 @@ sys.path.insert(0, ".")
 import common.runtime.run
 moment, call, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sys.argv = sys.argv[3:]
-TARGETS = {"parse": ("tyro", None, "cli"), "data": ("common.science.data", None, "load_dataset"),
+TARGETS = {"parse": ("tyro", None, "cli"), "data": ("common.science.classification", None, "load_dataset"),
            "network": ("common.science.networks", None, "build_network"), "warmup": ("common.runtime.seeds", "StackedReplay", "add"),
            "load": ("common.runtime.run", "Run", "load_checkpoint"), "checkpoint": ("common.runtime.run", "Run", "stage_checkpoint"),
            "cell": ("common.analysis.sweep", None, "run_pack")}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dqn_classification_mdp as dqn
-from common.science.envs import ClassificationMDP
+from common.science.classification import ClassificationMDP
 from common.science.optim import Adam
 from common.science.probe import run_probe
 

@@ -13,7 +13,7 @@ import dqn_classification_mdp as agent
 import falsification
 import interventions_sweep
 from common.analysis import sweep, validity
-from common.science.data import load_dataset
+from common.science.classification import load_dataset
 from common.science.probe import run_probe
 
 
