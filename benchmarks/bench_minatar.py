@@ -81,6 +81,7 @@ def main():
     parser.add_argument("--start", type=int, default=5_500, help="agent steps per seed before the clock starts")
     parser.add_argument("--steps", type=int, default=1_500, help="timed agent steps per seed")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--compile", action="store_true", help="also time the 1-env LayerNorm run with --compile")
     args = parser.parse_args()
     load_before = open("/proc/loadavg").read().split()[:3]
     began = datetime.datetime.now(datetime.timezone.utc)
@@ -91,6 +92,7 @@ def main():
         for label, flags, seeds in (("ours, 1 env, no LayerNorm", ["--no-layer-norm"], 1),
                                     ("ours, 1 env, LayerNorm", [], 1),
                                     ("ours, 4 envs, LayerNorm", ["--num-envs", "4"], 1),
+                                    *[("ours, 1 env, LayerNorm, --compile", ["--compile"], 1)] * args.compile,
                                     ("ours, --num-seeds 3 in lockstep, 1 env, LayerNorm", ["--num-seeds", "3"], 3)):
             rows.append((label, measure(ours(os.path.join(tmp, label.replace(" ", "_")), *flags), "ours", seeds,
                                         args, tmp)))
@@ -115,7 +117,7 @@ def main():
         f"{' '.join(load_after)} after.", "", *table, "",
         f"Ratios against dqn.py. --num-seeds 3 in lockstep / 3 single runs one after another = {lockstep:.2f}x.",
         "", f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python benchmarks/bench_minatar.py "
-        f"--peer {args.peer} --start {args.start} --steps {args.steps}`.", ""])
+        f"--peer {args.peer} --start {args.start} --steps {args.steps}{' --compile' * args.compile}`.", ""])
     print(text)
     if not args.no_write:
         with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
