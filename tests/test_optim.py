@@ -138,3 +138,37 @@ def test_adam_is_independent_of_memory_layout(param_layout, grad_layout, eps_roo
     else:  # the L2 term depends on the running parameters: compare with the contiguous run
         expected = _run(Adam, grads, start, lr=1e-2, eps_root=eps_root, weight_decay=weight_decay)
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-12, atol=1e-14)
+
+
+def _per_tensor_rmsprop(params, grads, states, lr, decay, eps, centered, weight_decay):
+    """One RMSProp step written per tensor with single-tensor ops: the arithmetic the foreach step must equal."""
+    for p, g, (v, m) in zip(params, grads, states):
+        g = g if weight_decay == 0 else g.add(p, alpha=weight_decay)
+        v.mul_(decay).addcmul_(g, g, value=1 - decay)
+        if centered:
+            m.lerp_(g, 1 - decay)
+        p.addcdiv_(g, (v.addcmul(m, m, value=-1) if centered else v).add(eps).sqrt_(), value=-lr)
+
+
+@pytest.mark.parametrize("centered,weight_decay", [(False, 0.0), (True, 0.0), (True, 0.3)])
+def test_rmsprop_over_many_parameters_equals_per_tensor_arithmetic_bit_for_bit(centered, weight_decay):
+    """The step updates every parameter of a group at once (foreach); each must get exactly what stepping it alone
+    with single-tensor ops gives, and a parameter without a gradient is left alone."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 4, 3, 3), (16,), (128, 1024), (128,), (6, 128)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    frozen = torch.nn.Parameter(torch.randn(5, generator=gen))
+    expected = [p.detach().clone() for p in params]
+    states = [(torch.zeros(s), torch.zeros(s)) for s in shapes]
+    kwargs = dict(lr=2.5e-4, decay=0.95, eps=0.01 / 32**2, centered=centered, weight_decay=weight_decay)
+    optimizer = RMSProp([*params, frozen], **kwargs)
+    before = frozen.detach().clone()
+    for _ in range(5):
+        grads = [torch.randn(s, generator=gen) * 10.0 for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        _per_tensor_rmsprop(expected, grads, states, **kwargs)
+    for p, e in zip(params, expected):
+        assert torch.equal(p.detach(), e)
+    assert torch.equal(frozen.detach(), before)

@@ -25,6 +25,7 @@ class Adam(torch.optim.Optimizer):
         scratch = self.__dict__.setdefault("_scratch", {})  # not in self.state, so checkpoints do not carry it
         for group in self.param_groups:
             (b1, b2), lr, eps, eps_root = group["betas"], group["lr"], group["eps"], group["eps_root"]
+            fused = []  # (p, grad, m, v, step) of every parameter that torch's fused kernel takes
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -35,13 +36,9 @@ class Adam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-                fused = eps_root == 0 and _contiguous_views(p, p.grad, m, v)
-                if fused:
-                    # torch's fused kernel: one pass over p, grad, m and v instead of seven, for an update that is
-                    # memory-bound. Same formula (eq. 6 with eps_root = 0).
-                    step = torch.full((), t, dtype=torch.float32, device=p.device)
-                    torch._fused_adam_(*([x] for x in fused), [], [step], lr=lr, beta1=b1, beta2=b2,
-                                       weight_decay=group["weight_decay"], eps=eps, amsgrad=False, maximize=False)
+                views = eps_root == 0 and _contiguous_views(p, p.grad, m, v)
+                if views:
+                    fused.append((*views, torch.full((), t, dtype=torch.float32, device=p.device)))
                     continue
                 # One preallocated scratch tensor for the decayed gradient and then the denominator: a fresh one
                 # per step cost a page-faulting allocation as large as the parameter.
@@ -55,6 +52,12 @@ class Adam(torch.optim.Optimizer):
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 denom = torch.div(v, 1 - b2**t, out=buffer).add_(eps_root).sqrt_().add_(eps)
                 p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+            if fused:
+                # torch's fused kernel, one call for every such parameter: one pass over p, grad, m and v instead
+                # of seven, for an update that is memory-bound. Same formula (eq. 6 with eps_root = 0).
+                params, grads, ms, vs, steps = map(list, zip(*fused))
+                torch._fused_adam_(params, grads, ms, vs, [], steps, lr=lr, beta1=b1, beta2=b2,
+                                   weight_decay=group["weight_decay"], eps=eps, amsgrad=False, maximize=False)
         return loss
 
 
@@ -95,20 +98,30 @@ class RMSProp(torch.optim.Optimizer):
         loss = None if closure is None else torch.enable_grad()(closure)()
         for group in self.param_groups:
             decay, lr, eps = group["decay"], group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["square_avg"] = torch.zeros_like(p)
                     if group["centered"]:
                         state["grad_avg"] = torch.zeros_like(p)
-                v = state["square_avg"].mul_(decay).addcmul_(grad, grad, value=1 - decay)
-                if group["centered"]:
-                    m = state["grad_avg"].lerp_(grad, 1 - decay)
-                    v = v.addcmul(m, m, value=-1)
-                p.addcdiv_(grad, v.add(eps).sqrt_(), value=-lr)
+            # One foreach call per operation over every parameter: the same elementwise arithmetic as a loop over
+            # them, without a Python call per parameter and operation (most of a small network's step).
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            v = [self.state[p]["square_avg"] for p in params]
+            torch._foreach_mul_(v, decay)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - decay)
+            if group["centered"]:
+                m = [self.state[p]["grad_avg"] for p in params]
+                torch._foreach_lerp_(m, grads, 1 - decay)
+                v = torch._foreach_addcmul(v, m, m, value=-1)
+            denom = torch._foreach_add(v, eps)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_addcdiv_(params, grads, denom, value=-lr)
         return loss
 
 
