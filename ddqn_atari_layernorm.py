@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from common.analysis.plots import draw_grad_cov, draw_spectral_densities
 from common.errors import check
 from common.runtime.cli import main, select_device
-from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer
+from common.runtime.seeds import OneSeed, RunGroup, StackedOptimizer, stack_seeds
 from common.runtime.sync import allowed_sync
 from common.science.atari import (FrameReplay, VectorAtari, check_env_id, game_name, human_normalized,
                                   load_atari_scores, write_video)
@@ -198,7 +198,7 @@ class AggregateArgs:
     runs_dir: str = "runs"
     """folder holding run directories (each with args.json and summary.json)"""
     output_dir: str | None = None
-    """folder for the figures and their CSV files; default --runs-dir (one protocol-<n> folder per protocol)"""
+    """folder for the figures and their CSV files; default --runs-dir (one protocol-<id> folder per protocol)"""
     num_boot: int = 50_000
     """stratified bootstrap replicates of the aggregates and the probability of improvement (rliable's default)"""
     num_boot_profile: int = 2_000
@@ -345,7 +345,7 @@ def act(q_net, replays, epsilon, rngs, num_actions):
     if explore.all():
         return random_actions
     with torch.no_grad(), allowed_sync():  # the emulators need the actions
-        greedy = q_net.call(torch.stack([replay.latest() for replay in replays])).argmax(-1).cpu().numpy()
+        greedy = q_net.call(stack_seeds([replay.latest() for replay in replays])).argmax(-1).cpu().numpy()
     return np.where(explore, random_actions, greedy)
 
 
@@ -542,7 +542,7 @@ def train(args):
         for _ in range(step // args.train_frequency - (step - num_envs) // args.train_frequency):
             if step <= args.learning_starts:
                 break
-            batch = [torch.stack(part) for part in zip(*(replay.sample(args.batch_size, sampler)
+            batch = [stack_seeds(part) for part in zip(*(replay.sample(args.batch_size, sampler)
                                                          for replay, sampler in zip(replays, samplers)))]
             loss, q_values = loss_fn(q_net, target_net, batch, args.gamma, huber_delta)  # (seeds,), (seeds, batch)
             optimizer.zero_grad(set_to_none=True)

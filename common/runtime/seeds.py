@@ -93,21 +93,22 @@ class SeedStack:
 
     def _call_one(self, x, train, masks):
         """Seed 0's module on ``x``, its parameters for the call views of the stacked leaves, so that the gradient
-        reaches them (a plain call: ``functional_call``'s bookkeeping costs as much as a small network's forward)."""
+        reaches them (a plain call: ``functional_call``'s bookkeeping costs as much as a small network's forward).
+        Without gradients the module's own parameters serve: they share the stacked leaves' memory."""
         module, own = self.modules[0], [owner._parameters[leaf] for owner, leaf in self._slots]
-        was_training = module.training
+        was_training, swap = module.training, torch.is_grad_enabled()
         if was_training != train:
             module.train(train)
-        for (owner, leaf), stacked in zip(self._slots, self.params.values()):
-            owner._parameters[leaf] = stacked.squeeze(0)  # its backward is a view; select's would copy the gradient
+        if swap:
+            for (owner, leaf), stacked in zip(self._slots, self.params.values()):
+                owner._parameters[leaf] = stacked.squeeze(0)  # its backward is a view; select's copies the gradient
         try:
-            if masks:
-                with supplied_masks(masks):
-                    return module(x)
-            return module(x)
+            with supplied_masks(masks) if masks else contextlib.nullcontext():
+                return module(x)
         finally:
-            for (owner, leaf), param in zip(self._slots, own):
-                owner._parameters[leaf] = param
+            if swap:
+                for (owner, leaf), param in zip(self._slots, own):
+                    owner._parameters[leaf] = param
             if was_training != train:
                 module.train(was_training)
 
@@ -218,9 +219,14 @@ def dropout_generator(seed, device):
     return torch.Generator(device).manual_seed(int(entropy))
 
 
+def stack_seeds(tensors):
+    """``torch.stack(tensors)`` along a new seed axis; for one seed a view of its tensor rather than a copy."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
 def per_seed(generators, draw):
-    """``torch.stack([draw(g) for g in generators])``: each seed's random numbers from its own generator."""
-    return torch.stack([draw(g) for g in generators])
+    """``stack_seeds([draw(g) for g in generators])``: each seed's random numbers from its own generator."""
+    return stack_seeds([draw(g) for g in generators])
 
 
 def optimizer_state(optimizer, stack, k):
@@ -268,7 +274,13 @@ class StackedOptimizer:
         return self.optimizer.state
 
     def zero_grad(self, set_to_none=True):
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        """torch's ``zero_grad``; dropping the gradients is done here, without its profiler bookkeeping, which
+        costs as much as a small network's optimizer step."""
+        if not set_to_none:
+            return self.optimizer.zero_grad(set_to_none=False)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def step(self):
         self.optimizer.step()
