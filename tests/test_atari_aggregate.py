@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.analysis import atari_stats
+from common.analysis import atari_stats, validity
 from common.errors import UsageError
 from common.science.atari import load_atari_scores
 from ddqn_atari_layernorm import AggregateArgs, aggregate
@@ -196,6 +196,12 @@ def test_extra_seeds_beyond_the_sparsest_game_are_left_out(tmp_path, capsys):
         pytest.approx(EXPECTED_WANG, abs=1e-12)
 
 
+def protocol_folders(runs_dir):
+    """{total_frames: folder} of the protocol-<id> folders an aggregate wrote."""
+    return {json.loads((folder / "protocol.json").read_text())["total_frames"]: folder
+            for folder in runs_dir.glob("protocol-*") if (folder / "protocol.json").exists()}
+
+
 def test_protocols_are_analysed_separately(tmp_path, capsys):
     write_runs(tmp_path)
     write_runs(tmp_path, total_frames=8000, prefix="long_")
@@ -203,15 +209,17 @@ def test_protocols_are_analysed_separately(tmp_path, capsys):
     results = aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
     assert "2 protocols (they differ in total_frames)" in capsys.readouterr().err
     assert sorted(results) == ["total_frames=4000", "total_frames=8000"]
-    for n, label in ((1, "total_frames=4000"), (2, "total_frames=8000")):
-        folder = tmp_path / f"protocol-{n}"
-        assert json.loads((folder / "protocol.json").read_text())["total_frames"] == int(label.split("=")[1])
+    folders = protocol_folders(tmp_path)
+    assert len(folders) == 2
+    for label in ("total_frames=4000", "total_frames=8000"):
+        folder = folders[int(label.split("=")[1])]
+        assert folder.name == f"protocol-{validity.protocol_id(json.loads((folder / 'protocol.json').read_text()))}"
         for name in ("aggregate_metrics", "probability_of_improvement", "performance_profiles",
                      "fig7_layernorm_improvement", "human_normalized_scores"):
             assert set(pd.read_csv(folder / f"{name}.csv")["protocol"]) == {label}
-    short = pd.read_csv(tmp_path / "protocol-1" / "aggregate_metrics.csv").set_index(["config", "metric"])["estimate"]
+    short = pd.read_csv(folders[4000] / "aggregate_metrics.csv").set_index(["config", "metric"])["estimate"]
     assert short.loc[("LayerNorm", "IQM")] == pytest.approx(EXPECTED_LAYERNORM["IQM"], abs=1e-12)  # not pooled
-    assert len(pd.read_csv(tmp_path / "protocol-2" / "human_normalized_scores.csv")) == 24  # its fifth seed left out
+    assert len(pd.read_csv(folders[8000] / "human_normalized_scores.csv")) == 24  # its fifth seed left out
 
 
 def test_too_few_runs_give_one_line_errors(tmp_path):
@@ -292,19 +300,20 @@ def test_an_interrupted_aggregate_leaves_the_previous_outputs_as_they_were(tmp_p
 
 
 def test_a_new_analysis_replaces_every_output_of_the_previous_one(tmp_path):
-    """Two protocols, then one (the longer runs removed): the protocol-<n> folders go; then two again: the top
+    """Two protocols, then one (the longer runs removed): the protocol-<id> folders go; then two again: the top
     level's outputs of the one-protocol analysis go. A file of the user's in a protocol folder stays."""
     write_runs(tmp_path)
     write_runs(tmp_path, total_frames=8000, prefix="long_")
     aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
-    assert (tmp_path / "protocol-2" / "aggregate_metrics.csv").exists()
-    (tmp_path / "protocol-1" / "notes.txt").write_text("mine")
+    short, long = (protocol_folders(tmp_path)[frames] for frames in (4000, 8000))
+    assert (long / "aggregate_metrics.csv").exists()
+    (short / "notes.txt").write_text("mine")
     for long_run in tmp_path.glob("long_*"):
         shutil.rmtree(long_run)
     aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
-    assert not (tmp_path / "protocol-2").exists() and (tmp_path / "aggregate_metrics.csv").exists()
-    assert [p.name for p in (tmp_path / "protocol-1").iterdir()] == ["notes.txt"]
+    assert not long.exists() and (tmp_path / "aggregate_metrics.csv").exists()
+    assert [p.name for p in short.iterdir()] == ["notes.txt"]
     write_runs(tmp_path, total_frames=8000, prefix="long_")
     aggregate(AggregateArgs(runs_dir=str(tmp_path), num_boot=100, num_boot_profile=100))
     assert not any((tmp_path / name).exists() for name in atari_stats.OUTPUTS)
-    assert (tmp_path / "protocol-1" / "notes.txt").exists() and (tmp_path / "protocol-2" / "protocol.json").exists()
+    assert (short / "notes.txt").exists() and (long / "protocol.json").exists()  # the same protocol, the same folder

@@ -245,7 +245,7 @@ def test_an_atari_run_extended_on_resume_is_not_pooled_with_shorter_ones(tmp_pat
     _completed_run(tmp_path, "extended", args, {"metrics": {"eval/episodic_return": 1.0},
                                                 "total": {"total_frames": 960}})
     groups, differing = atari_stats.protocols(atari_stats.final_scores(read_runs(str(tmp_path))))
-    assert sorted(label for label, _, _ in groups) == ["total_frames=640", "total_frames=960"]
+    assert sorted(label for _, label, _, _ in groups) == ["total_frames=640", "total_frames=960"]
 
 
 def test_the_atari_protocol_is_every_args_field_but_the_axes_seeds_and_paths():
@@ -254,7 +254,7 @@ def test_the_atari_protocol_is_every_args_field_but_the_axes_seeds_and_paths():
                                   "capture_video": True, "cuda": False, "log_every": 10, "checkpoint_every": 10}]
     rows = pd.DataFrame([{f"args.{k}": v for k, v in {**base, **change}.items()} for change in [{}, *changes]])
     groups, differing = atari_stats.protocols(rows.assign(run_dir=["a", "b", "c"]))
-    assert differing == ["eval_envs"] and sorted(len(g) for _, _, g in groups) == [1, 2]
-    fields = groups[0][1]
+    assert differing == ["eval_envs"] and sorted(len(g) for _, _, _, g in groups) == [1, 2]
+    fields = groups[0][2]
     expected = set(base) - set(atari_stats.AXES) - set(validity.NOT_PROTOCOL)
     assert set(fields) == expected and {"eval_envs", "total_frames", "eval_frames", "num_envs"} <= expected

@@ -59,7 +59,7 @@ COLORS = {CONFIGS[True]: "tab:blue", CONFIGS[False]: "tab:gray"}
 OUTPUTS = ("human_normalized_scores.csv", "fig7_layernorm_improvement.csv", "fig7_layernorm_improvement.png",
            "aggregate_metrics.csv", "probability_of_improvement.csv", "performance_profiles.csv",
            "aggregate_metrics.png", "performance_profiles.png", "protocol.json")  # what one protocol's analysis writes
-PROTOCOL_DIR = re.compile(r"protocol-\d+")
+PROTOCOL_DIR = re.compile(r"protocol-\w+")
 
 
 # ---------------------------------------------------------------------------------------------------- estimators
@@ -228,15 +228,16 @@ def learning_curves(rows):
 
 
 def protocols(rows):
-    """([(label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
-    The label names total_frames and every differing field."""
+    """([(id, label, {field: value}, rows)] for each protocol among the runs, the fields that differ between them).
+    The id is ``common.analysis.validity``'s (its folder's name, as the sweeps name theirs); the label names
+    total_frames and every differing field."""
     groups = split_protocols(rows, AXES)
     groups.sort(key=lambda g: json.dumps(g[1], sort_keys=True, default=str))
-    groups = [({f: _plain(v) for f, v in fields.items()}, group) for _, fields, group in groups]
-    differing = differing_fields([(None, fields, None) for fields, _ in groups])
-    shown = ["total_frames"] * any("total_frames" in p for p, _ in groups) + [f for f in differing
-                                                                              if f != "total_frames"]
-    return [(" ".join(f"{f}={p.get(f)}" for f in shown) or "unknown", p, g) for p, g in groups], differing
+    groups = [(pid, {f: _plain(v) for f, v in fields.items()}, group) for pid, fields, group in groups]
+    differing = differing_fields([(None, fields, None) for _, fields, _ in groups])
+    shown = ["total_frames"] * any("total_frames" in p for _, p, _ in groups) + [f for f in differing
+                                                                                 if f != "total_frames"]
+    return [(pid, " ".join(f"{f}={p.get(f)}" for f in shown) or "unknown", p, g) for pid, p, g in groups], differing
 
 
 def _plain(value):
@@ -351,7 +352,7 @@ def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=
     """The `aggregate` command: read runs_dir, analyse each protocol, and return {protocol label: results}.
 
     Every output is made in a hidden folder inside output_dir and moved into place only once all are made, the
-    previous analysis's outputs (``OUTPUTS``, at the top and in ``protocol-<n>/``) removed in the same step: an
+    previous analysis's outputs (``OUTPUTS``, at the top and in ``protocol-<id>/``) removed in the same step: an
     aggregate stopped before then (a signal, an error) leaves the previous outputs as they were."""
     check(os.path.isdir(runs_dir), f"--runs-dir {runs_dir} is not a directory")
     check(num_boot >= 100 and num_boot_profile >= 100, "--num-boot and --num-boot-profile must be at least 100")
@@ -365,12 +366,12 @@ def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=
     groups, differing = protocols(rows)
     if len(groups) > 1:
         print(f"warning: the runs follow {len(groups)} protocols (they differ in {', '.join(differing)}); each is "
-              f"analysed on its own, in {output_dir}/protocol-<n>", file=sys.stderr)
+              f"analysed on its own, in {output_dir}/protocol-<id>", file=sys.stderr)
     staging = _staging_dir(output_dir)
     try:
         results, failures = {}, []
-        for n, (label, fields, protocol_rows) in enumerate(groups, 1):
-            out_dir = staging if len(groups) == 1 else os.path.join(staging, f"protocol-{n}")
+        for pid, label, fields, protocol_rows in groups:
+            out_dir = staging if len(groups) == 1 else os.path.join(staging, f"protocol-{pid}")
             print(f"protocol {label}: {len(protocol_rows)} runs")
             protocol_rows = with_minatar_references(protocol_rows)
             try:
@@ -388,7 +389,7 @@ def aggregate_runs(runs_dir, output_dir=None, num_boot=50_000, num_boot_profile=
             _publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"figures and CSV files: {output_dir}" + (f"/protocol-<n> ({len(results)} protocols)" * (len(groups) > 1)))
+    print(f"figures and CSV files: {output_dir}" + (f"/protocol-<id> ({len(results)} protocols)" * (len(groups) > 1)))
     return results
 
 
@@ -418,7 +419,7 @@ def _alive(pid):
 
 def _publish(staging, output_dir):
     """Replace the previous analysis's outputs in output_dir by the staged ones. Only OUTPUTS are removed: a
-    protocol-<n> folder holding anything else keeps it."""
+    protocol-<id> folder holding anything else keeps it."""
     old_dirs = [name for name in os.listdir(output_dir) if PROTOCOL_DIR.fullmatch(name)
                 and os.path.isdir(os.path.join(output_dir, name))]
     for folder in ["", *old_dirs]:
