@@ -8,7 +8,8 @@ Every process is timed the same way: a counter wraps the game's step (minatar.En
 common.science.minatar.VectorMinAtar.step here), starts the clock once every seed has --start agent steps (past the 5,000
 random warm-up steps of both, so every timed step learns) and stops the process --steps agent steps (per seed)
 later. Three single runs one after another take three times one single run's time, so their rate is the single
-run's (the seeds differ only in their numbers).
+run's (the seeds differ only in their numbers). Last, each loop's floor: its update and acting forward alone on a
+fixed batch, no environment and no replay (``update_floor``), the most agent steps/s that loop could reach.
 
     git clone https://github.com/kenjyoung/MinAtar /tmp/MinAtar     # or any copy of examples/dqn.py
     OMP_NUM_THREADS=1 python benchmarks/bench_minatar.py --peer /tmp/MinAtar/examples/dqn.py
@@ -20,7 +21,9 @@ import os
 import platform
 import subprocess
 import sys
+import runpy
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +71,55 @@ def measure(command, mode, seeds, args, workdir):
     return float(lines[0].split()[1])
 
 
+def update_floor(peer, layer_norm, steps=1_000):
+    """Agent steps/s of the update and acting forward alone, no environment, no replay: a fixed batch of 32 random
+    Breakout states. Ours: the script's td_loss (double-Q, 3 forwards), backward, RMSProp step and one acting
+    forward. Peer: dqn.py's own train() on a fixed sample of 32 transitions and its acting forward. A loop's agent
+    steps/s cannot exceed its floor, so a peer rate above half our floor rules out 2x."""
+    import torch
+    from ddqn_atari_layernorm import td_loss
+    from common.runtime.seeds import SeedStack, StackedOptimizer
+    from common.science.networks import MinAtarQNetwork
+    from common.science.optim import RMSProp
+    generator = torch.Generator().manual_seed(0)
+    states = torch.rand(33, 4, 10, 10, generator=generator).lt(0.1)
+    actions, rewards = torch.randint(6, (32,), generator=generator), torch.rand(32, generator=generator)
+    if peer is not None:
+        dqn = runpy.run_path(peer, run_name="dqn")
+        policy, target = dqn["QNetwork"](4, 6), dqn["QNetwork"](4, 6)
+        optimizer = torch.optim.RMSprop(policy.parameters(), lr=dqn["STEP_SIZE"], alpha=dqn["SQUARED_GRAD_MOMENTUM"],
+                                        centered=True, eps=dqn["MIN_SQUARED_GRAD"])
+        float_states = states.float()
+        sample = [dqn["transition"](float_states[i:i + 1], float_states[i + 1:i + 2], actions[i].view(1, 1),
+                                    rewards[i].view(1, 1), torch.tensor([[False]])) for i in range(32)]
+
+        def agent_step():
+            with torch.no_grad():
+                policy(float_states[:1]).max(1)[1].view(1, 1)
+            dqn["train"](sample, policy, target, optimizer)
+    else:
+        nets = [MinAtarQNetwork(4, 6, layer_norm) for _ in range(2)]
+        q_net, target_net = SeedStack(nets[:1]), SeedStack(nets[1:])
+        optimizer = StackedOptimizer(RMSProp(q_net.parameters(), lr=2.5e-4, decay=0.95, eps=0.01, centered=True),
+                                     q_net)
+        stacked = states.to(torch.uint8)[None, :, None]  # (seeds, batch, history 1, C, 10, 10) as the replay gives
+        batch = (stacked[:, :32], actions[None], rewards[None], torch.zeros(1, 32), stacked[:, 1:])
+
+        def agent_step():
+            with torch.no_grad():
+                q_net.call(stacked[:, :1]).argmax(-1)
+            loss, _ = td_loss(q_net, target_net, batch, 0.99, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+    for _ in range(100):
+        agent_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        agent_step()
+    return steps / (time.perf_counter() - start)
+
+
 def ours(run_dir, *flags):
     total = 10**7  # never reached: the driver stops the process
     return ["ddqn_atari_layernorm.py", "--env-id", "MinAtar/Breakout-v0", "--no-cuda", "--total-frames", str(total),
@@ -97,6 +149,10 @@ def main():
             rows.append((label, measure(ours(os.path.join(tmp, label.replace(" ", "_")), *flags), "ours", seeds,
                                         args, tmp)))
             print(f"{label}: {rows[-1][1]:.0f} agent steps/s", flush=True)
+    sys.path.insert(0, ROOT)
+    floors = [("floor: dqn.py's update and acting forward alone", update_floor(args.peer, False)),
+              ("floor: our update and acting forward alone, no LayerNorm", update_floor(None, False)),
+              ("floor: our update and acting forward alone, LayerNorm", update_floor(None, True))]
     single = dict(rows)["ours, 1 env, LayerNorm"]
     rows.insert(-1, ("3 single runs one after another (each the 1-env LayerNorm run)", single))
     load_after = open("/proc/loadavg").read().split()[:3]
@@ -105,7 +161,7 @@ def main():
 
     peer_hash = hashlib.sha256(open(args.peer, "rb").read()).hexdigest()[:12]
     table = ["| configuration | agent steps/s | ratio |", "|---|---|---|"]
-    table += [f"| {label} | {rate:.0f} | {rate / rows[0][1]:.2f}x |" for label, rate in rows]
+    table += [f"| {label} | {rate:.0f} | {rate / rows[0][1]:.2f}x |" for label, rate in rows + floors]
     lockstep = rows[-1][1] / single
     text = "\n".join([
         "", "", "## ddqn_atari_layernorm.py on MinAtar (bench_minatar.py)", "",
