@@ -1,10 +1,12 @@
 """--num-seeds N trains N agents in lockstep that equal N single runs, and common/runtime/seeds.py's pieces."""
+import copy
 import json
 import os
 import signal
 
 import pytest
 import torch
+from torch import nn
 
 import dqn_classification_mdp as dqn
 from common.analysis import sweep
@@ -57,16 +59,41 @@ def _train_and_compare(tmp_path, **kwargs):
         _assert_same_run(tmp_path / f"multi__seed{seed}", tmp_path / f"single{seed}")
 
 
+@pytest.fixture(params=[False, True], ids=["plain calls", "vmap"])
+def vmapped(request, monkeypatch):
+    """Both ways seeds in lockstep call their networks: one plain call per seed (the CPU's) and one vmapped call
+    (a GPU's), the latter forced on the CPU."""
+    monkeypatch.setattr(SeedStack, "vmap_on_cpu", request.param)
+    return request.param
+
+
+def test_seeds_in_lockstep_on_the_cpu_equal_their_networks_bit_for_bit():
+    """On the CPU each seed's forward and gradient are its own network's, to the bit, in float32."""
+    torch.manual_seed(0)
+    networks = [nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)) for _ in range(3)]
+    alone = [copy.deepcopy(n) for n in networks]
+    stack = SeedStack(networks)
+    x = torch.randn(3, 4, 5)
+    out = stack.call(x)
+    out.square().sum().backward()
+    for k, network in enumerate(alone):
+        y = network(x[k])
+        y.square().sum().backward()
+        assert torch.equal(out[k], y)
+        for stacked, own in zip(stack.parameters(), network.parameters()):
+            assert torch.equal(stacked.grad[k], own.grad)
+
+
 @pytest.mark.parametrize("arch,extra", [
     ("mlp", dict(redo=True)),
     ("cnn", dict(redo=True, width=8)),
     ("vit", dict(optimizer="sgd", total_steps=4, probe_every=4, probe_steps=2, batch_size=4, hessian=False,
                  stats=False, target_period=2, log_every=2, num_images=50, probe_inputs=8, probe_batch_size=4)),
 ])
-def test_three_seeds_equal_three_single_runs(tmp_path, data_dir, monkeypatch, arch, extra):
-    """A single run calls its network plainly and seeds in lockstep call it under vmap, whose batched products
-    round differently (float32 weights differ by about 1e-9 after 40 steps), so these run in float64 and agree to
-    its rounding. Weights, target networks, optimizer moments, replay, every metric (losses, accuracy, probes,
+def test_three_seeds_equal_three_single_runs(tmp_path, data_dir, monkeypatch, vmapped, arch, extra):
+    """A single run calls its network plainly; seeds in lockstep call theirs plainly on the CPU, or under vmap on
+    a GPU, whose batched products round differently (float32 weights differ by about 1e-9 after 40 steps), so
+    these run in float64 and agree to its rounding. Weights, target networks, optimizer moments, replay, every metric (losses, accuracy, probes,
     statistics, Hessian) and args.json are compared, with interventions on. The ViT keeps its dropout (each
     seed's masks from its own generator, in training and in the probes), and trains with SGD: the gradient of its
     attention's key bias is zero up to rounding (softmax ignores a shift shared by all keys), and Adam would scale
@@ -79,7 +106,7 @@ def test_three_seeds_equal_three_single_runs(tmp_path, data_dir, monkeypatch, ar
         torch.set_default_dtype(default)
 
 
-def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time():
+def test_resnet18_stacked_td_loss_equals_one_seed_at_a_time(vmapped):
     """ResNet-18 (BatchNorm: running statistics live in the stack's buffers) is too slow for whole runs in a test;
     its TD loss, gradients and BatchNorm updates for two stacked seeds equal each seed's alone to float64 rounding.
     (Whole runs are not compared: Adam turns float64 rounding in gradients near zero into different updates.)"""

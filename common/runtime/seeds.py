@@ -2,9 +2,10 @@
 
 Seed k keeps everything its single run has: its own initialisation, environment copies, replay, generators,
 global-RNG stream, target network, optimizer state and run directory. What is shared is the arithmetic: the
-copies' parameters are stacked along a leading axis (``torch.func.stack_module_state``), the forward and backward
-are one ``vmap``-ed call, and one elementwise optimizer (``common.science.optim``) steps the stacked tensors, which is
-exactly N independent optimizers. With N = 1 the same code is the plain single run.
+copies' parameters are stacked along a leading axis (``torch.func.stack_module_state``), the forward is one
+``vmap``-ed call on a GPU and one plain call per seed on the CPU, the backward is one, and one elementwise optimizer
+(``common.science.optim``) steps the stacked tensors, which is exactly N independent optimizers. With N = 1 the same
+code is the plain single run.
 
 The parts, each with ``state_dict(k)`` (seed k's, as its single run saves it) and ``load_state_dicts(states)``:
 
@@ -46,6 +47,9 @@ class SeedStack:
     """``len(networks)`` networks of one architecture as stacked leaves (``params``, ``buffers``) plus per-seed
     modules (``modules[k]``) that view them. ``networks`` are consumed: they become the views."""
 
+    vmap_on_cpu = False
+    """take the GPU's path, one vmapped call, on the CPU too (the tests check that path without a GPU)"""
+
     def __init__(self, networks):
         self.template = copy.deepcopy(networks[0])  # the structure vmap calls with stacked tensors
         if len(networks) > 1 and hasattr(self.template, "memory_format"):
@@ -64,7 +68,8 @@ class SeedStack:
             for name, stacked in self.buffers.items():
                 owner, leaf = _owner(network, name)
                 owner._buffers[leaf] = stacked[k]
-        self._slots = [_owner(networks[0], name) for name in self.params]  # where seed 0's module holds each one
+        self._slots = [[_owner(network, name) for name in self.params] for network in networks]  # where seed k's
+        # module holds each parameter
         self.dropout_generators = None  # one per seed, set by the caller: seed k's dropout masks come from its own
         self._dropout_calls = {}  # input shape -> the dropout calls of one seed's training forward
 
@@ -76,13 +81,13 @@ class SeedStack:
         return list(self.params.values())
 
     def call(self, x, train=True):
-        """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode: one vmapped call,
-        or for one seed a plain call of its module (vmap's batched matrix products cost twice a plain one's on the
-        CPU, and a single run should not pay for the stacking; the two round differently, so seeds in lockstep equal
-        single runs to float64 rounding rather than bit for bit)."""
+        """The forward of every seed on ``x`` of shape ``(N, batch, ...)``, in train or eval mode. On a GPU one
+        vmapped call (one seed: a plain call); on the CPU one plain call of each seed's module, as vmap's batched
+        products cost more there than the plain calls. So on the CPU seeds in lockstep equal their single runs bit
+        for bit, and on a GPU to float64 rounding (the vmapped call rounds differently)."""
         masks = self._dropout_masks(x) if train else []  # (N, ...) each; none without dropout
-        if len(self) == 1:
-            return self._call_one(x[0], train, [m[0] for m in masks]).unsqueeze(0)
+        if len(self) == 1 or not (x.is_cuda or self.vmap_on_cpu):
+            return self._call_each(x, train, masks)
         self.template.train(train)
 
         def forward(p, b, x, masks):
@@ -91,26 +96,34 @@ class SeedStack:
 
         return vmap(forward, randomness="different")(self.params, self.buffers, x, masks)
 
-    def _call_one(self, x, train, masks):
-        """Seed 0's module on ``x``, its parameters for the call views of the stacked leaves, so that the gradient
-        reaches them (a plain call: ``functional_call``'s bookkeeping costs as much as a small network's forward).
-        Without gradients the module's own parameters serve: they share the stacked leaves' memory."""
-        module, own = self.modules[0], [owner._parameters[leaf] for owner, leaf in self._slots]
-        was_training, swap = module.training, torch.is_grad_enabled()
-        if was_training != train:
-            module.train(train)
-        if swap:
-            for (owner, leaf), stacked in zip(self._slots, self.params.values()):
-                owner._parameters[leaf] = stacked.squeeze(0)  # its backward is a view; select's copies the gradient
-        try:
-            with supplied_masks(masks) if masks else contextlib.nullcontext():
-                return module(x)
-        finally:
-            if swap:
-                for (owner, leaf), param in zip(self._slots, own):
-                    owner._parameters[leaf] = param
+    def _call_each(self, x, train, masks):
+        """Each seed's module on its ``x[k]``, stacked. With gradients its parameters for the call are views of
+        the stacked leaves, so that the gradient reaches them (one seed: ``squeeze``, whose backward is a view;
+        several: ``unbind``, one backward step per leaf that stacks the seeds' gradients). Without gradients the
+        modules' own parameters serve: they share the stacked leaves' memory. A plain call, as ``functional_call``'s
+        bookkeeping costs as much as a small network's forward."""
+        swap = torch.is_grad_enabled()
+        views = [stacked.unbind(0) if len(self) > 1 else (stacked.squeeze(0),)
+                 for stacked in self.params.values()] if swap else []
+        outputs = []
+        for k, (module, slots) in enumerate(zip(self.modules, self._slots)):
+            own = [owner._parameters[leaf] for owner, leaf in slots]
+            was_training = module.training
             if was_training != train:
-                module.train(was_training)
+                module.train(train)
+            if swap:
+                for (owner, leaf), seeds in zip(slots, views):
+                    owner._parameters[leaf] = seeds[k]
+            try:
+                with supplied_masks([m[k] for m in masks]) if masks else contextlib.nullcontext():
+                    outputs.append(module(x[k]))
+            finally:
+                if swap:
+                    for (owner, leaf), param in zip(slots, own):
+                        owner._parameters[leaf] = param
+                if was_training != train:
+                    module.train(was_training)
+        return stack_seeds(outputs)
 
     def _dropout_masks(self, x):
         """Each seed's dropout masks for a training forward on ``x``, from its own generator, stacked per call."""
