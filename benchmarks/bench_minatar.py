@@ -19,9 +19,9 @@ import datetime
 import hashlib
 import os
 import platform
+import runpy
 import subprocess
 import sys
-import runpy
 import tempfile
 import time
 
